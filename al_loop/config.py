@@ -1,0 +1,197 @@
+"""The workspace and its configuration: one typed object, loaded once, passed down.
+
+A workspace is a folder holding ``al-loop.toml`` (this configuration), the SQLite database
+(unless ``database.url`` points elsewhere) and derived files (scene stacks, quicklooks).
+Values come from, in order of precedence: command-line options, environment variables
+``AL_LOOP_<SECTION>_<KEY>`` (for example ``AL_LOOP_DATABASE_URL``), the TOML file, defaults.
+No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+CONFIG_FILE = "al-loop.toml"
+DATABASE_FILE = "al-loop.db"
+WORKSPACE_ENV = "AL_LOOP_WORKSPACE"
+ENV_PREFIX = "AL_LOOP_"
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is wrong."""
+
+
+@dataclass
+class DatabaseConfig:
+    url: str = ""
+    """SQLAlchemy URL. Empty: SQLite file ``al-loop.db`` in the workspace.
+    PostgreSQL: ``postgresql+psycopg://user:password@host:port/dbname``."""
+
+
+@dataclass
+class IngestConfig:
+    patch_size: int = 512
+    """Patch side in pixels (the HKH slices are 512)."""
+    patch_overlap: int = 0
+    """Pixels shared by neighbouring patches."""
+    min_valid_fraction: float = 0.2
+    """Patches with fewer valid pixels are kept but marked ``low_valid``."""
+    quicklooks: bool = True
+    """Write natural-colour and false-colour (B5/B4/B2) PNGs for every patch."""
+    stretch_percentiles: list[float] = field(default_factory=lambda: [2.0, 98.0])
+    """Percentile stretch of the quicklooks, computed per scene on its valid pixels."""
+
+
+@dataclass
+class SyntheticConfig:
+    size: int = 1024
+    """Side in pixels of the built-in synthetic scene."""
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class Workspace:
+    """A workspace folder and its loaded configuration."""
+
+    root: Path
+    config: Config
+
+    @property
+    def database_url(self) -> str:
+        return self.config.database.url or f"sqlite:///{self.root / DATABASE_FILE}"
+
+    @property
+    def scenes_dir(self) -> Path:
+        return self.root / "scenes"
+
+    @property
+    def quicklooks_dir(self) -> Path:
+        return self.root / "quicklooks"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.root / "staging"
+
+    def relative(self, path: Path) -> str:
+        """A path as stored in the database: relative to the workspace when inside it (so the
+        workspace can be moved), absolute otherwise (sources referenced in place)."""
+        path = Path(path).resolve()
+        try:
+            return path.relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
+    def resolve(self, stored: str) -> Path:
+        """The inverse of :meth:`relative`."""
+        path = Path(stored)
+        return path if path.is_absolute() else self.root / path
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Convert a TOML or environment value to the type of the default, or fail naming ``where``."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if isinstance(default, list):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            kind = type(default[0]) if default else str
+            return [kind(v) for v in items]
+        if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}: expected {type(default).__name__}, found {value!r}"
+        ) from None
+
+
+def _apply(config: Config, values: dict[str, dict[str, Any]], origin: str) -> None:
+    for section_name, section_values in values.items():
+        if not hasattr(config, section_name):
+            known = ", ".join(f.name for f in dataclasses.fields(config))
+            raise ConfigError(f"{origin}: unknown section [{section_name}]; known: {known}")
+        if not isinstance(section_values, dict):
+            raise ConfigError(f"{origin}: [{section_name}] must be a table")
+        section = getattr(config, section_name)
+        for key, value in section_values.items():
+            if not hasattr(section, key):
+                known = ", ".join(f.name for f in dataclasses.fields(section))
+                raise ConfigError(
+                    f"{origin}: unknown key {section_name}.{key}; known keys: {known}"
+                )
+            where = f"{origin}: {section_name}.{key}"
+            setattr(section, key, _coerce(value, getattr(section, key), where))
+
+
+def _environment_values(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
+    values: dict[str, dict[str, Any]] = {}
+    for f in dataclasses.fields(Config):
+        for key in (k.name for k in dataclasses.fields(f.default_factory())):
+            name = f"{ENV_PREFIX}{f.name}_{key}".upper()
+            if name in environ:
+                values.setdefault(f.name, {})[key] = environ[name]
+    return values
+
+
+def load_config(
+    root: Path,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Defaults, then the workspace's TOML file, then the environment, then ``overrides``."""
+    config = Config()
+    path = Path(root) / CONFIG_FILE
+    if path.exists():
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        _apply(config, values, str(path))
+    _apply(config, _environment_values(dict(os.environ if environ is None else environ)), "environment")
+    if overrides:
+        _apply(config, overrides, "option")
+    return config
+
+
+def write_config(root: Path, config: Config) -> Path:
+    """Write the configuration with every key, so users see what can be set."""
+    path = Path(root) / CONFIG_FILE
+    path.write_text(
+        "# al-loop workspace configuration. Every key has a default; environment variables\n"
+        "# AL_LOOP_<SECTION>_<KEY> override this file, command-line options override both.\n"
+        + tomli_w.dumps(dataclasses.asdict(config))
+    )
+    return path
+
+
+def open_workspace(
+    root: Path | str | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Workspace:
+    """The workspace at ``root`` (or ``$AL_LOOP_WORKSPACE``, or the current folder)."""
+    env = dict(os.environ if environ is None else environ)
+    folder = Path(root or env.get(WORKSPACE_ENV) or ".").expanduser().resolve()
+    return Workspace(root=folder, config=load_config(folder, overrides, env))
