@@ -1,0 +1,271 @@
+"""Ingestion: sources -> scenes and patches (and labels) in the store.
+
+Every ingest is one transaction. Files it derives (15-channel stacks, quicklooks) are written
+to a staging folder and moved into ``scenes/<name>-<fingerprint>/`` just before the commit, so
+a failure leaves neither rows nor files. Re-ingesting a source whose fingerprint is already in
+the store changes nothing.
+
+Where pixels live: an HKH fused tile is read in place through windows (the archive is far too
+large to copy) and stored by absolute path; everything al-loop derives lives inside the
+workspace and is stored by path relative to it, so a workspace can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.transform import Affine
+from rich.progress import track
+from sqlalchemy.orm import Session
+
+from al_loop import bands
+from al_loop.config import Workspace
+from al_loop.io import quicklooks
+from al_loop.io.rasters import (
+    RasterInfo,
+    describe_raster,
+    hkh_channels,
+    quick_fingerprint,
+    read_decimated,
+    read_window,
+)
+from al_loop.tiling import patch_windows
+from db import queries
+from db.models import Patch, Scene
+from db.session import Store
+
+
+@dataclass
+class IngestResult:
+    scene_id: int
+    name: str
+    patches: int
+    low_valid: int
+    already_present: bool = False
+    labels: dict[str, int] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:60] or "scene"
+
+
+@dataclass
+class Staging:
+    """A staging folder for the files an ingest derives, and the final folder it becomes."""
+
+    path: Path
+    final: Path
+    published: bool = False
+
+    def publish(self) -> None:
+        """Move staging to its final place (replacing an orphan a crash may have left).
+        Called inside the ingest's transaction, just before it commits."""
+        if self.final.exists():
+            shutil.rmtree(self.final)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.path.rename(self.final)
+        self.published = True
+
+    def stored(self, path: Path) -> Path:
+        """Where a file written under staging will be once published."""
+        return self.final / Path(path).relative_to(self.path)
+
+
+@contextmanager
+def staged_scene_dir(workspace: Workspace, name: str, fingerprint: str) -> Iterator[Staging]:
+    """A :class:`Staging` whose files are removed if the block fails, published or not, so no
+    file outlives a rolled-back ingest."""
+    staging = Staging(
+        path=workspace.staging_dir / uuid.uuid4().hex,
+        final=workspace.scenes_dir / f"{_slug(name)}-{fingerprint[:12]}",
+    )
+    staging.path.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        if staging.published:
+            shutil.rmtree(staging.final, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging.path, ignore_errors=True)
+
+
+def _existing(store: Store, fingerprint: str) -> IngestResult | None:
+    with store.session() as session:
+        scene = queries.scene_by_fingerprint(session, fingerprint)
+        if scene is None:
+            return None
+        return IngestResult(
+            scene_id=scene.id,
+            name=scene.name,
+            patches=len(scene.patches),
+            low_valid=sum(p.low_valid for p in scene.patches),
+            already_present=True,
+        )
+
+
+def _add_patches(
+    session: Session, workspace: Workspace, scene: Scene, raster: Path, staging: Staging, quiet: bool
+) -> tuple[int, int]:
+    """Cut a raster scene into patches, window by window (memory bounded by one patch)."""
+    cfg = workspace.config.ingest
+    size = cfg.patch_size
+    available_idx = [scene.channels.index(c) for c in scene.available_channels]
+    transform = Affine(*scene.transform)
+    windows = patch_windows(scene.height, scene.width, size, cfg.patch_overlap)
+    quicklook_dir = staging.path / "quicklooks"
+    quicklook_dir.mkdir(exist_ok=True)
+    n_low = 0
+    with rasterio.open(raster) as src:
+        for row_off, col_off in track(
+            windows, description=f"patches of {scene.name}", disable=quiet, transient=True
+        ):
+            pixels = read_window(src, row_off, col_off, size, size, available_idx)
+            valid = bands.valid_mask(pixels, scene.available_channels)
+            fraction = float(valid.mean())
+            low = fraction < cfg.min_valid_fraction
+            n_low += low
+            x0, y0 = transform * (col_off, row_off)
+            x1, y1 = transform * (col_off + size, row_off + size)
+            patch = Patch(
+                scene=scene,
+                row_off=row_off,
+                col_off=col_off,
+                height=size,
+                width=size,
+                minx=min(x0, x1),
+                miny=min(y0, y1),
+                maxx=max(x0, x1),
+                maxy=max(y0, y1),
+                valid_fraction=fraction,
+                low_valid=low,
+            )
+            if cfg.quicklooks and scene.stretch:
+                rgb, false = quicklooks.write_quicklooks(
+                    pixels, scene.available_channels, valid, scene.stretch,
+                    quicklook_dir / f"r{row_off}_c{col_off}",
+                )
+                patch.quicklook_rgb = rgb and workspace.relative(staging.stored(rgb))
+                patch.quicklook_false = false and workspace.relative(staging.stored(false))
+            session.add(patch)
+    session.flush()
+    return len(windows), n_low
+
+
+def _scene_stretch(raster: Path, channels: list[str], available: list[str], percentiles) -> dict:
+    """Quicklook stretch from an overview of the whole scene, valid pixels only."""
+    needed = [c for c in available if c in quicklooks.QUICKLOOK_CHANNELS or c in bands.REFLECTIVE_BANDS]
+    overview = read_decimated(raster, [channels.index(c) for c in needed])
+    valid = bands.valid_mask(overview, needed)
+    return quicklooks.scene_stretch(overview, needed, valid, percentiles)
+
+
+AfterPatches = Callable[[Session, Scene], dict[str, int]]
+
+
+def ingest_raster_scene(
+    workspace: Workspace,
+    store: Store,
+    staging: Staging,
+    *,
+    info: RasterInfo,
+    channels: list[str],
+    available: list[str],
+    source_kind: str,
+    source_uri: str,
+    fingerprint: str,
+    name: str,
+    sensor: str | None = None,
+    acquired: dt.date | None = None,
+    details: dict[str, Any] | None = None,
+    after_patches: AfterPatches | None = None,
+    quiet: bool = False,
+) -> IngestResult:
+    """Store a GeoTIFF scene and its patches in one transaction.
+
+    ``info.path`` is either a source read in place or a file derived under ``staging``, stored
+    at its published place. ``after_patches(session, scene)`` may add rows (labels) to the same
+    transaction and returns counts for the result.
+    """
+    data_file = info.path
+    derived = staging.path in data_file.parents
+    stored_path = staging.stored(data_file) if derived else data_file.resolve()
+    stretch = _scene_stretch(data_file, channels, available, workspace.config.ingest.stretch_percentiles)
+    with store.session() as session:
+        scene = Scene(
+            name=name,
+            source_kind=source_kind,
+            source_uri=source_uri,
+            fingerprint=fingerprint,
+            sensor=sensor,
+            acquired=acquired,
+            crs=info.crs,
+            transform=list(info.transform),
+            width=info.width,
+            height=info.height,
+            channels=channels,
+            available_channels=available,
+            data_path=workspace.relative(stored_path),
+            stretch=stretch,
+            details=details or {},
+        )
+        session.add(scene)
+        n_patches, n_low = _add_patches(session, workspace, scene, data_file, staging, quiet)
+        labels = after_patches(session, scene) if after_patches else {}
+        staging.publish()
+        return IngestResult(scene.id, name, n_patches, n_low, labels=labels, details=scene.details)
+
+
+def ingest_hkh_tile(workspace: Workspace, store: Store, path: Path, *, quiet: bool = False) -> IngestResult:
+    """An HKH fused tile (15 named channels), read in place."""
+    path = Path(path).resolve()
+    info = describe_raster(path)
+    channels = hkh_channels(info)
+    fingerprint = quick_fingerprint(path, extra="hkh_tile")
+    existing = _existing(store, fingerprint)
+    if existing:
+        return existing
+    sensor, acquired = _scene_id_metadata(path.name)
+    with staged_scene_dir(workspace, path.stem, fingerprint) as staging:
+        return ingest_raster_scene(
+            workspace,
+            store,
+            staging,
+            info=info,
+            channels=channels,
+            available=channels,
+            source_kind="hkh_tile",
+            source_uri=str(path),
+            fingerprint=fingerprint,
+            name=path.stem,
+            sensor=sensor,
+            acquired=acquired,
+            quiet=quiet,
+        )
+
+
+_SCENE_ID = re.compile(r"(L[ETCO]0\d)_(?:L1\w{2}_)?\d{6}_(\d{8})")
+_SENSORS = {"LE07": "Landsat 7 ETM+", "LT05": "Landsat 5 TM", "LC08": "Landsat 8 OLI", "LC09": "Landsat 9 OLI"}
+
+
+def _scene_id_metadata(name: str) -> tuple[str | None, dt.date | None]:
+    """Sensor and acquisition date from a Landsat product or HKH tile name, when it has them."""
+    match = _SCENE_ID.search(name)
+    if not match:
+        return None, None
+    try:
+        acquired = dt.datetime.strptime(match.group(2), "%Y%m%d").date()
+    except ValueError:
+        acquired = None
+    return _SENSORS.get(match.group(1), match.group(1)), acquired

@@ -1,0 +1,42 @@
+"""Creating a workspace and opening its store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from al_loop.config import CONFIG_FILE, Config, Workspace, open_workspace, write_config
+from db.session import Store, check_schema, upgrade
+
+
+def init_workspace(root: Path | str | None = None, database_url: str | None = None) -> Workspace:
+    """Create the folder and its configuration (kept if present), then bring the database
+    schema to head. Safe to run again."""
+    workspace = open_workspace(root)
+    workspace.root.mkdir(parents=True, exist_ok=True)
+    if not (workspace.root / CONFIG_FILE).exists():
+        config = Config()
+        if database_url:
+            config.database.url = database_url
+        write_config(workspace.root, config)
+        workspace = open_workspace(workspace.root)
+    store = Store(workspace.database_url)
+    try:
+        upgrade(store.engine)
+    finally:
+        store.dispose()
+    return workspace
+
+
+def open_store(workspace: Workspace) -> Store:
+    """The workspace's store, refusing a database that is not at this al-loop's schema."""
+    if not (workspace.root / CONFIG_FILE).exists() and not workspace.config.database.url:
+        raise FileNotFoundError(
+            f"{workspace.root} is not an al-loop workspace (no {CONFIG_FILE}): run `al-loop init` first"
+        )
+    store = Store(workspace.database_url)
+    try:
+        check_schema(store.engine)
+    except Exception:
+        store.dispose()
+        raise
+    return store

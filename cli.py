@@ -1,0 +1,177 @@
+"""The ``al-loop`` command line: thin typer commands that parse options and call the rooms."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from al_loop.config import WORKSPACE_ENV, open_workspace
+from al_loop.workspace import init_workspace, open_store
+from db.queries import status_summary
+from db.session import SchemaError, upgrade
+
+app = typer.Typer(help="Active-learning annotation loop for glacier mapping.", no_args_is_help=True)
+ingest_app = typer.Typer(help="Bring scenes, slices and labels into the store.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(db_app, name="db")
+
+console = Console()
+errors = Console(stderr=True)
+
+WorkspaceOption = Annotated[
+    Optional[Path],
+    typer.Option("--workspace", "-w", envvar=WORKSPACE_ENV, help="Workspace folder (default: current folder)."),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+@contextmanager
+def _clear_errors():
+    """Input problems end the command with one clear message and exit code 2, no traceback."""
+    try:
+        yield
+    except (ValueError, LookupError, SchemaError, FileNotFoundError) as exc:
+        errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+@contextmanager
+def _store(workspace: Path | None):
+    ws = open_workspace(workspace)
+    store = open_store(ws)
+    try:
+        yield ws, store
+    finally:
+        store.dispose()
+
+
+@app.command()
+def init(
+    directory: Annotated[Optional[Path], typer.Argument(help="Workspace folder to create.")] = None,
+    workspace: WorkspaceOption = None,
+    database_url: Annotated[
+        Optional[str], typer.Option(help="SQLAlchemy URL of the database (default: SQLite in the workspace).")
+    ] = None,
+) -> None:
+    """Create a workspace (configuration, database) or bring an existing one up to date."""
+    with _clear_errors():
+        ws = init_workspace(directory or workspace, database_url)
+        console.print(f"workspace ready: {ws.root} (database: {_safe_url(ws.database_url)})")
+
+
+@db_app.command("upgrade")
+def db_upgrade(workspace: WorkspaceOption = None) -> None:
+    """Apply database migrations up to this al-loop's schema."""
+    from db.session import Store
+
+    with _clear_errors():
+        ws = open_workspace(workspace)
+        store = Store(ws.database_url)
+        try:
+            head = upgrade(store.engine)
+        finally:
+            store.dispose()
+        console.print(f"database at schema revision {head}")
+
+
+@ingest_app.command("scene")
+def ingest_scene(
+    path: Annotated[Path, typer.Argument(help="An HKH fused tile (15 named bands).")],
+    workspace: WorkspaceOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Ingest a scene and cut it into patches."""
+    from al_loop.ingest import ingest_hkh_tile
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        _report(ingest_hkh_tile(ws, store, path, quiet=quiet))
+
+
+@ingest_app.command("synthetic")
+def ingest_synthetic(
+    workspace: WorkspaceOption = None,
+    size: Annotated[Optional[int], typer.Option(help="Scene side in pixels (config synthetic.size).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Generator seed (config synthetic.seed).")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Generate the built-in synthetic scene (with exact labels) and ingest it."""
+    from al_loop.ingest import ingest_synthetic_scene
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        size = size or ws.config.synthetic.size
+        seed = ws.config.synthetic.seed if seed is None else seed
+        _report(ingest_synthetic_scene(ws, store, size=size, seed=seed, quiet=quiet))
+
+
+@app.command()
+def status(workspace: WorkspaceOption = None) -> None:
+    """What is in the store: scenes, patches, labels, rounds, models."""
+    with _clear_errors(), _store(workspace) as (ws, store):
+        with store.session() as session:
+            summary = status_summary(session)
+    console.print(f"workspace {ws.root}  database {_safe_url(ws.database_url)}")
+    scenes = Table(title="scenes")
+    for column in ("id", "name", "kind", "size", "channels", "patches", "mean valid", "low valid"):
+        scenes.add_column(column, justify="right" if column not in ("name", "kind") else "left")
+    for s in summary["scenes"]:
+        scenes.add_row(
+            str(s["id"]), s["name"], s["kind"], s["size"], str(s["channels"]),
+            str(s["patches"]), f"{s['mean_valid']:.1%}", str(s["low_valid"]),
+        )
+    console.print(scenes)
+    labels = Table(title="accepted labels (pixels by class)")
+    for column in ("source", "labels", "patches", "background", "clean ice", "debris", "glacier (type unknown)"):
+        labels.add_column(column, justify="left" if column == "source" else "right")
+    for row in summary["labels"]:
+        labels.add_row(
+            row["source"], str(row["labels"]), str(row["patches"]),
+            *(f"{row[k]:,}" for k in ("background", "clean_ice", "debris", "glacier")),
+        )
+    console.print(labels)
+    models = ", ".join(f"{n} {s}" for s, n in summary["models"].items()) or "none"
+    jobs = ", ".join(f"{n} {s}" for s, n in summary["jobs"].items()) or "none"
+    console.print(f"rounds: {summary['rounds']}   models: {models}   training jobs: {jobs}")
+
+
+@app.command()
+def demo(
+    workspace: WorkspaceOption = None,
+    size: Annotated[Optional[int], typer.Option(help="Synthetic scene side in pixels.")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """The main job on the embedded default: a SQLite workspace with the built-in scene."""
+    root = workspace or Path("workspace")
+    init(directory=root, workspace=None, database_url=None)
+    ingest_synthetic(workspace=root, size=size, seed=None, quiet=quiet)
+    status(workspace=root)
+
+
+def _report(result) -> None:
+    if result.already_present:
+        console.print(
+            f"already ingested: scene {result.scene_id} ({result.name}), {result.patches} patches; nothing changed"
+        )
+        return
+    console.print(
+        f"ingested scene {result.scene_id} ({result.name}): {result.patches} patches, "
+        f"{result.low_valid} below the valid-pixel threshold"
+    )
+    for what, count in result.labels.items():
+        console.print(f"  labels {what}: {count}")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+if __name__ == "__main__":
+    app()
