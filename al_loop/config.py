@@ -28,32 +28,41 @@ class ConfigError(ValueError):
     """The configuration file or an override is wrong."""
 
 
+def setting(default: Any, doc: str) -> Any:
+    """A configuration key with its default and the one-line documentation written to the file."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass
 class DatabaseConfig:
-    url: str = ""
-    """SQLAlchemy URL. Empty: SQLite file ``al-loop.db`` in the workspace.
-    PostgreSQL: ``postgresql+psycopg://user:password@host:port/dbname``."""
+    url: str = setting(
+        "",
+        "SQLAlchemy URL; empty: SQLite file al-loop.db in the workspace. "
+        "PostgreSQL: postgresql+psycopg://user:password@host:port/dbname",
+    )
 
 
 @dataclass
 class IngestConfig:
-    patch_size: int = 512
-    """Patch side in pixels (the HKH slices are 512)."""
-    patch_overlap: int = 0
-    """Pixels shared by neighbouring patches."""
-    min_valid_fraction: float = 0.2
-    """Patches with fewer valid pixels are kept but marked ``low_valid``."""
-    quicklooks: bool = True
-    """Write natural-colour and false-colour (B5/B4/B2) PNGs for every patch."""
-    stretch_percentiles: list[float] = field(default_factory=lambda: [2.0, 98.0])
-    """Percentile stretch of the quicklooks, computed per scene on its valid pixels."""
+    patch_size: int = setting(512, "patch side in pixels (the HKH slices are 512)")
+    patch_overlap: int = setting(0, "pixels shared by neighbouring patches")
+    min_valid_fraction: float = setting(
+        0.2, "patches with fewer valid pixels are kept but marked low_valid"
+    )
+    quicklooks: bool = setting(
+        True, "write natural-colour (B3/B2/B1) and false-colour (B5/B4/B2) PNGs per patch"
+    )
+    stretch_percentiles: list[float] = setting(
+        [2.0, 98.0], "quicklook percentile stretch, computed per scene on its valid pixels"
+    )
 
 
 @dataclass
 class SyntheticConfig:
-    size: int = 1024
-    """Side in pixels of the built-in synthetic scene."""
-    seed: int = 0
+    size: int = setting(1024, "side in pixels of the built-in synthetic scene")
+    seed: int = setting(0, "seed of the built-in synthetic scene")
 
 
 @dataclass
@@ -176,13 +185,21 @@ def load_config(
 
 
 def write_config(root: Path, config: Config) -> Path:
-    """Write the configuration with every key, so users see what can be set."""
+    """Write the configuration with every key and its documentation, so users see what can
+    be set."""
+    lines = [
+        "# al-loop workspace configuration. Every key has a default; environment variables",
+        "# AL_LOOP_<SECTION>_<KEY> override this file, command-line options override both.",
+    ]
+    for section_field in dataclasses.fields(config):
+        section = getattr(config, section_field.name)
+        lines += ["", f"[{section_field.name}]"]
+        for key_field in dataclasses.fields(section):
+            value = getattr(section, key_field.name)
+            lines.append(f"# {key_field.metadata['doc']}")
+            lines.append(tomli_w.dumps({key_field.name: value}).strip())
     path = Path(root) / CONFIG_FILE
-    path.write_text(
-        "# al-loop workspace configuration. Every key has a default; environment variables\n"
-        "# AL_LOOP_<SECTION>_<KEY> override this file, command-line options override both.\n"
-        + tomli_w.dumps(dataclasses.asdict(config))
-    )
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 

@@ -136,8 +136,8 @@ def _add_patches(
             fraction = float(valid.mean())
             low = fraction < cfg.min_valid_fraction
             n_low += low
-            x0, y0 = transform * (col_off, row_off)
-            x1, y1 = transform * (col_off + size, row_off + size)
+            x0, y0 = transform @ (col_off, row_off)
+            x1, y1 = transform @ (col_off + size, row_off + size)
             patch = Patch(
                 scene=scene,
                 row_off=row_off,

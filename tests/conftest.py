@@ -1,0 +1,56 @@
+"""Shared fixtures: the real sample data, and a workspace on SQLite or on a throwaway
+PostgreSQL server (store tests run against both)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from al_loop.workspace import init_workspace, open_store
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HKH_CLIP = SHARED_DATA / "lila_hkh" / "LE07_134040_20070922_clip.tif"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real sample data not found at {SHARED_DATA} (it sits beside the checkout in CI)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    from tests.postgres_server import postgres_or_fail
+
+    server = postgres_or_fail()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    server = request.getfixturevalue("postgres_server")
+    return server.new_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def workspace(tmp_path, database_url):
+    return init_workspace(tmp_path / "ws", database_url=database_url)
+
+
+@pytest.fixture
+def sqlite_workspace(tmp_path):
+    """A workspace on the default embedded store, for tests that are not about the database."""
+    return init_workspace(tmp_path / "ws")
+
+
+@pytest.fixture
+def store(workspace):
+    store = open_store(workspace)
+    yield store
+    store.dispose()

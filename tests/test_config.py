@@ -1,0 +1,63 @@
+import tomllib
+
+import pytest
+
+from al_loop.config import CONFIG_FILE, Config, ConfigError, load_config, open_workspace, write_config
+
+
+def test_defaults_file_environment_options_in_order_of_precedence(tmp_path):
+    (tmp_path / CONFIG_FILE).write_text("[ingest]\npatch_size = 256\npatch_overlap = 16\n")
+    env = {"AL_LOOP_INGEST_PATCH_OVERLAP": "32", "AL_LOOP_DATABASE_URL": "sqlite:///x.db"}
+    config = load_config(tmp_path, overrides={"ingest": {"min_valid_fraction": 0.5}}, environ=env)
+    assert config.ingest.patch_size == 256  # file
+    assert config.ingest.patch_overlap == 32  # environment beats file
+    assert config.ingest.min_valid_fraction == 0.5  # option
+    assert config.database.url == "sqlite:///x.db"
+    assert config.synthetic.seed == Config().synthetic.seed  # default
+    config = load_config(tmp_path, overrides={"ingest": {"patch_overlap": 8}}, environ=env)
+    assert config.ingest.patch_overlap == 8  # option beats environment
+
+
+def test_written_file_documents_and_round_trips_every_key(tmp_path):
+    config = Config()
+    config.ingest.patch_size = 128
+    text = write_config(tmp_path, config).read_text()
+    values = tomllib.loads(text)
+    assert values["ingest"]["patch_size"] == 128
+    for section in ("database", "ingest", "synthetic"):
+        for key in values[section]:
+            assert f"\n# " in text.split(f"{key} =")[0][-200:], f"{section}.{key} has no comment"
+    assert load_config(tmp_path, environ={}) == config
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[ingest]\npatch_size = 'big'\n", "ingest.patch_size: expected int, found 'big'"),
+        ("[ingest]\npatch_sise = 3\n", "unknown key ingest.patch_sise"),
+        ("[nope]\nx = 1\n", "unknown section [nope]"),
+        ("[ingest\n", "not valid TOML"),
+        ("[ingest]\nquicklooks = 'maybe'\n", "ingest.quicklooks: expected bool"),
+    ],
+)
+def test_bad_configuration_names_the_file_and_key(tmp_path, text, message):
+    (tmp_path / CONFIG_FILE).write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path, environ={})
+    assert message in str(info.value)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_bad_environment_value_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="environment: ingest.patch_size"):
+        load_config(tmp_path, environ={"AL_LOOP_INGEST_PATCH_SIZE": "1.5"})
+
+
+def test_workspace_from_environment_and_relative_paths(tmp_path):
+    ws = open_workspace(environ={"AL_LOOP_WORKSPACE": str(tmp_path)})
+    assert ws.root == tmp_path.resolve()
+    assert ws.database_url == f"sqlite:///{tmp_path.resolve() / 'al-loop.db'}"
+    inside = ws.root / "scenes" / "a.tif"
+    assert ws.relative(inside) == "scenes/a.tif"
+    assert ws.resolve("scenes/a.tif") == inside
+    assert ws.relative(tmp_path.parent / "elsewhere.tif") == str((tmp_path.parent / "elsewhere.tif").resolve())

@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+
+from al_loop.tiling import patch_windows
+
+
+@pytest.mark.parametrize("height, width, size, overlap", [(1000, 700, 256, 0), (512, 512, 512, 0), (1100, 530, 256, 64)])
+def test_windows_cover_every_pixel_with_full_patches_inside_the_scene(height, width, size, overlap):
+    covered = np.zeros((height, width), dtype=int)
+    windows = patch_windows(height, width, size, overlap)
+    for row, col in windows:
+        assert 0 <= row <= height - size and 0 <= col <= width - size
+        covered[row : row + size, col : col + size] += 1
+    assert covered.min() >= 1
+    assert len(set(windows)) == len(windows)
+
+
+def test_overlap_is_respected_between_neighbours():
+    rows = sorted({r for r, _ in patch_windows(2000, 300, 512, 112)})
+    assert rows[1] - rows[0] == 400
+
+
+def test_small_scene_gets_one_patch_reaching_past_its_edge():
+    assert patch_windows(169, 139, 512) == [(0, 0)]
+
+
+@pytest.mark.parametrize("size, overlap", [(0, 0), (256, 256), (256, -1)])
+def test_bad_sizes_are_refused(size, overlap):
+    with pytest.raises(ValueError, match="patch"):
+        patch_windows(100, 100, size, overlap)
