@@ -13,6 +13,7 @@ workspace and is stored by path relative to it, so a workspace can be moved as a
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import shutil
 import uuid
@@ -31,6 +32,7 @@ from sqlalchemy.orm import Session
 from al_loop import bands
 from al_loop.config import Workspace
 from al_loop.io import quicklooks
+from al_loop.io.slices import find_slices, read_slice_image, read_slice_mask
 from al_loop.io.rasters import (
     RasterInfo,
     describe_raster,
@@ -269,3 +271,133 @@ def _scene_id_metadata(name: str) -> tuple[str | None, dt.date | None]:
     except ValueError:
         acquired = None
     return _SENSORS.get(match.group(1), match.group(1)), acquired
+
+
+def ingest_synthetic_scene(
+    workspace: Workspace, store: Store, *, size: int, seed: int, quiet: bool = False
+) -> IngestResult:
+    """Generate the built-in synthetic scene inside the workspace and ingest it with its
+    exact labels (source ``inventory``)."""
+    from al_loop.label_ingest import LabelIngestResult, label_scene_from_raster
+    from al_loop.synthetic import make_scene
+
+    fingerprint = hashlib.sha256(f"synthetic:{SYNTHETIC_VERSION}:{size}:{seed}".encode()).hexdigest()
+    existing = _existing(store, fingerprint)
+    if existing:
+        return existing
+    name = f"synthetic-{size}-seed{seed}"
+    with staged_scene_dir(workspace, name, fingerprint) as staging:
+        scene_files = make_scene(staging.path, height=size, seed=seed, name=name)
+        origin = workspace.relative(staging.stored(scene_files.label_raster))
+
+        def add_labels(session: Session, scene: Scene) -> dict[str, int]:
+            result = LabelIngestResult(path=scene_files.label_raster)
+            label_scene_from_raster(session, scene, scene_files.label_raster, origin, result)
+            return {"created": result.created}
+
+        return ingest_raster_scene(
+            workspace,
+            store,
+            staging,
+            info=describe_raster(scene_files.image),
+            channels=list(bands.CHANNELS),
+            available=list(bands.CHANNELS),
+            source_kind="synthetic",
+            source_uri=f"al_loop.synthetic size={size} seed={seed}",
+            fingerprint=fingerprint,
+            name=name,
+            sensor="synthetic Landsat 7 ETM+",
+            details={"size": size, "seed": seed, "label_vector": workspace.relative(staging.stored(scene_files.label_vector))},
+            after_patches=add_labels,
+            quiet=quiet,
+        )
+
+
+SYNTHETIC_VERSION = 1
+"""Bump when the generator's output changes, so old synthetic scenes are not taken for new."""
+
+
+def ingest_slices(
+    workspace: Workspace,
+    store: Store,
+    folder: Path,
+    *,
+    footprints: Path | None = None,
+    convention: str | None = None,
+    quiet: bool = False,
+) -> IngestResult:
+    """The HKH ``slices/`` layout: each image ``.npy`` is one patch, read in place; its mask
+    (either convention, detected or given) becomes an ``inventory`` label.
+
+    A slices scene has no single grid: a patch's ``row_off`` is its ordinal in the folder and
+    its footprint comes from the GeoJSON. Masks without an image are counted and skipped.
+    """
+    folder = Path(folder).resolve()
+    entries = find_slices(folder, footprints)
+    usable = [e for e in entries if e.image_path is not None]
+    if not usable:
+        raise ValueError(f"{folder}: no slice images (slice_*_img_*.npy) found")
+    files = [p for e in usable for p in (e.image_path, e.mask_path) if p is not None]
+    fingerprint = hashlib.sha256(
+        "|".join(f"{p.name}:{p.stat().st_size}" for p in files).encode() + b"slices"
+    ).hexdigest()
+    existing = _existing(store, fingerprint)
+    if existing:
+        return existing
+    first = read_slice_image(usable[0].image_path)
+    height, width = first.shape[1:]
+    stretch = _slices_stretch(usable, workspace.config.ingest.stretch_percentiles)
+    cfg = workspace.config.ingest
+    labels = {"created": 0, "masks_without_image": len(entries) - len(usable)}
+    with staged_scene_dir(workspace, folder.name, fingerprint) as staging, store.session() as session:
+        crs = next((e.crs for e in usable if e.crs is not None), None)
+        scene = Scene(
+            name=folder.name,
+            source_kind="slices",
+            source_uri=str(folder),
+            fingerprint=fingerprint,
+            crs=crs.to_wkt() if crs else None,
+            width=width,
+            height=height,
+            channels=list(bands.CHANNELS),
+            available_channels=list(bands.CHANNELS),
+            stretch=stretch,
+            details={"slices": len(usable), **labels},
+        )
+        session.add(scene)
+        quicklook_dir = staging.path / "quicklooks"
+        quicklook_dir.mkdir()
+        n_low = 0
+        for ordinal, entry in enumerate(track(usable, description="slices", disable=quiet, transient=True)):
+            pixels = np.asarray(read_slice_image(entry.image_path), dtype=np.float32)
+            if pixels.shape[1:] != (height, width):
+                raise ValueError(f"{entry.image_path}: slice of {pixels.shape[1:]} pixels, expected {(height, width)} like the others")
+            valid = bands.valid_mask(pixels)
+            fraction = float(valid.mean())
+            n_low += fraction < cfg.min_valid_fraction
+            minx, miny, maxx, maxy = entry.bounds or (None, None, None, None)
+            patch = Patch(
+                scene=scene, row_off=ordinal, col_off=0, height=height, width=width,
+                minx=minx, miny=miny, maxx=maxx, maxy=maxy, valid_fraction=fraction,
+                low_valid=fraction < cfg.min_valid_fraction, data_path=str(entry.image_path),
+            )
+            if cfg.quicklooks:
+                rgb, false = quicklooks.write_quicklooks(pixels, bands.CHANNELS, valid, stretch, quicklook_dir / entry.name)
+                patch.quicklook_rgb = rgb and workspace.relative(staging.stored(rgb))
+                patch.quicklook_false = false and workspace.relative(staging.stored(false))
+            session.add(patch)
+            session.flush()
+            if entry.mask_path is not None:
+                mask = read_slice_mask(entry.mask_path, convention)
+                queries.save_label(session, patch, mask, source="inventory", origin=str(entry.mask_path))
+                labels["created"] += 1
+        staging.publish()
+        return IngestResult(scene.id, scene.name, len(usable), n_low, labels=labels)
+
+
+def _slices_stretch(entries, percentiles, sample: int = 32) -> dict[str, list[float]]:
+    """Quicklook stretch from up to ``sample`` slices spread over the folder, subsampled 4x."""
+    step = max(1, len(entries) // sample)
+    images = [np.asarray(read_slice_image(e.image_path)[:, ::4, ::4]) for e in entries[::step][:sample]]
+    pixels = np.concatenate(images, axis=2)
+    return quicklooks.scene_stretch(pixels, bands.CHANNELS, bands.valid_mask(pixels), percentiles)
