@@ -83,15 +83,100 @@ def db_upgrade(workspace: WorkspaceOption = None) -> None:
 
 @ingest_app.command("scene")
 def ingest_scene(
-    path: Annotated[Path, typer.Argument(help="An HKH fused tile (15 named bands).")],
+    path: Annotated[
+        Path,
+        typer.Argument(help="An HKH fused tile (15 named bands), a USGS Level-1 folder, or a multi-band file with --bands."),
+    ],
+    dem: Annotated[Optional[Path], typer.Option(help="DEM on any grid and CRS (Level-1 folders and band stacks).")] = None,
+    bands: Annotated[
+        Optional[str], typer.Option(help="Band mapping of a multi-band file, in file order, e.g. B1,B2,B3,B4,B5,B7.")
+    ] = None,
     workspace: WorkspaceOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Ingest a scene and cut it into patches."""
-    from al_loop.ingest import ingest_hkh_tile
+    from al_loop.ingest import ingest_hkh_tile, ingest_landsat
 
     with _clear_errors(), _store(workspace) as (ws, store):
-        _report(ingest_hkh_tile(ws, store, path, quiet=quiet))
+        if path.is_dir() or bands:
+            mapping = [b.strip() for b in bands.split(",")] if bands else None
+            result = ingest_landsat(ws, store, path, dem=dem, band_mapping=mapping, quiet=quiet)
+        elif dem is not None:
+            raise ValueError(f"{path}: an HKH fused tile already has elevation and slope; --dem is for Level-1 folders and band stacks")
+        else:
+            result = ingest_hkh_tile(ws, store, path, quiet=quiet)
+        _report(result)
+
+
+@ingest_app.command("slices")
+def ingest_slices(
+    folder: Annotated[Path, typer.Argument(help="An HKH slices/ folder (slice_*_img_*.npy, slice_*_mask_*.npy).")],
+    footprints: Annotated[
+        Optional[Path], typer.Option(help="Footprint GeoJSON (default: slices.geojson beside the folder).")
+    ] = None,
+    mask_convention: Annotated[
+        Optional[str], typer.Option(help="'slices' (glacier, clean, debris) or 'splits' (one-hot clean, debris, background); detected if omitted.")
+    ] = None,
+    workspace: WorkspaceOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Ingest the HKH slices layout: each image is a patch, each mask a label."""
+    from al_loop.ingest import ingest_slices as ingest
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        _report(ingest(ws, store, folder, footprints=footprints, convention=mask_convention, quiet=quiet))
+
+
+def _pairs(items: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{option} {item!r}: expected VALUE=CLASS, e.g. {option} D=debris")
+        pairs[key] = value
+    return pairs
+
+
+@ingest_app.command("labels")
+def ingest_labels(
+    path: Annotated[Path, typer.Argument(help="Vector labels (shapefile, GeoPackage, GeoJSON) or a label raster.")],
+    attribute: Annotated[Optional[str], typer.Option(help="Attribute whose values map to classes.")] = None,
+    map_: Annotated[
+        Optional[list[str]],
+        typer.Option("--map", help="VALUE=CLASS (classes: background, clean_ice, debris, glacier); repeat it. For rasters, the pixel value."),
+    ] = None,
+    default_class: Annotated[str, typer.Option(help="Class of every polygon when no attribute is given.")] = "glacier",
+    scene: Annotated[Optional[list[int]], typer.Option(help="Scene id to label (repeat; default: every raster scene).")] = None,
+    workspace: WorkspaceOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Rasterise a label file onto the patches it covers (inventory labels)."""
+    from al_loop.label_ingest import RASTER_SUFFIXES
+    from al_loop.label_ingest import ingest_labels as ingest
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        pairs = _pairs(map_ or [], "--map")
+        if path.suffix.lower() in RASTER_SUFFIXES:
+            try:
+                raster_values = {int(k): v for k, v in pairs.items()} or None
+            except ValueError:
+                raise ValueError(f"--map for a label raster takes integer pixel values, found {list(pairs)}") from None
+            result = ingest(ws, store, path, scene_ids=scene, raster_values=raster_values, quiet=quiet)
+        else:
+            result = ingest(
+                ws, store, path, scene_ids=scene, attribute=attribute, mapping=pairs or None,
+                default_class=default_class, quiet=quiet,
+            )
+    console.print(
+        f"labels from {result.path.name}: {result.patches} patches "
+        f"({result.created} new, {result.revised} revised, {result.unchanged} unchanged)"
+    )
+    counts = result.file_counts
+    if counts:
+        console.print(
+            f"  features {counts.get('features', 0)}, repaired {counts.get('repaired', 0)}, "
+            f"empty skipped {counts.get('empty', 0)}, unmapped {counts.get('unmapped', {})}"
+        )
 
 
 @ingest_app.command("synthetic")

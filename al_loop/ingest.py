@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.transform import Affine
-from rich.progress import track
+from rich.progress import Progress, track
 from sqlalchemy.orm import Session
 
 from al_loop import bands
 from al_loop.config import Workspace
-from al_loop.io import quicklooks
+from al_loop.io import landsat, quicklooks
 from al_loop.io.slices import find_slices, read_slice_image, read_slice_mask
 from al_loop.io.rasters import (
     RasterInfo,
@@ -257,20 +257,68 @@ def ingest_hkh_tile(workspace: Workspace, store: Store, path: Path, *, quiet: bo
         )
 
 
-_SCENE_ID = re.compile(r"(L[ETCO]0\d)_(?:L1\w{2}_)?\d{6}_(\d{8})")
-_SENSORS = {"LE07": "Landsat 7 ETM+", "LT05": "Landsat 5 TM", "LC08": "Landsat 8 OLI", "LC09": "Landsat 9 OLI"}
+def ingest_landsat(
+    workspace: Workspace,
+    store: Store,
+    path: Path,
+    *,
+    dem: Path | None = None,
+    band_mapping: list[str] | None = None,
+    quiet: bool = False,
+) -> IngestResult:
+    """A raw USGS Level-1 folder (one GeoTIFF per band) or a multi-band file with a band
+    mapping, plus an optional DEM on any grid: built into the 15-channel HKH layout inside the
+    workspace (indices with the dataset's conventions, DEM warped onto the scene grid, slope
+    with the real pixel size), then cut into patches. Missing bands are recorded."""
+    path = Path(path).resolve()
+    if path.is_dir():
+        sources, kind = landsat.band_files_from_folder(path), "usgs_l1"
+    elif band_mapping:
+        sources, kind = landsat.band_files_from_stack(path, band_mapping), "band_stack"
+    else:
+        raise ValueError(f"{path}: a single file needs a band mapping (e.g. --bands B1,B2,B3,B4,B5,B7)")
+    inputs = sorted({s.path.resolve() for s in sources}) + ([Path(dem).resolve()] if dem else [])
+    fingerprint = quick_fingerprint(*inputs, extra=f"{kind}:{[(s.name, s.band_index) for s in sources]}")
+    existing = _existing(store, fingerprint)
+    if existing:
+        return existing
+    sensor, acquired = _scene_id_metadata(path.name)
+    with staged_scene_dir(workspace, path.stem, fingerprint) as staging:
+        with Progress(disable=quiet, transient=True) as bar:
+            task = bar.add_task(f"building the 15-channel stack of {path.name}")
+            stack = landsat.build_stack(
+                sources, staging.path / "stack.tif", dem,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        return ingest_raster_scene(
+            workspace,
+            store,
+            staging,
+            info=describe_raster(stack.path),
+            channels=list(bands.CHANNELS),
+            available=stack.available_channels,
+            source_kind=kind,
+            source_uri=str(path),
+            fingerprint=fingerprint,
+            name=path.stem,
+            sensor=sensor,
+            acquired=acquired,
+            details={
+                "bands": {s.name: f"{s.path}#{s.band_index}" for s in sources},
+                "dem": str(dem) if dem else None,
+                "missing_channels": stack.missing_channels,
+            },
+            quiet=quiet,
+        )
 
 
 def _scene_id_metadata(name: str) -> tuple[str | None, dt.date | None]:
     """Sensor and acquisition date from a Landsat product or HKH tile name, when it has them."""
-    match = _SCENE_ID.search(name)
-    if not match:
-        return None, None
     try:
-        acquired = dt.datetime.strptime(match.group(2), "%Y%m%d").date()
+        return landsat.parse_scene_id(name)
     except ValueError:
-        acquired = None
-    return _SENSORS.get(match.group(1), match.group(1)), acquired
+        return None, None
+
 
 
 def ingest_synthetic_scene(

@@ -1,0 +1,450 @@
+"""Raw Landsat 7 ETM+ data to the HKH dataset's 15-channel layout.
+
+Two inputs feed one builder: a USGS Level-1 folder (one GeoTIFF per band,
+:func:`band_files_from_folder`) and a multi-band stack with a band mapping
+(:func:`band_files_from_stack`). Both give a list of :class:`BandSource`, which
+:func:`build_stack` turns into a float32 GeoTIFF with the channels of ``bands.CHANNELS``,
+on the grid of the first reflective band.
+
+Conventions are those of the HKH fused tiles (checked on the real clip, where all 15 channels
+are 0 wherever ``bands.valid_mask`` is false):
+
+* bands keep their digital numbers; the Level-1 fill value 0 stays 0;
+* at invalid pixels (scene edges, SLC-off stripes) every channel the scene has is 0, indices
+  and terrain included;
+* a channel the inputs cannot give (a band missing, an index lacking an input, no DEM) is NaN
+  everywhere and listed in :attr:`StackInfo.missing_channels`;
+* a valid pixel that the DEM does not cover has NaN elevation, and NaN slope when the DEM
+  misses any pixel of its 3x3 neighbourhood (a one-pixel NaN ring around DEM voids and edges).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.transform import array_bounds
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from al_loop.bands import (
+    CHANNELS,
+    INDEX_INPUTS,
+    RAW_BANDS,
+    REFLECTIVE_BANDS,
+    TERRAIN_CHANNELS,
+    BandNameError,
+    channel_index,
+    compute_index,
+    valid_mask,
+)
+from al_loop.io.rasters import RasterInfo, RasterInputError, describe_raster
+from al_loop.terrain import pixel_size_metres, slope_degrees
+
+SENSORS = {
+    "LT04": "Landsat 4 TM",
+    "LT05": "Landsat 5 TM",
+    "LE07": "Landsat 7 ETM+",
+    "LC08": "Landsat 8 OLI/TIRS",
+    "LC09": "Landsat 9 OLI-2/TIRS-2",
+}
+
+# LE07_L1TP_134040_20070922_20161231_01_T1: sensor, level, path/row, acquired, processed,
+# collection, tier.
+_SCENE_ID = r"(?P<sensor>L[A-Z]\d{2})_L1[A-Z]{2}_\d{6}_(?P<date>\d{8})_\d{8}_\d{2}_(?:T1|T2|RT)"
+# The sensor and date part alone, also found in HKH fused tile names (LE07_134040_20070922).
+_SENSOR_DATE = r"(?P<sensor>L[A-Z]\d{2})_(?:L1[A-Z]{2}_)?\d{6}_(?P<date>\d{8})"
+_BAND_FILE = re.compile(
+    _SCENE_ID + r"_(?P<band>B[1-578]|B6_VCID_[12]|BQA|QA_PIXEL)\.tif", re.IGNORECASE
+)
+
+# Resampling onto the 30 m grid when a band's grid differs: the 15 m panchromatic band is
+# averaged, the quality band's bit flags cannot be interpolated, the rest is bilinear.
+_RESAMPLING = {"B8": Resampling.average, "BQA": Resampling.nearest}
+
+# GDAL's warper works per window read and by default (1) approximates the coordinate
+# transformation to 1/8 source pixel and (2) widens the resampling kernel by a scale factor
+# estimated from each window's shape. Both vary between windows: block-wise reads of a
+# reprojected DEM differed from a whole-scene read by up to 10 m. An effectively exact
+# transformation (rasterio refuses exactly 0; about 1 s per million pixels, one core) and a fixed
+# scale (plain 2x2 bilinear, right for SRTM's 30-90 m; a much finer DEM would be sampled
+# rather than averaged) make blocks seamless.
+_WARP_TOLERANCE = 1e-9
+_FIXED_SCALE = {"XSCALE": 1, "YSCALE": 1}
+
+
+@dataclass(frozen=True)
+class BandSource:
+    """One Landsat band: its channel name, the file holding it, and its 1-based band index."""
+
+    name: str
+    path: Path
+    band_index: int = 1
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    path: Path
+    available_channels: list[str]  # in CHANNELS order
+    missing_channels: list[str]  # NaN in every pixel
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+
+def parse_scene_id(name: str) -> tuple[str, date]:
+    """Sensor and acquisition date from a USGS scene id, band file name or HKH tile name.
+
+    ``LE07_L1TP_134040_20070922_20161231_01_T1_B1.TIF`` -> ``("Landsat 7 ETM+", 2007-09-22)``;
+    so does ``LE07_134040_20070922.tif``.
+    """
+    match = re.search(_SENSOR_DATE, Path(name).name, re.IGNORECASE)
+    if match is None:
+        raise ValueError(
+            f"{name!r} is not a USGS Landsat Level-1 scene id "
+            "(like LE07_L1TP_134040_20070922_20161231_01_T1)"
+        )
+    code = match["sensor"].upper()
+    if code not in SENSORS:
+        raise ValueError(f"{name!r}: unknown sensor code {code}; known: {', '.join(SENSORS)}")
+    return SENSORS[code], datetime.strptime(match["date"], "%Y%m%d").date()
+
+
+def find_level1_bands(folder: Path) -> dict[str, Path]:
+    """Band files of one Landsat 7 Level-1 scene in ``folder``, keyed by channel name.
+
+    Collection 1 and 2 names are recognised (``*_B1.TIF`` ... ``*_B6_VCID_2.TIF``,
+    ``*_BQA.TIF``; Collection 2's ``*_QA_PIXEL.TIF`` counts as BQA), any case of ``.tif``.
+    Other files (metadata, Level-2 products) are ignored.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RasterInputError(f"{folder}: not a folder")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        match = _BAND_FILE.fullmatch(path.name)
+        if match is None:
+            continue
+        sensor = match["sensor"].upper()
+        if sensor != "LE07":
+            raise RasterInputError(
+                f"{path}: a {SENSORS.get(sensor, sensor)} file; only Landsat 7 ETM+ bands "
+                "fit the HKH channel layout"
+            )
+        name = match["band"].upper().replace("QA_PIXEL", "BQA")
+        if name in found:
+            raise RasterInputError(
+                f"{folder}: two files for band {name}: {found[name].name} and {path.name}"
+            )
+        found[name] = path
+    if not found:
+        raise RasterInputError(
+            f"{folder}: no Landsat Level-1 band files "
+            "(like LE07_L1TP_134040_20070922_20161231_01_T1_B1.TIF)"
+        )
+    return {name: found[name] for name in RAW_BANDS if name in found}
+
+
+def band_files_from_folder(folder: Path) -> list[BandSource]:
+    """The bands of a USGS Level-1 folder as sources for :func:`build_stack`."""
+    return [BandSource(name, path) for name, path in find_level1_bands(folder).items()]
+
+
+def band_files_from_stack(path: Path, mapping: list[str] | dict[int, str]) -> list[BandSource]:
+    """The bands of one multi-band file as sources for :func:`build_stack`.
+
+    ``mapping`` names every band in file order (``["B1", "B2", "B3", "B4", "B5", "B7"]``), or
+    picks bands by 1-based index (``{1: "B1", 4: "B4"}``). Band descriptions in the file that
+    name a channel must agree with the mapping.
+    """
+    path = Path(path)
+    info = describe_raster(path)
+    if isinstance(mapping, dict):
+        outside = sorted(i for i in mapping if not 1 <= i <= info.count)
+        if outside:
+            raise RasterInputError(
+                f"{path}: has {info.count} bands; the mapping names band(s) {outside}"
+            )
+        sources = [BandSource(name, path, i) for i, name in sorted(mapping.items())]
+    else:
+        if len(mapping) != info.count:
+            raise RasterInputError(
+                f"{path}: the mapping names {len(mapping)} bands ({', '.join(mapping)}) "
+                f"but the file has {info.count}"
+            )
+        sources = [BandSource(name, path, i) for i, name in enumerate(mapping, start=1)]
+    _check_names(sources)
+    for source in sources:
+        _check_band(source, info)
+    return sources
+
+
+def build_stack(
+    sources: list[BandSource],
+    out_path: Path,
+    dem: Path | None = None,
+    block_size: int = 512,
+    progress: Callable[[int, int], None] | None = None,
+) -> StackInfo:
+    """Write the 15-channel HKH layout of a Landsat 7 scene to ``out_path``.
+
+    Every input is checked before anything is written; the output is written to a temporary
+    file beside ``out_path`` and renamed into place, so a failure leaves no file behind.
+    Work goes block by block (``block_size`` pixels square), so memory stays bounded for a
+    full scene. ``dem`` may be on any grid and CRS: it is warped onto the scene grid and its
+    slope computed there with the scene's pixel size in metres. ``progress(done, total)`` is
+    called after each block.
+    """
+    out_path = Path(out_path)
+    infos = _check_sources(sources)
+    reference = next(s for name in REFLECTIVE_BANDS for s in sources if s.name == name)
+    grid = infos[reference.path]
+    for info in infos.values():
+        _check_overlap(info, grid)
+    if dem is not None:
+        dem = Path(dem)
+        _check_overlap(describe_raster(dem), grid)
+    available = _available_channels([s.name for s in sources], dem is not None)
+    missing = [c for c in CHANNELS if c not in available]
+
+    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.part")
+    try:
+        with ExitStack() as stack:
+            readers = {s.name: _band_reader(s, infos[s.path], grid, stack) for s in sources}
+            terrain = _TerrainReader(dem, grid, stack) if dem is not None else None
+            dst = stack.enter_context(rasterio.open(tmp, "w", **_output_profile(grid)))
+            for i, name in enumerate(CHANNELS, start=1):
+                dst.set_band_description(i, name)
+            dst.update_tags(missing_channels=",".join(missing))
+            windows = list(_blocks(grid.width, grid.height, block_size))
+            for done, window in enumerate(windows, start=1):
+                block = _build_block(window, readers, terrain, available)
+                dst.write(block, window=window)
+                if progress is not None:
+                    progress(done, len(windows))
+        os.replace(tmp, out_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return StackInfo(
+        path=out_path,
+        available_channels=available,
+        missing_channels=missing,
+        crs=CRS.from_wkt(grid.crs),
+        transform=Affine(*grid.transform),
+        width=grid.width,
+        height=grid.height,
+    )
+
+
+def _check_names(sources: list[BandSource]) -> None:
+    names = [s.name for s in sources]
+    unknown = [n for n in names if n not in RAW_BANDS]
+    if unknown:
+        raise BandNameError(
+            f"unknown band name(s) {unknown}; Landsat bands are {', '.join(RAW_BANDS)}"
+        )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise BandNameError(f"band(s) {repeated} given more than once")
+
+
+def _check_band(source: BandSource, info: RasterInfo) -> None:
+    """The band must exist, and a description naming a channel must match the mapped name."""
+    if not 1 <= source.band_index <= info.count:
+        raise RasterInputError(
+            f"{source.path}: has {info.count} band(s); band {source.band_index} "
+            f"({source.name}) was asked for"
+        )
+    described = info.descriptions[source.band_index - 1]
+    known = {c.upper() for c in CHANNELS}
+    if described and described.upper() in known and described.upper() != source.name.upper():
+        raise BandNameError(
+            f"{source.path}: band {source.band_index} is described as {described!r} "
+            f"but mapped to {source.name!r}"
+        )
+
+
+def _check_sources(sources: list[BandSource]) -> dict[Path, RasterInfo]:
+    """Check every source file (readable, georeferenced, band names) before any writing."""
+    if not sources:
+        raise ValueError("no band sources given")
+    _check_names(sources)
+    if not any(s.name in REFLECTIVE_BANDS for s in sources):
+        raise BandNameError(
+            f"no reflective band ({', '.join(REFLECTIVE_BANDS)}) among "
+            f"{[s.name for s in sources]}; one is needed for the 30 m grid and the valid-pixel rule"
+        )
+    infos = {s.path: describe_raster(s.path) for s in sources}
+    for source in sources:
+        _check_band(source, infos[source.path])
+    return infos
+
+
+def _bounds(info: RasterInfo) -> tuple[float, float, float, float]:
+    return array_bounds(info.height, info.width, Affine(*info.transform))
+
+
+def _check_overlap(info: RasterInfo, grid: RasterInfo) -> None:
+    """Fail when a file does not overlap the scene grid (compared in the scene's CRS)."""
+    left, bottom, right, top = transform_bounds(
+        CRS.from_wkt(info.crs), CRS.from_wkt(grid.crs), *_bounds(info), densify_pts=21
+    )
+    g_left, g_bottom, g_right, g_top = _bounds(grid)
+    if left >= g_right or right <= g_left or bottom >= g_top or top <= g_bottom:
+        raise RasterInputError(f"{info.path}: does not overlap the scene {grid.path}")
+
+
+def _available_channels(band_names: list[str], has_dem: bool) -> list[str]:
+    have = set(band_names)
+    have |= {index for index, (a, b) in INDEX_INPUTS.items() if a in have and b in have}
+    if has_dem:
+        have |= set(TERRAIN_CHANNELS)
+    return [c for c in CHANNELS if c in have]
+
+
+def _same_grid(info: RasterInfo, grid: RasterInfo) -> bool:
+    return (
+        CRS.from_wkt(info.crs) == CRS.from_wkt(grid.crs)
+        and Affine(*info.transform).almost_equals(Affine(*grid.transform))
+        and (info.width, info.height) == (grid.width, grid.height)
+    )
+
+
+@dataclass
+class _Reader:
+    """Reads one band of an open dataset by window as float32, masked pixels set to ``fill``."""
+
+    dataset: rasterio.io.DatasetReader | WarpedVRT
+    band_index: int
+    path: Path
+    fill: float
+
+    def read(self, window: Window) -> np.ndarray:
+        try:
+            data = self.dataset.read(self.band_index, window=window, masked=True)
+        except RasterioError as exc:
+            raise RasterInputError(f"{self.path}: cannot read window {window} ({exc})") from None
+        return data.astype(np.float32).filled(self.fill)
+
+
+def _band_reader(
+    source: BandSource, info: RasterInfo, grid: RasterInfo, stack: ExitStack
+) -> _Reader:
+    """A reader of ``source`` on the scene grid, warping it there if its own grid differs."""
+    src = stack.enter_context(rasterio.open(source.path))
+    if not _same_grid(info, grid):
+        src = stack.enter_context(
+            WarpedVRT(
+                src,
+                crs=CRS.from_wkt(grid.crs),
+                transform=Affine(*grid.transform),
+                width=grid.width,
+                height=grid.height,
+                resampling=_RESAMPLING.get(source.name, Resampling.bilinear),
+                src_nodata=0 if src.nodata is None else src.nodata,  # Level-1 fill is 0
+                nodata=0,
+                tolerance=_WARP_TOLERANCE,
+            )
+        )
+    return _Reader(src, source.band_index, source.path, fill=0.0)
+
+
+class _TerrainReader:
+    """Elevation and slope on the scene grid from a DEM on any grid.
+
+    The DEM is warped (bilinear, its nodata respected) onto the scene grid grown by one pixel
+    on every side, so each block is read with a one-pixel halo and slopes are seamless across
+    block edges and use real terrain at the scene border.
+    """
+
+    def __init__(self, dem: Path, grid: RasterInfo, stack: ExitStack):
+        src = stack.enter_context(rasterio.open(dem))
+        self.transform = Affine(*grid.transform)
+        self.crs = CRS.from_wkt(grid.crs)
+        vrt = stack.enter_context(
+            WarpedVRT(
+                src,
+                crs=self.crs,
+                transform=self.transform * Affine.translation(-1, -1),
+                width=grid.width + 2,
+                height=grid.height + 2,
+                resampling=Resampling.bilinear,
+                dtype="float32",
+                nodata=np.nan,
+                tolerance=_WARP_TOLERANCE,
+                **_FIXED_SCALE,
+            )
+        )
+        self.reader = _Reader(vrt, 1, dem, fill=np.nan)
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Elevation and slope (degrees) of a scene window."""
+        # Window (row, col) of the scene is (row + 1, col + 1) of the grown grid.
+        halo = Window(window.col_off, window.row_off, window.width + 2, window.height + 2)
+        dem = self.reader.read(halo)
+        rows = np.arange(window.row_off - 1, window.row_off + window.height + 1)
+        xres, yres = pixel_size_metres(self.transform, self.crs, rows)
+        return dem[1:-1, 1:-1], slope_degrees(dem, xres, yres)[1:-1, 1:-1]
+
+
+def _blocks(width: int, height: int, size: int) -> Iterator[Window]:
+    for row in range(0, height, size):
+        for col in range(0, width, size):
+            yield Window(col, row, min(size, width - col), min(size, height - row))
+
+
+def _build_block(
+    window: Window,
+    readers: dict[str, _Reader],
+    terrain: _TerrainReader | None,
+    available: list[str],
+) -> np.ndarray:
+    """The 15 channels of one window, NaN for missing channels, 0 at invalid pixels."""
+    out = np.full((len(CHANNELS), window.height, window.width), np.nan, dtype=np.float32)
+    raw = {name: reader.read(window) for name, reader in readers.items()}
+    for name, data in raw.items():
+        out[channel_index(name)] = data
+    for name in INDEX_INPUTS:
+        if name in available:
+            out[channel_index(name)] = compute_index(name, raw)
+    if terrain is not None:
+        elevation, slope = terrain.read(window)
+        out[channel_index("elevation")] = elevation
+        out[channel_index("slope")] = slope
+    valid = valid_mask(np.stack(list(raw.values())), list(raw))
+    present = [channel_index(c) for c in available]
+    out[present] = np.where(valid, out[present], 0)
+    return out
+
+
+def _output_profile(grid: RasterInfo) -> dict:
+    return {
+        "driver": "GTiff",
+        "dtype": "float32",
+        "count": len(CHANNELS),
+        "crs": CRS.from_wkt(grid.crs),
+        "transform": Affine(*grid.transform),
+        "width": grid.width,
+        "height": grid.height,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        "predictor": 3,
+        "BIGTIFF": "IF_SAFER",
+    }
