@@ -203,8 +203,8 @@ def status(workspace: WorkspaceOption = None) -> None:
             summary = status_summary(session)
     console.print(f"workspace {ws.root}  database {_safe_url(ws.database_url)}")
     scenes = Table(title="scenes")
-    for column in ("id", "name", "kind", "size", "channels", "patches", "mean valid", "low valid"):
-        scenes.add_column(column, justify="right" if column not in ("name", "kind") else "left")
+    for column in ("id", "name", "kind", "size", "channels", "patches", "valid", "low valid"):
+        scenes.add_column(column, justify="left" if column in ("name", "kind") else "right", overflow="fold")
     for s in summary["scenes"]:
         scenes.add_row(
             str(s["id"]), s["name"], s["kind"], s["size"], str(s["channels"]),
@@ -212,8 +212,8 @@ def status(workspace: WorkspaceOption = None) -> None:
         )
     console.print(scenes)
     labels = Table(title="accepted labels (pixels by class)")
-    for column in ("source", "labels", "patches", "background", "clean ice", "debris", "glacier (type unknown)"):
-        labels.add_column(column, justify="left" if column == "source" else "right")
+    for column in ("source", "labels", "patches", "background", "clean ice", "debris", "glacier, type unknown"):
+        labels.add_column(column, justify="left" if column == "source" else "right", overflow="fold")
     for row in summary["labels"]:
         labels.add_row(
             row["source"], str(row["labels"]), str(row["patches"]),
