@@ -14,6 +14,7 @@ from rich.table import Table
 from al_loop.config import WORKSPACE_ENV, open_workspace
 from al_loop.workspace import init_workspace, open_store
 from db.queries import status_summary
+from al_loop.model.training import TrainingCancelled
 from db.session import SchemaError, upgrade
 
 app = typer.Typer(help="Active-learning annotation loop for glacier mapping.", no_args_is_help=True)
@@ -37,7 +38,7 @@ def _clear_errors():
     """Input problems end the command with one clear message and exit code 2, no traceback."""
     try:
         yield
-    except (ValueError, LookupError, SchemaError, FileNotFoundError) as exc:
+    except (ValueError, LookupError, SchemaError, FileNotFoundError, TrainingCancelled) as exc:
         errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
@@ -223,6 +224,115 @@ def status(workspace: WorkspaceOption = None) -> None:
     models = ", ".join(f"{n} {s}" for s, n in summary["models"].items()) or "none"
     jobs = ", ".join(f"{n} {s}" for s, n in summary["jobs"].items()) or "none"
     console.print(f"rounds: {summary['rounds']}   models: {models}   training jobs: {jobs}")
+
+
+models_app = typer.Typer(help="The model registry.", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+
+
+@app.command()
+def train(
+    from_: Annotated[Optional[str], typer.Option("--from", help="Fine-tune from this model version (warm start, all labels replayed).")] = None,
+    resume: Annotated[Optional[int], typer.Option(help="Resume a cancelled or interrupted training job from its last epoch.")] = None,
+    workspace: WorkspaceOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Train a model version on the accepted labels; promote it if it passes the gate."""
+    from al_loop.retrain import run_training
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        report = run_training(ws, store, parent_name=from_, job_id=resume, quiet=quiet)
+    console.print(
+        f"model {report.version} ({report.status}) from job {report.job_id}: "
+        f"{report.metrics['train_patches']} training / {report.metrics['val_patches']} validation patches, "
+        f"best epoch {report.metrics['best_epoch']} of {report.metrics['epochs']}"
+    )
+    _metrics_table(report.metrics["val"], f"validation metrics of {report.version}")
+    console.print(f"promotion gate: {report.gate}")
+
+
+@app.command()
+def evaluate(
+    version: Annotated[Optional[str], typer.Argument(help="Model version (default: the champion).")] = None,
+    split: Annotated[str, typer.Option(help="Labelled patches to evaluate on: val or train.")] = "val",
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Per-class IoU, precision, recall and F1 over the whole set; JSON and PNGs."""
+    from al_loop.evaluation import evaluate_version
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        result = evaluate_version(ws, store, version, split)
+    _metrics_table(result.metrics, f"{result.version} on {result.patches} {result.split} patches")
+    for what, path in result.outputs.items():
+        console.print(f"  {what}: {path}")
+
+
+def _metrics_table(metrics: dict, title: str) -> None:
+    table = Table(title=title)
+    for column in ("class", "IoU", "precision", "recall", "F1", "pixels"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, values in metrics.items():
+        table.add_row(name, *(f"{values[k]:.3f}" for k in ("iou", "precision", "recall", "f1")), f"{int(values['support']):,}")
+    console.print(table)
+
+
+@models_app.callback()
+def models(ctx: typer.Context, workspace: WorkspaceOption = None) -> None:
+    """List model versions (subcommands: promote, rollback)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from db.registry import versions
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        with store.session() as session:
+            rows = [(v.name, v.status, v.parent_id, v.metrics.get("val", {}), len(v.labels), v.created_at) for v in versions(session)]
+    table = Table(title="model versions")
+    for column in ("version", "status", "parent", "clean ice IoU", "debris IoU", "labels", "created"):
+        table.add_column(column)
+    for name, status, parent, val, n_labels, created in rows:
+        iou = lambda c: f"{val[c]['iou']:.3f}" if c in val else "-"  # noqa: E731
+        table.add_row(name, status, str(parent or "-"), iou("clean_ice"), iou("debris"), str(n_labels), f"{created:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(version: str, workspace: WorkspaceOption = None) -> None:
+    """Serve VERSION now, whatever the gate said."""
+    from db.registry import promote
+    from db.registry import version as find
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        with store.session() as session:
+            previous = promote(session, find(session, version))
+    console.print(f"{version} is the champion" + (f" (was {previous.name})" if previous else ""))
+
+
+@models_app.command("rollback")
+def models_rollback(version: str, workspace: WorkspaceOption = None) -> None:
+    """Serve an earlier champion VERSION again."""
+    from db.registry import rollback
+    from db.registry import version as find
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        with store.session() as session:
+            previous = rollback(session, find(session, version))
+    console.print(f"rolled back to {version}" + (f" (was {previous.name})" if previous else ""))
+
+
+@app.command()
+def predict(
+    scene: Annotated[int, typer.Argument(help="Scene id (see `al-loop status`).")],
+    version: Annotated[Optional[str], typer.Option(help="Model version (default: the champion).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output GeoTIFF (default: predictions/ in the workspace).")] = None,
+    mc: Annotated[Optional[int], typer.Option(help="Monte Carlo samples (0: no uncertainty; default: model.mc_samples).")] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Write class, probability and uncertainty maps of a scene, in its grid and CRS."""
+    from al_loop.prediction import predict_scene_file
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        path = predict_scene_file(ws, store, scene, out, version, mc)
+    console.print(f"prediction written: {path}")
 
 
 @app.command()

@@ -66,10 +66,50 @@ class SyntheticConfig:
 
 
 @dataclass
+class ModelConfig:
+    channels: list[str] = setting(
+        ["B1", "B2", "B3", "B4", "B5", "B6_VCID_1", "B6_VCID_2", "B7", "B8", "BQA",
+         "ndvi", "ndsi", "ndwi", "elevation", "slope"],
+        "input channels by name (any subset of the 15 HKH channels)",
+    )
+    classes: str = setting("multiclass", "multiclass (background, clean_ice, debris) or binary (background, glacier)")
+    depth: int = setting(5, "U-Net levels (the paper: 5)")
+    base_filters: int = setting(16, "filters of the first level, doubling per level (the paper: 16)")
+    max_filters: int = setting(512, "cap on filters per level (the paper: 512)")
+    dropout: float = setting(0.3, "spatial dropout rate, kept active for Monte Carlo sampling")
+    mc_samples: int = setting(20, "Monte Carlo dropout samples for uncertainty")
+
+
+@dataclass
+class TrainingConfig:
+    class_weights: list[float] = setting(
+        [0.2, 0.6, 0.9], "loss weight per class, in class order (the paper: background 0.2, clean 0.6, debris 0.9)"
+    )
+    dice_weight: float = setting(1.0, "weight of the class-weighted soft Dice term")
+    cross_entropy_weight: float = setting(1.0, "weight of the class-weighted cross-entropy term")
+    learning_rate: float = setting(1e-4, "Adam learning rate (the paper: 1e-4)")
+    batch_size: int = setting(8, "patches per gradient step")
+    crop_size: int = setting(256, "random training crop side in pixels (0: whole patches)")
+    max_epochs: int = setting(40, "upper bound on epochs")
+    patience: int = setting(6, "stop after this many epochs without a better validation score")
+    validation_fraction: float = setting(0.2, "share of spatial blocks held out for validation")
+    validation_block: int = setting(1024, "side in pixels of the spatial blocks that are held out whole")
+    augment: bool = setting(True, "random flips and 90-degree rotations")
+    shrink: float = setting(1.0, "fine-tuning: parent weights are multiplied by this (1: plain warm start)")
+    perturb: float = setting(0.0, "fine-tuning: std of noise added to shrunk parent weights")
+    seed: int = setting(0, "seed of initialisation, sampling and augmentation")
+    promotion_margin: float = setting(
+        0.02, "a candidate is promoted unless its clean-ice or debris IoU is this much below the champion's"
+    )
+
+
+@dataclass
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
 
 
 @dataclass

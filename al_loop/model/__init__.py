@@ -1,0 +1,1 @@
+"""The segmentation model: U-Net, Monte Carlo inference and whole-set metrics."""

@@ -1,0 +1,224 @@
+"""Training and fine-tuning: class-weighted soft Dice plus cross-entropy on valid labelled
+pixels only, flips and rotations, early stopping on a fixed validation set (never a gradient
+step on it), a checkpoint after every epoch so a job can be cancelled and resumed.
+
+Defects of the original HKH code that this avoids on purpose: the scheduler/penalties it
+declared but never applied, gradient steps on the validation set, sigmoid on softmax outputs,
+IoU averaged over batches (here one confusion matrix over the whole set).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import Progress
+
+from al_loop.config import ModelConfig, TrainingConfig
+from al_loop.model.checkpoints import atomic_save, safe_load
+from al_loop.model.data import IGNORE, Sample
+from al_loop.model.inference import autocast_for, pick_device
+from al_loop.model.metrics import ConfusionMatrix
+from al_loop.model.network import UNet
+
+
+class TrainingCancelled(RuntimeError):
+    """The job was asked to stop; its last checkpoint allows resuming."""
+
+
+@dataclass
+class TrainResult:
+    model: UNet
+    best_epoch: int
+    epochs_run: int
+    val_score: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def architecture(cfg: ModelConfig) -> dict[str, Any]:
+    return {"depth": cfg.depth, "base_filters": cfg.base_filters, "max_filters": cfg.max_filters, "dropout": cfg.dropout}
+
+
+def normalize(pixels: np.ndarray, valid: np.ndarray, norm: dict[str, list[float]]) -> np.ndarray:
+    """Standardise with the model's own statistics; invalid pixels become 0 (the mean)."""
+    mean = np.asarray(norm["mean"], dtype=np.float32)[:, None, None]
+    std = np.asarray(norm["std"], dtype=np.float32)[:, None, None]
+    out = (np.nan_to_num(pixels) - mean) / std
+    out[:, ~valid] = 0.0
+    return out.astype(np.float32)
+
+
+def glacier_score(matrix: ConfusionMatrix) -> float:
+    """Mean IoU of the glacier classes (all but background): the early-stopping criterion."""
+    iou = matrix.iou()[1:]
+    return float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+            dice_weight: float, ce_weight: float) -> torch.Tensor:
+    """Class-weighted soft Dice (over the whole batch, per class) plus weighted cross-entropy,
+    both on labelled valid pixels only (target != IGNORE)."""
+    keep = target != IGNORE
+    ce = F.cross_entropy(logits, target.long(), weight=weights, ignore_index=IGNORE, reduction="sum")
+    ce = ce / (weights[target[keep].long()].sum() + 1e-6)
+    probs = logits.float().softmax(1)
+    onehot = F.one_hot(torch.where(keep, target, 0).long(), logits.shape[1]).permute(0, 3, 1, 2).float()
+    mask = keep[:, None].float()
+    intersection = (probs * onehot * mask).sum((0, 2, 3))
+    total = ((probs + onehot) * mask).sum((0, 2, 3))
+    dice = 1 - (2 * intersection + 1.0) / (total + 1.0)
+    dice = (weights * dice).sum() / weights.sum()
+    return dice_weight * dice + ce_weight * ce
+
+
+def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    k = int(rng.integers(4))
+    x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
+    if rng.random() < 0.5:
+        x, y = x.flip(-1), y.flip(-1)
+    return x, y
+
+
+def _crop(sample_x: np.ndarray, sample_y: np.ndarray, size: int, rng: np.random.Generator):
+    h, w = sample_y.shape
+    if not size or size >= min(h, w):
+        return sample_x, sample_y
+    # Prefer crops with labelled pixels: try a few positions, keep the most labelled.
+    best = None
+    for _ in range(4):
+        r, c = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+        labelled = int((sample_y[r : r + size, c : c + size] != IGNORE).sum())
+        if best is None or labelled > best[0]:
+            best = (labelled, r, c)
+    _, r, c = best
+    return sample_x[:, r : r + size, c : c + size], sample_y[r : r + size, c : c + size]
+
+
+def evaluate_samples(model: UNet, samples: list[Sample], norm: dict, n_classes: int,
+                     device: torch.device, batch_size: int = 4) -> tuple[ConfusionMatrix, dict[int, ConfusionMatrix]]:
+    """One confusion matrix over the whole set, and one per scene (labelled valid pixels)."""
+    model.eval()
+    overall = ConfusionMatrix(n_classes)
+    per_scene: dict[int, ConfusionMatrix] = {}
+    with torch.inference_mode(), autocast_for(device):
+        for start in range(0, len(samples), batch_size):
+            batch = samples[start : start + batch_size]
+            x = torch.from_numpy(np.stack([normalize(s.pixels, s.valid, norm) for s in batch])).to(device)
+            pred = model(x).argmax(1).cpu().numpy()
+            for sample, p in zip(batch, pred):
+                overall.update(p, sample.target)
+                per_scene.setdefault(sample.scene_id, ConfusionMatrix(n_classes)).update(p, sample.target)
+    return overall, per_scene
+
+
+def train(
+    train_samples: list[Sample],
+    val_samples: list[Sample],
+    *,
+    arch: dict[str, Any],
+    train_cfg: TrainingConfig,
+    n_classes: int,
+    norm: dict[str, list[float]],
+    parent: UNet | None = None,
+    checkpoint: Path | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_epoch: Callable[[dict[str, Any]], None] = lambda record: None,
+    quiet: bool = False,
+    device: torch.device | None = None,
+) -> TrainResult:
+    """Train (or fine-tune ``parent``, warm-started with optional shrink-and-perturb) and return
+    the model of the best validation epoch. With ``checkpoint``, state is saved after every
+    epoch and a run finding a checkpoint there resumes from it."""
+    device = device or pick_device()
+    weights = torch.tensor(train_cfg.class_weights[:n_classes], dtype=torch.float32, device=device)
+    if len(weights) != n_classes:
+        raise ValueError(f"training.class_weights has {len(train_cfg.class_weights)} values, the model has {n_classes} classes")
+    torch.manual_seed(train_cfg.seed)
+    model = UNet(len(norm["mean"]), n_classes, **arch)
+    if parent is not None:
+        _warm_start(model, parent, train_cfg.shrink, train_cfg.perturb)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.learning_rate)
+    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "best_state": None, "history": []}
+    if checkpoint is not None and Path(checkpoint).exists():
+        saved = safe_load(checkpoint)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+    crop = train_cfg.crop_size
+    if crop and crop % model.multiple:
+        raise ValueError(f"training.crop_size {crop} must be a multiple of {model.multiple} (2**depth)")
+    targets = [torch.from_numpy(s.target) for s in train_samples]
+    inputs = [normalize(s.pixels, s.valid, norm) for s in train_samples]
+    with Progress(disable=quiet, transient=True) as progress:
+        task = progress.add_task("training", total=train_cfg.max_epochs, completed=state["epoch"])
+        while state["epoch"] < train_cfg.max_epochs and state["epoch"] - state["best_epoch"] < train_cfg.patience:
+            if should_stop():
+                raise TrainingCancelled(f"cancelled after epoch {state['epoch']}")
+            # Each epoch's randomness depends only on (seed, epoch): a resumed run is the same run.
+            rng = np.random.default_rng([train_cfg.seed, state["epoch"]])
+            torch.manual_seed(train_cfg.seed * 100_003 + state["epoch"])
+            train_loss = _epoch(model, optimizer, inputs, targets, weights, train_cfg, crop, rng, device)
+            matrix, _ = evaluate_samples(model, val_samples, norm, n_classes, device)
+            score = glacier_score(matrix)
+            state["epoch"] += 1
+            record = {"epoch": state["epoch"], "train_loss": train_loss, "val_score": score,
+                      "val_iou": [None if np.isnan(v) else float(v) for v in matrix.iou()]}
+            state["history"].append(record)
+            if score > state["best_score"]:
+                state.update(best_score=score, best_epoch=state["epoch"],
+                             best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            if checkpoint is not None:
+                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, checkpoint)
+            on_epoch(record)
+            progress.update(task, completed=state["epoch"],
+                            description=f"training: epoch {state['epoch']} loss {train_loss:.3f} val glacier IoU {score:.3f}")
+    model.load_state_dict(state["best_state"])
+    return TrainResult(model.cpu().eval(), state["best_epoch"], state["epoch"], state["best_score"], state["history"])
+
+
+def _warm_start(model: UNet, parent: UNet, shrink: float, perturb: float) -> None:
+    """Start from the parent's weights, shrunk towards zero and perturbed (Ash & Adams 2020:
+    shrink-and-perturb keeps warm-started networks from losing plasticity)."""
+    parent_state = parent.state_dict()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            value = parent_state[name].clone()
+            if value.is_floating_point():
+                value = value * shrink
+                if perturb > 0:
+                    value += perturb * torch.randn_like(value)
+            tensor.copy_(value)
+
+
+def _epoch(model, optimizer, inputs, targets, weights, cfg: TrainingConfig, crop: int,
+           rng: np.random.Generator, device: torch.device) -> float:
+    model.train()
+    order = rng.permutation(len(inputs))
+    losses = []
+    for start in range(0, len(order), cfg.batch_size):
+        xs, ys = [], []
+        for i in order[start : start + cfg.batch_size]:
+            x, y = _crop(inputs[i], targets[i].numpy(), crop, rng)
+            x, y = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+            if cfg.augment:
+                x, y = _augment(x, y, rng)
+            xs.append(x)
+            ys.append(y)
+        x, y = torch.stack(xs).to(device), torch.stack(ys).to(device)
+        if not (y != IGNORE).any():
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_for(device):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y, weights, cfg.dice_weight, cfg.cross_entropy_weight)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return float(np.mean(losses)) if losses else float("nan")

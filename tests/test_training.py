@@ -1,0 +1,203 @@
+"""Training, fine-tuning, the registry and its gate, on a small synthetic scene (CPU)."""
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from al_loop.bands import MissingChannelError
+from al_loop.ingest import ingest_synthetic_scene
+from al_loop.model.checkpoints import CheckpointError, atomic_save, load_model
+from al_loop.model.data import TrainingDataError, split_samples
+from al_loop.model.training import TrainingCancelled, train
+from al_loop.retrain import passes_gate, run_training
+from al_loop.workspace import init_workspace, open_store
+from cli import app
+from db.models import Label, ModelVersion, Patch, Scene, TrainingJob
+
+
+def _small(ws):
+    """A model and data small enough for CPU tests (the defaults are the paper's)."""
+    ws.config.ingest.patch_size = 128
+    ws.config.ingest.quicklooks = False
+    ws.config.model.depth, ws.config.model.base_filters = 3, 8
+    ws.config.training.crop_size = 0
+    ws.config.training.max_epochs = 2
+    ws.config.training.validation_block = 256
+    ws.config.training.learning_rate = 3e-3
+    return ws
+
+
+@pytest.fixture
+def scene_ws(tmp_path, database_url):
+    ws = _small(init_workspace(tmp_path / "ws", database_url=database_url))
+    store = open_store(ws)
+    ingest_synthetic_scene(ws, store, size=512, seed=0, quiet=True)
+    yield ws, store
+    store.dispose()
+
+
+def test_first_model_is_registered_with_its_provenance_and_served(scene_ws):
+    ws, store = scene_ws
+    report = run_training(ws, store, quiet=True)
+    assert report.version == "v1" and report.status == "champion"
+    with store.session() as session:
+        version = session.scalars(select(ModelVersion)).one()
+        trained_on = {label.patch.split for label in version.labels}
+        assert trained_on == {"train"}  # never a validation patch
+        assert len(version.labels) == report.metrics["train_patches"] > 0
+        assert report.metrics["val_patches"] > 0
+        assert len(version.normalization["mean"]) == 15 and version.label_set_hash
+        assert ws.resolve(version.checkpoint_path).is_file()
+        job = session.scalars(select(TrainingJob)).one()
+        assert job.status == "done" and job.result_model_id == version.id
+    model, meta = load_model(ws.resolve(version.checkpoint_path), version.channels, version.classes)
+    assert meta["classes"] == ["background", "clean_ice", "debris"]
+
+
+def test_fine_tuning_records_its_parent_and_the_gate_can_reject(scene_ws):
+    ws, store = scene_ws
+    run_training(ws, store, quiet=True)
+    ws.config.training.promotion_margin = -1.0  # demand a gain of a whole IoU point: impossible
+    report = run_training(ws, store, parent_name="v1", quiet=True)
+    assert report.status == "rejected" and "champion" in report.gate
+    with store.session() as session:
+        v1, v2 = session.scalars(select(ModelVersion).order_by(ModelVersion.id)).all()
+        assert v2.parent_id == v1.id and v1.status == "champion"
+        assert v2.metrics["champion_val"]  # both measured on the same validation set
+
+
+def test_gate_compares_glacier_classes_within_the_margin():
+    champion = {"background": {"iou": 0.9}, "clean_ice": {"iou": 0.6}, "debris": {"iou": 0.3}}
+    ok, _ = passes_gate({"background": {"iou": 0.1}, "clean_ice": {"iou": 0.59}, "debris": {"iou": 0.35}}, champion, 0.02)
+    assert ok
+    ok, why = passes_gate({"clean_ice": {"iou": 0.7}, "debris": {"iou": 0.27}}, champion, 0.02)
+    assert not ok and "debris" in why
+    ok, _ = passes_gate({"clean_ice": {"iou": 0.7}, "debris": {"iou": float("nan")}}, champion, 0.02)
+    assert not ok
+
+
+def test_training_is_reproducible_and_resumes_where_it_stopped(scene_ws, tmp_path):
+    ws, store = scene_ws
+    with store.session() as session:
+        train_samples, val_samples = split_samples(session, ws, list(ws.config.model.channels), "multiclass")
+    from al_loop.model.data import normalization
+    from al_loop.model.training import architecture
+
+    norm = normalization(train_samples, list(ws.config.model.channels))
+    kwargs = dict(arch=architecture(ws.config.model), train_cfg=ws.config.training, n_classes=3, norm=norm, quiet=True)
+    ws.config.training.patience = 99
+    whole = train(train_samples, val_samples, **kwargs)
+    again = train(train_samples, val_samples, **kwargs)
+    for a, b in zip(whole.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+    checkpoint = tmp_path / "job.pt"
+    calls = iter([False, True])
+    with pytest.raises(TrainingCancelled):
+        train(train_samples, val_samples, checkpoint=checkpoint, should_stop=lambda: next(calls), **kwargs)
+    assert checkpoint.is_file()
+    resumed = train(train_samples, val_samples, checkpoint=checkpoint, **kwargs)
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def _nothing_trained(store):
+    with store.session() as session:
+        assert session.scalar(select(func.count(ModelVersion.id))) == 0
+        assert session.scalar(select(func.count(TrainingJob.id))) == 0
+
+
+def test_no_labels_is_a_clear_error(tmp_path, shared_data):
+    from al_loop.ingest import ingest_hkh_tile
+
+    ws = _small(init_workspace(tmp_path / "ws"))
+    store = open_store(ws)
+    ingest_hkh_tile(ws, store, shared_data / "lila_hkh" / "LE07_134040_20070922_clip.tif", quiet=True)
+    with pytest.raises(TrainingDataError, match="no accepted labels"):
+        run_training(ws, store, quiet=True)
+    _nothing_trained(store)
+
+
+def test_labels_of_one_class_only_are_a_clear_error(scene_ws):
+    ws, store = scene_ws
+    with store.session() as session:
+        for label in session.scalars(select(Label)):
+            label.n_clean_ice = label.n_debris = 0
+            from db.queries import pack_mask
+
+            label.mask = pack_mask(np.zeros((128, 128), np.uint8))
+    with pytest.raises(TrainingDataError, match=r"only class\(es\) \['background'\]"):
+        run_training(ws, store, quiet=True)
+    _nothing_trained(store)
+
+
+def test_a_channel_the_scene_lacks_is_a_clear_error(scene_ws):
+    ws, store = scene_ws
+    with store.session() as session:
+        scene = session.scalars(select(Scene)).one()
+        scene.available_channels = [c for c in scene.available_channels if c != "slope"]
+    with pytest.raises(MissingChannelError, match="lacks channel.*slope"):
+        run_training(ws, store, quiet=True)
+    _nothing_trained(store)
+
+
+def test_checkpoints_for_other_channels_or_classes_or_corrupted_are_refused(scene_ws, tmp_path):
+    ws, store = scene_ws
+    run_training(ws, store, quiet=True)
+    with store.session() as session:
+        version = session.scalars(select(ModelVersion)).one()
+        path = ws.resolve(version.checkpoint_path)
+    with pytest.raises(CheckpointError, match="trained on channels"):
+        load_model(path, channels=["B1", "B2"])
+    with pytest.raises(CheckpointError, match="predicts classes"):
+        load_model(path, classes=["background", "glacier"])
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="damaged.pt: not a readable model file"):
+        load_model(damaged)
+    original = path.read_bytes()
+    with pytest.raises(Exception):
+        atomic_save({"bad": lambda: None}, path)  # cannot be saved: the old file must survive
+    assert path.read_bytes() == original and not list(path.parent.glob(".*.part"))
+    path.write_bytes(original[:1000])  # the champion's file damaged on disk
+    result = CliRunner().invoke(app, ["evaluate", "-w", str(ws.root)])
+    assert result.exit_code == 2 and "not a readable model file" in result.output
+
+
+def test_cli_trains_lists_evaluates_predicts_and_rolls_back(tmp_path):
+    ws = tmp_path / "ws"
+    runner = CliRunner()
+    assert runner.invoke(app, ["init", str(ws)]).exit_code == 0
+    env = {
+        "AL_LOOP_INGEST_PATCH_SIZE": "128", "AL_LOOP_INGEST_QUICKLOOKS": "false", "AL_LOOP_MODEL_DEPTH": "3",
+        "AL_LOOP_MODEL_BASE_FILTERS": "8", "AL_LOOP_TRAINING_CROP_SIZE": "0", "AL_LOOP_TRAINING_MAX_EPOCHS": "1",
+        "AL_LOOP_TRAINING_VALIDATION_BLOCK": "128", "AL_LOOP_WORKSPACE": str(ws), "COLUMNS": "150",
+    }
+    assert runner.invoke(app, ["ingest", "synthetic", "--size", "256", "-q"], env=env).exit_code == 0
+    result = runner.invoke(app, ["train", "-q"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "model v1 (champion)" in result.output and "clean_ice" in result.output
+    assert runner.invoke(app, ["train", "--from", "v1", "-q"], env=env).exit_code == 0
+    listing = runner.invoke(app, ["models"], env=env).output
+    assert "v1" in listing and "v2" in listing
+    evaluation = runner.invoke(app, ["evaluate", "v1"], env=env)
+    assert evaluation.exit_code == 0 and (ws / "evaluations" / "v1-val" / "confusion.png").is_file()
+    result = runner.invoke(app, ["predict", "1", "--mc", "4", "--out", str(tmp_path / "p.tif")], env=env)
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "p.tif") as src, rasterio.open(next((ws / "scenes").glob("*/*-seed0.tif"))) as scene:
+        assert src.crs == scene.crs and src.transform == scene.transform and src.shape == scene.shape
+        assert src.descriptions == ("class", "p_background", "p_clean_ice", "p_debris", "entropy", "bald")
+        classes, bald = src.read(1), src.read(6)
+        assert set(np.unique(classes)) <= {0, 1, 2, 255} and (bald >= 0).all()
+    store = open_store(init_workspace(ws))
+    with store.session() as session:
+        statuses = dict(session.execute(select(ModelVersion.name, ModelVersion.status)).all())
+    store.dispose()
+    rollback = runner.invoke(app, ["models", "rollback", "v1"], env=env)
+    assert rollback.exit_code == 0
+    refused = runner.invoke(app, ["models", "rollback", "v9"], env=env)
+    assert refused.exit_code == 2 and "no model version 'v9'" in refused.output
+    assert "champion" in statuses.values()
