@@ -173,6 +173,11 @@ def _scene_stretch(raster: Path, channels: list[str], available: list[str], perc
     return quicklooks.scene_stretch(overview, needed, valid, percentiles)
 
 
+GDAL_CACHE_MB = 64
+"""GDAL's block cache during ingestion. Its default (5% of RAM) keeps every block read, so
+memory would grow with the tile; patches are read once, so a small cache loses nothing."""
+
+
 AfterPatches = Callable[[Session, Scene], dict[str, int]]
 
 
@@ -200,42 +205,11 @@ def ingest_raster_scene(
     at its published place. ``after_patches(session, scene)`` may add rows (labels) to the same
     transaction and returns counts for the result.
     """
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20):
-        return _ingest_raster_scene(
-            workspace, store, staging, info=info, channels=channels, available=available,
-            source_kind=source_kind, source_uri=source_uri, fingerprint=fingerprint, name=name,
-            sensor=sensor, acquired=acquired, details=details, after_patches=after_patches, quiet=quiet,
-        )
-
-
-GDAL_CACHE_MB = 64
-"""GDAL's block cache during ingestion. Its default (5% of RAM) keeps every block read, so
-memory would grow with the tile; patches are read once, so a small cache loses nothing."""
-
-
-def _ingest_raster_scene(
-    workspace: Workspace,
-    store: Store,
-    staging: Staging,
-    *,
-    info: RasterInfo,
-    channels: list[str],
-    available: list[str],
-    source_kind: str,
-    source_uri: str,
-    fingerprint: str,
-    name: str,
-    sensor: str | None,
-    acquired: dt.date | None,
-    details: dict[str, Any] | None,
-    after_patches: AfterPatches | None,
-    quiet: bool,
-) -> IngestResult:
     data_file = info.path
     derived = staging.path in data_file.parents
     stored_path = staging.stored(data_file) if derived else data_file.resolve()
-    stretch = _scene_stretch(data_file, channels, available, workspace.config.ingest.stretch_percentiles)
-    with store.session() as session:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20), store.session() as session:
+        stretch = _scene_stretch(data_file, channels, available, workspace.config.ingest.stretch_percentiles)
         scene = Scene(
             name=name,
             source_kind=source_kind,
