@@ -10,12 +10,13 @@ timed interleaved, best of a few, so that other load on the machine hits both al
 batch: head-only at batch 4 and batch 1, dropout everywhere at batch 1 only (T full passes of a
 batch of 4 take minutes on 2 cores; its cost per patch does not depend on the batch).
 
-    python benchmarks/model_speed.py [--batch 4] [--T 20] [--repeats 2]
+    python benchmarks/model_speed.py [--batch 4] [--T 20] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 
@@ -87,7 +88,9 @@ def bench(device: torch.device, batch: int, T: int, repeats: int) -> dict[str, f
     net_flops, conv_flops = flops_of(forward), flops_of(conv)
     t = best_times({"forward": forward, "conv": conv, "det": det(x), "head": mc(model, x)}, device, repeats)
     t1 = best_times({"det": det(one), "head": mc(model, one)}, device, repeats)
-    t1["everywhere"] = best_times({"everywhere": mc(everywhere, one)}, device, 1, warmup=False)["everywhere"]
+    # no warm-up of its own: the same layer shapes have just run
+    naive = best_times({"everywhere": mc(everywhere, one)}, device, repeats, warmup=False)
+    t1["everywhere"] = naive["everywhere"]
     return {
         "(a) patches/s": batch / t["det"],
         "GFLOP/patch": net_flops / batch / 1e9,
@@ -109,18 +112,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--T", type=int, default=20, help="Monte Carlo samples")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs (best kept) after a warm-up")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs (best kept) after a warm-up")
     args = parser.parse_args()
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"U-Net depth 5, 16-512 filters, {SIDE}x{SIDE}x{CHANNELS} patches, T={args.T}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    load_before = os.getloadavg()[0]
     results = {str(d): bench(d, args.batch, args.T, args.repeats) for d in devices}
     print(f"{'':>26}" + "".join(f"{d:>10}" for d in results))
     for key in next(iter(results.values())):
         print(f"{key:>26}" + "".join(f"{r[key]:>10.3f}" for r in results.values()))
     print("(b) the network's achieved GFLOP/s over one mid-level 3x3 conv's, same run")
     print("(c) mc_predict at T samples over predict_proba (forward + softmax), same batch")
+    print(f"load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}: "
+          "other load on the machine skews the figures")
 
 
 if __name__ == "__main__":
