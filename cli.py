@@ -234,13 +234,18 @@ app.add_typer(models_app, name="models")
 def train(
     from_: Annotated[Optional[str], typer.Option("--from", help="Fine-tune from this model version (warm start, all labels replayed).")] = None,
     resume: Annotated[Optional[int], typer.Option(help="Resume a cancelled or interrupted training job from its last epoch.")] = None,
+    cancel: Annotated[Optional[int], typer.Option(help="Ask running training job N to stop after its current epoch.")] = None,
     workspace: WorkspaceOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Train a model version on the accepted labels; promote it if it passes the gate."""
-    from al_loop.retrain import run_training
+    from al_loop.retrain import request_cancel, run_training
 
     with _clear_errors(), _store(workspace) as (ws, store):
+        if cancel is not None:
+            request_cancel(store, cancel)
+            console.print(f"job {cancel} will stop after its current epoch; resume it with --resume {cancel}")
+            return
         report = run_training(ws, store, parent_name=from_, job_id=resume, quiet=quiet)
     console.print(
         f"model {report.version} ({report.status}) from job {report.job_id}: "

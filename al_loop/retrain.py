@@ -63,14 +63,16 @@ def run_training(
     parent_name: str | None = None,
     job_id: int | None = None,
     trigger: str = "manual",
-    should_stop: Callable[[], bool] = lambda: False,
+    should_stop: Callable[[], bool] | None = None,
     quiet: bool = False,
 ) -> TrainingReport:
     """Train a new version (from scratch, or fine-tuned from ``parent_name``), or resume job
-    ``job_id`` from its last epoch checkpoint."""
+    ``job_id`` from its last epoch checkpoint. The job stops after its current epoch when
+    ``should_stop()`` says so, by default when :func:`request_cancel` was called for it."""
     cfg = workspace.config
+    resumed_norm = None
     if job_id is not None:
-        parent_name = _resumable_job(store, job_id)
+        parent_name, resumed_norm = _resumable_job(store, job_id)
     # Everything that can be wrong with the inputs is found before a job is recorded.
     with store.session() as session:
         parent = registry.version(session, parent_name) if parent_name else None
@@ -80,12 +82,13 @@ def run_training(
             session, workspace, channels, "binary" if len(classes) == 2 else "multiclass"
         )
         parent_model = load_version(workspace, parent)[0] if parent else None
-        norm = parent.normalization if parent else normalization(train_samples, channels)
+        norm = resumed_norm or (parent.normalization if parent else normalization(train_samples, channels))
         arch = parent.config["architecture"] if parent else architecture(cfg.model)
         champion = registry.champion(session)
         champion_model = load_version(workspace, champion)[0] if champion else None
         champion_norm = champion.normalization if champion else None
-    job_id = _claim_job(store, job_id, parent, trigger)
+    job_id = _claim_job(store, job_id, parent, trigger, norm)
+    should_stop = should_stop or (lambda: _cancel_requested(store, job_id))
     checkpoint = models_dir(workspace) / "jobs" / f"job-{job_id}.pt"
     device = pick_device()
     try:
@@ -149,20 +152,21 @@ def run_training(
     return report
 
 
-def _resumable_job(store: Store, job_id: int) -> str | None:
-    """The parent of a job that can be resumed (cancelled, failed or interrupted)."""
+def _resumable_job(store: Store, job_id: int) -> tuple[str | None, dict | None]:
+    """The parent and normalisation of a job that can be resumed (cancelled, failed or
+    interrupted): a resumed job normalises exactly as it started."""
     with store.session() as session:
         job = session.get(TrainingJob, job_id)
-        if job is None or job.status not in ("cancelled", "failed", "running"):
+        if job is None or job.status not in ("cancelled", "cancelling", "failed", "running"):
             raise LookupError(f"no resumable training job {job_id} (a cancelled, failed or interrupted one)")
-        return job.progress.get("parent")
+        return job.progress.get("parent"), job.progress.get("normalization")
 
 
-def _claim_job(store: Store, job_id: int | None, parent: ModelVersion | None, trigger: str) -> int:
+def _claim_job(store: Store, job_id: int | None, parent: ModelVersion | None, trigger: str, norm: dict) -> int:
     with store.session() as session:
         if job_id is None:
             job = TrainingJob(trigger=trigger, parent_model_id=parent.id if parent else None,
-                              progress={"parent": parent.name if parent else None})
+                              progress={"parent": parent.name if parent else None, "normalization": norm})
             session.add(job)
         else:
             job = session.get(TrainingJob, job_id)
@@ -170,6 +174,20 @@ def _claim_job(store: Store, job_id: int | None, parent: ModelVersion | None, tr
         job.error = None
         session.flush()
         return job.id
+
+
+def request_cancel(store: Store, job_id: int) -> None:
+    """Ask a running job to stop after its current epoch (from any process)."""
+    with store.session() as session:
+        job = session.get(TrainingJob, job_id)
+        if job is None or job.status != "running":
+            raise LookupError(f"no running training job {job_id}")
+        job.status = "cancelling"
+
+
+def _cancel_requested(store: Store, job_id: int) -> bool:
+    with store.session() as session:
+        return session.get(TrainingJob, job_id).status == "cancelling"
 
 
 def _finish_job(store: Store, job_id: int, status: str, error: str | None = None) -> None:
