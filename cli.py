@@ -340,6 +340,32 @@ def predict(
     console.print(f"prediction written: {path}")
 
 
+@app.command("next-round")
+def next_round(
+    size: Annotated[Optional[int], typer.Option(help="Patches to choose (config sampling.round_size).")] = None,
+    strategy: Annotated[
+        Optional[str], typer.Option(help="random, entropy, margin, bald, debris, cloud or combined (config sampling.strategy).")
+    ] = None,
+    workspace: WorkspaceOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Score the pool with the champion, choose a diverse batch, record it and hand it out."""
+    from al_loop.rounds import next_round as choose
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        result = choose(ws, store, size=size, strategy=strategy, quiet=quiet)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    table = Table(title=f"round {result.number}: {result.strategy}, model {result.model_version or 'none'} ({result.scored} patches newly scored)")
+    names = sorted({n for p in result.patches for n in p.components})
+    for column in ("rank", "patch", "scene", "score", *names):
+        table.add_column(column, justify="left" if column == "scene" else "right")
+    for p in result.patches:
+        table.add_row(str(p.rank), str(p.patch_id), p.scene, f"{p.score:.3f}", *(f"{p.components.get(n, float('nan')):.2f}" for n in names))
+    console.print(table)
+    console.print(f"handed out in {result.handout} (manifest.csv, footprints.geojson, quicklooks/)")
+
+
 @app.command()
 def demo(
     workspace: WorkspaceOption = None,

@@ -104,12 +104,25 @@ class TrainingConfig:
 
 
 @dataclass
+class SamplingConfig:
+    strategy: str = setting("combined", "random, entropy, margin, bald, debris, cloud or combined")
+    round_size: int = setting(20, "patches per round")
+    top_q: float = setting(0.1, "a patch scores the mean of its top q fraction of valid pixels")
+    per_scene_cap: int = setting(0, "at most this many patches of one scene per round (0: no cap)")
+    exclusion_radius: float = setting(1000.0, "metres: no two patches of a round closer than this")
+    method: str = setting("", "diversity: kcenter (on bottleneck features), power or greedy; empty: kcenter with a model, greedy cold")
+    batch_size: int = setting(4, "patches scored per Monte Carlo batch")
+    seed: int = setting(0, "seed of Monte Carlo masks and random choices")
+
+
+@dataclass
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
 @dataclass

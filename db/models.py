@@ -163,7 +163,9 @@ class ModelVersion(Base):
 
 
 class PatchScore(Base):
-    """Acquisition scores of a patch under one model version (``None``: cold-start priors)."""
+    """Acquisition components of a patch under one model version (``None``: cold-start
+    priors), and ``score``, its main raw uncertainty (BALD; the mean prior when cold).
+    Strategies rank-normalise the components across the pool when a round is chosen."""
 
     __tablename__ = "patch_scores"
     __table_args__ = (

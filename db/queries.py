@@ -6,11 +6,11 @@ import zlib
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from al_loop.classes import class_counts
-from db.models import Label, ModelVersion, Patch, Round, Scene, TrainingJob
+from db.models import Label, ModelVersion, Patch, Round, RoundPatch, Scene, TrainingJob
 
 
 def pack_mask(mask: np.ndarray) -> bytes:
@@ -20,6 +20,16 @@ def pack_mask(mask: np.ndarray) -> bytes:
 
 def unpack_mask(data: bytes, height: int, width: int) -> np.ndarray:
     return np.frombuffer(zlib.decompress(data), dtype=np.uint8).reshape(height, width)
+
+
+def labelled_patch_ids() -> Select:
+    """Patches with an accepted label (a subquery)."""
+    return select(Label.patch_id).where(Label.status == "accepted")
+
+
+def open_round_patch_ids() -> Select:
+    """Patches handed out in a round that is still open (a subquery)."""
+    return select(RoundPatch.patch_id).join(Round).where(Round.status == "open")
 
 
 def scene_by_fingerprint(session: Session, fingerprint: str) -> Scene | None:

@@ -613,8 +613,9 @@ def score_patch(
 ) -> dict[str, float]:
     """Component scores of one patch (image ``index`` of an MC dropout result).
 
-    ``strategy`` None computes every component of :data:`COMPONENTS`; a name computes only what
-    that strategy needs (``random``: nothing). ``cloud`` needs the scene's ``cloud_thresholds``.
+    ``strategy`` None computes every component of :data:`COMPONENTS` (``cloud`` only when the
+    scene's ``cloud_thresholds`` are given); a name computes only what that strategy needs
+    (``random``: nothing), and ``cloud`` then requires the thresholds.
     """
     names = COMPONENTS if strategy is None else strategy_components(strategy)
     valid = _valid_from_pixels(pixels, channels, valid)
@@ -635,6 +636,8 @@ def score_patch(
             maps[name] = debris_ambiguity(probs, pixels, channels, valid=valid)
         elif name == "cloud":
             if cloud_thresholds is None:
+                if strategy is None:
+                    continue  # every component asked for: a scene without cloud thresholds has none
                 raise ValueError("the cloud component needs the scene's cloud_thresholds (see cloud_thresholds())")
             likelihood = cloud_likelihood(pixels, channels, cloud_thresholds, valid)
             maps[name] = cloud_ambiguity(likelihood, probs, valid)

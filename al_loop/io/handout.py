@@ -1,0 +1,65 @@
+"""A round handed out as a folder, when no Label Studio is configured: the chosen patches'
+quicklooks, a CSV manifest (rank, patch, window, score components) and the footprints as
+GeoJSON (WGS84, as RFC 7946 asks)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rasterio.crs import CRS
+from rasterio.warp import transform_geom
+
+
+@dataclass
+class HandoutPatch:
+    rank: int
+    patch_id: int
+    scene: str
+    row_off: int
+    col_off: int
+    score: float
+    components: dict[str, float]
+    bounds: tuple[float, float, float, float] | None  # in the scene CRS
+    crs: str | None
+    quicklooks: list[Path]
+
+
+def write_handout(folder: Path, round_number: int, strategy: str, model: str | None,
+                  patches: list[HandoutPatch]) -> Path:
+    """Write the round's folder (replaced whole if it exists) and return it."""
+    tmp = folder.with_name(f".{folder.name}.part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "quicklooks").mkdir(parents=True)
+    names = sorted({name for p in patches for name in p.components})
+    with open(tmp / "manifest.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["rank", "patch_id", "scene", "row_off", "col_off", "score", *names, "quicklooks"])
+        for p in patches:
+            copied = []
+            for look in p.quicklooks:
+                target = tmp / "quicklooks" / f"{p.rank:03d}_patch{p.patch_id}_{look.name}"
+                shutil.copyfile(look, target)
+                copied.append(f"quicklooks/{target.name}")
+            writer.writerow([p.rank, p.patch_id, p.scene, p.row_off, p.col_off, f"{p.score:.6f}",
+                             *(f"{p.components.get(n, float('nan')):.6f}" for n in names), ";".join(copied)])
+    features = [_feature(p, round_number) for p in patches if p.bounds and p.crs]
+    (tmp / "footprints.geojson").write_text(json.dumps(
+        {"type": "FeatureCollection", "name": f"round {round_number} ({strategy}, model {model or 'none'})",
+         "features": features}))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def _feature(p: HandoutPatch, round_number: int) -> dict[str, Any]:
+    minx, miny, maxx, maxy = p.bounds
+    ring = [(minx, miny), (maxx, miny), (maxx, maxy), (minx, maxy), (minx, miny)]
+    geometry = transform_geom(CRS.from_wkt(p.crs), "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})
+    return {"type": "Feature", "geometry": geometry,
+            "properties": {"round": round_number, "rank": p.rank, "patch_id": p.patch_id, "scene": p.scene,
+                           "score": p.score, **p.components}}

@@ -1,0 +1,203 @@
+"""A round: score the unlabeled pool with the champion, choose a diverse batch, record it and
+hand it to annotation.
+
+Scores are cached per model version in the store (one row per patch and version, committed a
+batch at a time), so a re-run, or a run after a crash, only scores what is missing; scores of an
+older version are never mixed in. Without a champion the round starts cold, from spectral and
+terrain priors. Patches of an open round are not in the pool, so running twice without new
+labels never hands out the same patch twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import track
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from al_loop import bands
+from al_loop.config import Workspace
+from al_loop.io.handout import HandoutPatch, write_handout
+from al_loop.io.rasters import read_decimated
+from al_loop.model.inference import mc_predict, pick_device
+from al_loop.model.training import normalize
+from al_loop.patches import read_patch
+from al_loop.retrain import load_version
+from al_loop.sampling import acquisition
+from al_loop.sampling.selection import select_batch
+from db import queries, registry
+from db.models import ModelVersion, Patch, PatchScore, Round, RoundPatch, Scene
+from db.session import Store
+
+COLD_START = "prior"
+
+
+@dataclass
+class RoundResult:
+    number: int
+    strategy: str
+    model_version: str | None
+    patches: list[HandoutPatch]
+    handout: Path | None
+    scored: int
+    notes: list[str]
+
+
+def pool_patches(session: Session) -> list[Patch]:
+    """Unlabeled patches worth an expert's time: no accepted label, not in an open round, not
+    mostly nodata."""
+    return list(session.scalars(
+        select(Patch)
+        .where(Patch.id.not_in(queries.labelled_patch_ids()))
+        .where(Patch.id.not_in(queries.open_round_patch_ids()))
+        .where(Patch.low_valid.is_(False))
+        .order_by(Patch.id)
+    ))
+
+
+def scene_cloud_thresholds(workspace: Workspace, scene: Scene) -> dict[str, float] | None:
+    """Cloud thresholds from an overview of the whole scene (DN differ between scenes)."""
+    needed = [c for c in ("B1", "B2", "B3", "B5", "B6_VCID_1", "ndsi") if c in scene.available_channels]
+    if not scene.data_path or "B5" not in needed:
+        return None
+    sample = read_decimated(workspace.resolve(scene.data_path), [scene.channels.index(c) for c in needed], 250_000)
+    try:
+        return acquisition.cloud_thresholds(sample, needed)
+    except ValueError:
+        return None  # too few valid pixels to adapt thresholds: the cloud component is skipped
+
+
+def score_pool(workspace: Workspace, store: Store, version: ModelVersion | None, quiet: bool = False) -> int:
+    """Score every pool patch that has no score under ``version`` yet; returns how many."""
+    cfg = workspace.config
+    with store.session() as session:
+        version_id = version.id if version else None
+        done = set(session.scalars(select(PatchScore.patch_id).where(PatchScore.model_version_id.is_(version_id)
+                                                                     if version_id is None else
+                                                                     PatchScore.model_version_id == version_id)))
+        todo = [p for p in pool_patches(session) if p.id not in done]
+        scenes = {p.scene_id: p.scene for p in todo}
+    thresholds = {sid: scene_cloud_thresholds(workspace, scene) for sid, scene in scenes.items()}
+    model = load_version(workspace, version)[0] if version else None
+    device = pick_device()
+    batch = max(1, cfg.sampling.batch_size)
+    for start in track(range(0, len(todo), batch), description="scoring the pool", disable=quiet, transient=True):
+        rows = []
+        for patch, components in zip(todo[start : start + batch],
+                                     _score_batch(workspace, todo[start : start + batch], model, version, thresholds, device)):
+            rows.append(PatchScore(patch_id=patch.id, model_version_id=version_id, score=components.pop("_score"),
+                                   components=components))
+        with store.session() as session:  # one transaction per batch: a crash keeps what was scored
+            session.add_all(rows)
+    return len(todo)
+
+
+def _score_batch(workspace, patches, model, version, thresholds, device) -> list[dict[str, Any]]:
+    cfg = workspace.config
+    raw = [read_patch(workspace, p) for p in patches]  # every channel the scene has: priors need them
+    channels = [p.scene.available_channels for p in patches]
+    if model is None:
+        out = []
+        for (pixels, valid), names, patch in zip(raw, channels, patches):
+            components = acquisition.prior_components(pixels, names, valid, thresholds[patch.scene_id], cfg.sampling.top_q)
+            out.append({**components, "_score": float(np.mean(list(components.values())))})
+        return out
+    x = np.stack([
+        normalize(pixels[[names.index(c) for c in version.channels]], valid, version.normalization)
+        for (pixels, valid), names in zip(raw, channels)
+    ])
+    mc = mc_predict(model, torch.from_numpy(x), T=cfg.model.mc_samples, device=device,
+                    valid=np.stack([v for _, v in raw]), seed=cfg.sampling.seed)
+    out = []
+    for i, ((pixels, valid), names, patch) in enumerate(zip(raw, channels, patches)):
+        components = acquisition.score_patch(mc, pixels, names, index=i, valid=valid,
+                                             cloud_thresholds=thresholds[patch.scene_id], q=cfg.sampling.top_q)
+        components = {k: float(v) for k, v in components.items()}
+        out.append({**components, "embedding": [round(float(v), 4) for v in mc.embedding[i]],
+                    "_score": components.get("bald", 0.0)})
+    return out
+
+
+def next_round(workspace: Workspace, store: Store, *, size: int | None = None, strategy: str | None = None,
+               quiet: bool = False) -> RoundResult:
+    """Score the pool with the champion (cold start without one), choose ``size`` patches with
+    ``strategy``, record the round and write its handout folder."""
+    cfg = workspace.config.sampling
+    size = cfg.round_size if size is None else size
+    strategy = strategy or cfg.strategy
+    acquisition.strategy_components(strategy)  # an unknown name fails before any work
+    notes = []
+    with store.session() as session:
+        version = registry.champion(session)
+    if version is None and strategy != "random":
+        notes.append(f"no champion model yet: cold start from spectral and terrain priors instead of {strategy!r}")
+    scored = score_pool(workspace, store, version, quiet) if strategy != "random" or version else 0
+    with store.session() as session:
+        pool = pool_patches(session)
+        if not pool:
+            raise LookupError("the pool is empty: every usable patch is labelled or handed out in an open round")
+        if size < 1 or size > len(pool):
+            raise ValueError(f"round size must be between 1 and the pool's {len(pool)} patches, found {size}")
+        scores, components, embeddings = _pool_scores(session, pool, version, strategy, cfg.seed)
+        centers = np.array([[(p.minx + p.maxx) / 2, (p.miny + p.maxy) / 2] if p.minx is not None else [np.nan, np.nan]
+                            for p in pool])
+        has_centers = bool(np.isfinite(centers).all())
+        chosen = select_batch(
+            scores, size, scene_ids=np.array([p.scene_id for p in pool]),
+            centers=centers if has_centers else None,
+            embeddings=embeddings if strategy != "random" else None,
+            per_scene_cap=cfg.per_scene_cap or None,
+            exclusion_radius=cfg.exclusion_radius if has_centers else 0.0,
+            method=cfg.method or None, seed=cfg.seed,
+        )
+        if len(chosen) < size:
+            notes.append(f"only {len(chosen)} patches satisfy the diversity constraints (asked for {size})")
+        number = (session.scalar(select(Round.number).order_by(Round.number.desc()).limit(1)) or 0) + 1
+        used = strategy if version or strategy == "random" else COLD_START
+        round_ = Round(number=number, strategy=used, model_version_id=version.id if version else None,
+                       config={"size": size, "asked_strategy": strategy, **vars(cfg)})
+        session.add(round_)
+        handout = []
+        for rank, index in enumerate(chosen, start=1):
+            patch = pool[index]
+            parts = {k: float(v[index]) for k, v in components.items()}
+            session.add(RoundPatch(round=round_, patch_id=patch.id, rank=rank, score=float(scores[index]), components=parts))
+            looks = [workspace.resolve(q) for q in (patch.quicklook_rgb, patch.quicklook_false) if q]
+            handout.append(HandoutPatch(rank, patch.id, patch.scene.name, patch.row_off, patch.col_off,
+                                        float(scores[index]), parts,
+                                        (patch.minx, patch.miny, patch.maxx, patch.maxy) if has_centers else None,
+                                        patch.scene.crs, looks))
+        folder = write_handout(workspace.root / "rounds" / f"round-{number:03d}", number, used,
+                               version.name if version else None, handout)
+    return RoundResult(number, used, version.name if version else None, handout, folder, scored, notes)
+
+
+def _pool_scores(session: Session, pool: list[Patch], version: ModelVersion | None, strategy: str, seed: int):
+    """Per-patch scores under ``strategy`` from the cached components of ``version``, the
+    components themselves (rank-normalised, as used) and the bottleneck embeddings."""
+    if strategy == "random":
+        return acquisition.pool_scores("random", {"n": np.zeros(len(pool))}, rng=seed), {}, None
+    version_id = version.id if version else None
+    condition = PatchScore.model_version_id.is_(None) if version_id is None else PatchScore.model_version_id == version_id
+    rows = dict(session.execute(
+        select(PatchScore.patch_id, PatchScore.components).where(condition, PatchScore.patch_id.in_([p.id for p in pool]))
+    ).all())
+    ordered = [rows[p.id] for p in pool]
+    names = [n for n in ordered[0] if n != "embedding"]
+    raw = {n: np.array([c.get(n, 0.0) for c in ordered], dtype=np.float64) for n in names}
+    if version is None:
+        ranked = {n: acquisition.rank_normalize(v) for n, v in raw.items()}
+        scores = acquisition.combine(raw, {n: w for n, w in acquisition.PRIOR_WEIGHTS.items() if n in raw})
+        return scores, ranked, None
+    weights = acquisition.STRATEGIES[strategy]
+    if len(weights) > 1:  # a scene without cloud thresholds has no cloud component: mix the rest
+        scores = acquisition.combine(raw, {n: w for n, w in weights.items() if n in raw})
+    else:
+        scores = acquisition.pool_scores(strategy, raw, rng=seed)
+    embeddings = np.array([c["embedding"] for c in ordered], dtype=np.float32) if "embedding" in ordered[0] else None
+    return scores, {n: acquisition.rank_normalize(v) for n, v in raw.items()}, embeddings

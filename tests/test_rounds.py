@@ -1,0 +1,77 @@
+"""`al-loop next-round`: pool scoring (cached per model version), diverse choice, records, handout."""
+
+import csv
+import json
+
+import pytest
+from sqlalchemy import func, select
+
+from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
+from al_loop.retrain import run_training
+from al_loop.rounds import next_round
+from al_loop.synthetic import make_scene
+from al_loop.workspace import init_workspace, open_store
+from db.models import PatchScore, Round, RoundPatch
+from tests.test_training import _small
+
+
+@pytest.fixture
+def pool_ws(tmp_path, database_url):
+    """A labelled synthetic scene (to train on) and an unlabelled one (the pool), 16 patches each."""
+    ws = _small(init_workspace(tmp_path / "ws", database_url=database_url))
+    ws.config.ingest.quicklooks = True
+    ws.config.model.mc_samples = 4
+    ws.config.sampling.exclusion_radius = 0
+    store = open_store(ws)
+    ingest_synthetic_scene(ws, store, size=512, seed=0, quiet=True)
+    unlabelled = make_scene(tmp_path / "pool", height=512, seed=5, name="LE07_145039_20081012")
+    ingest_hkh_tile(ws, store, unlabelled.image, quiet=True)
+    yield ws, store
+    store.dispose()
+
+
+def test_cold_start_round_uses_priors_and_is_handed_out(pool_ws):
+    ws, store = pool_ws
+    result = next_round(ws, store, size=4, strategy="combined", quiet=True)
+    assert result.strategy == "prior" and result.model_version is None
+    assert any("cold start" in note for note in result.notes)
+    assert len(result.patches) == 4 and result.scored == 16
+    rows = list(csv.DictReader(open(result.handout / "manifest.csv")))
+    assert [int(r["patch_id"]) for r in rows] == [p.patch_id for p in result.patches]
+    assert {"glacier", "debris", "cloud"} <= set(rows[0])
+    for row in rows:
+        for look in row["quicklooks"].split(";"):
+            assert (result.handout / look).is_file()
+    footprints = json.loads((result.handout / "footprints.geojson").read_text())
+    lon, lat = footprints["features"][0]["geometry"]["coordinates"][0][0]
+    assert 80 < lon < 100 and 20 < lat < 40  # WGS84, in the Himalaya
+
+
+def test_rounds_never_hand_out_a_patch_twice_and_scores_are_cached_per_version(pool_ws):
+    ws, store = pool_ws
+    run_training(ws, store, quiet=True)
+    first = next_round(ws, store, size=5, strategy="bald", quiet=True)
+    assert first.model_version == "v1" and first.scored == 16
+    second = next_round(ws, store, size=5, strategy="bald", quiet=True)
+    assert second.scored == 0  # cached: nothing re-scored
+    assert not {p.patch_id for p in first.patches} & {p.patch_id for p in second.patches}
+    with store.session() as session:
+        assert session.scalar(select(func.count(Round.id))) == 2
+        assert session.scalar(select(func.count(RoundPatch.id))) == 10
+        assert session.scalar(select(func.count(PatchScore.id)).where(PatchScore.model_version_id.is_not(None))) == 16
+    run_training(ws, store, parent_name="v1", quiet=True)  # v2 champion: v1's scores are not reused
+    third = next_round(ws, store, size=3, strategy="combined", quiet=True)
+    assert third.model_version == "v2" and third.scored == 6
+
+
+def test_bad_requests_are_clear_and_record_nothing(pool_ws):
+    ws, store = pool_ws
+    with pytest.raises(ValueError, match="unknown strategy|valid"):
+        next_round(ws, store, size=3, strategy="clever", quiet=True)
+    with pytest.raises(ValueError, match="between 1 and the pool's 16 patches, found 17"):
+        next_round(ws, store, size=17, strategy="random", quiet=True)
+    next_round(ws, store, size=16, strategy="random", quiet=True)
+    with pytest.raises(LookupError, match="pool is empty"):
+        next_round(ws, store, size=1, strategy="random", quiet=True)
+    with store.session() as session:
+        assert session.scalar(select(func.count(Round.id))) == 1
