@@ -367,6 +367,45 @@ def next_round(
 
 
 @app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Folder for the CSVs and the learning-curve PNG.")] = Path("simulation"),
+    size: Annotated[str, typer.Option(help="small (a few minutes on 2 CPU cores) or large.")] = "small",
+    strategies: Annotated[Optional[str], typer.Option(help="Comma-separated strategies (random is always included).")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds.")] = None,
+    rounds: Annotated[Optional[int], typer.Option(help="Rounds after the seed set.")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Compare strategies against random with an oracle on synthetic scenes: learning curves,
+    normalised AULC, labels to reach 95% of the full-pool model."""
+    from al_loop.sampling.acquisition import strategy_components
+    from al_loop.simulate import SimulationConfig, run_simulation
+
+    with _clear_errors():
+        if size not in ("small", "large"):
+            raise ValueError(f"--size must be small or large, found {size!r}")
+        cfg = SimulationConfig.small() if size == "small" else SimulationConfig.large()
+        if strategies:
+            cfg.strategies = list(dict.fromkeys(["random", *(s.strip() for s in strategies.split(","))]))
+        for name in cfg.strategies:
+            strategy_components(name)
+        if seeds:
+            cfg.seeds = [int(s) for s in seeds.split(",")]
+        if rounds is not None:
+            cfg.rounds = rounds
+        result = run_simulation(out, cfg, quiet=quiet)
+    table = Table(title=f"simulation: {len(cfg.seeds)} seeds, {cfg.rounds} rounds of {cfg.round_size}")
+    for column in ("strategy", "AULC (glacier IoU)", "labels to 95% of full pool", "final clean IoU", "final debris IoU"):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for row in result["rows"]:
+        reach = ", ".join("-" if r is None else str(r) for r in row["labels_to_95pct"])
+        table.add_row(row["strategy"], f"{row['aulc_mean']:.3f} ± {row['aulc_std']:.3f}", reach,
+                      f"{row['final_clean_iou']:.3f}", f"{row['final_debris_iou']:.3f}")
+    console.print(table)
+    for what in ("csv", "summary", "png"):
+        console.print(f"  {what}: {result[what]}")
+
+
+@app.command()
 def demo(
     workspace: WorkspaceOption = None,
     size: Annotated[Optional[int], typer.Option(help="Synthetic scene side in pixels.")] = None,

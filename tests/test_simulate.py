@@ -1,0 +1,26 @@
+"""`al-loop simulate` on a tiny configuration, and its summary figures."""
+
+import csv
+
+import pytest
+
+from al_loop.simulate import SimulationConfig, labels_to_reach, normalised_aulc, run_simulation
+
+
+def test_a_tiny_simulation_writes_curves_for_every_strategy_and_seed(tmp_path):
+    cfg = SimulationConfig(strategies=["random", "bald"], seeds=[3], scene_size=512, patch_size=128,
+                           seed_set=2, rounds=1, round_size=2, depth=2, base_filters=4, epochs=2, mc_samples=2)
+    result = run_simulation(tmp_path / "sim", cfg, quiet=True)
+    rows = list(csv.DictReader(open(result["csv"])))
+    assert [(r["strategy"], int(r["labels"])) for r in rows] == [("random", 2), ("random", 4), ("bald", 2), ("bald", 4)]
+    assert all(0.0 <= float(r["iou_debris"]) <= 1.0 and float(r["full_pool_iou_glacier"]) > 0 for r in rows)
+    assert result["png"].stat().st_size > 10_000
+    assert [row["strategy"] for row in result["rows"]] == ["random", "bald"]
+    assert not any((tmp_path / "sim").glob("work-*"))  # the per-seed workspaces are cleaned up
+
+
+def test_aulc_and_labels_to_target():
+    assert normalised_aulc([0, 10], [0.2, 0.4]) == pytest.approx(0.3)
+    assert normalised_aulc([0, 10, 30], [0.0, 0.5, 0.5]) == pytest.approx((2.5 + 10) / 30)
+    assert labels_to_reach([4, 8, 12], [0.1, 0.5, 0.6], 0.45) == 8
+    assert labels_to_reach([4, 8], [0.1, 0.2], 0.45) is None
