@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from al_loop.config import WORKSPACE_ENV, open_workspace
+from al_loop.model.training import TrainingCancelled
 from al_loop.workspace import init_workspace, open_store
 from db.queries import status_summary
-from al_loop.model.training import TrainingCancelled
 from db.session import SchemaError, upgrade
 
 app = typer.Typer(help="Active-learning annotation loop for glacier mapping.", no_args_is_help=True)

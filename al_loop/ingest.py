@@ -32,7 +32,6 @@ from sqlalchemy.orm import Session
 from al_loop import bands
 from al_loop.config import Workspace
 from al_loop.io import landsat, quicklooks
-from al_loop.io.slices import find_slices, read_slice_image, read_slice_mask
 from al_loop.io.rasters import (
     RasterInfo,
     describe_raster,
@@ -41,6 +40,7 @@ from al_loop.io.rasters import (
     read_decimated,
     read_window,
 )
+from al_loop.io.slices import find_slices, read_slice_image, read_slice_mask
 from al_loop.tiling import patch_windows
 from db import queries
 from db.models import Patch, Scene

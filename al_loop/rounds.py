@@ -20,7 +20,6 @@ from rich.progress import track
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from al_loop import bands
 from al_loop.config import Workspace
 from al_loop.io.handout import HandoutPatch, write_handout
 from al_loop.io.rasters import read_decimated

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from al_loop import bands
 from al_loop.classes import CLEAN_ICE
 from al_loop.ingest import ingest_slices
 from al_loop.patches import read_patch

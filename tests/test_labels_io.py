@@ -25,8 +25,9 @@ from al_loop.io.labels import (
     rasterize_window,
     read_raster_labels_window,
 )
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 OGGM = DATA / "oggm_hkh"
 needs_data = pytest.mark.skipif(
     not OGGM.is_dir(), reason=f"real sample data not found at {OGGM} (see shared/data/README.md)"

@@ -1,5 +1,4 @@
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +18,9 @@ from al_loop.io.landsat import (
     find_level1_bands,
     parse_scene_id,
 )
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 pytestmark = pytest.mark.skipif(
     not DATA.is_dir(), reason=f"real sample data not found at {DATA} (a fresh clone lacks it)"
 )

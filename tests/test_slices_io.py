@@ -17,8 +17,9 @@ from al_loop.io.slices import (
     read_slice_image,
     read_slice_mask,
 )
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 LILA = DATA / "lila_hkh"
 needs_data = pytest.mark.skipif(
     not (LILA / "slices").is_dir(),

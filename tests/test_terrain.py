@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +8,9 @@ from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform, reproject
 
 from al_loop.terrain import pixel_size_metres, slope_degrees
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 needs_data = pytest.mark.skipif(
     not DATA.is_dir(), reason=f"real sample data not found at {DATA} (a fresh clone lacks it)"
 )

@@ -15,7 +15,7 @@ from al_loop.model.training import TrainingCancelled, train
 from al_loop.retrain import passes_gate, run_training
 from al_loop.workspace import init_workspace, open_store
 from cli import app
-from db.models import Label, ModelVersion, Patch, Scene, TrainingJob
+from db.models import Label, ModelVersion, Scene, TrainingJob
 
 
 def _small(ws):

@@ -12,7 +12,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, GLACIER, UNLABELED
+from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, GLACIER
 from al_loop.config import Workspace
 from al_loop.patches import read_patch
 from db.models import Label, Patch

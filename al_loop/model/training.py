@@ -9,7 +9,6 @@ IoU averaged over batches (here one confusion matrix over the whole set).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
