@@ -373,10 +373,14 @@ def simulate(
     strategies: Annotated[Optional[str], typer.Option(help="Comma-separated strategies (random is always included).")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds.")] = None,
     rounds: Annotated[Optional[int], typer.Option(help="Rounds after the seed set.")] = None,
+    scene: Annotated[
+        Optional[int], typer.Option(help="Simulate on this ingested scene's labels (of --workspace) instead of synthetic scenes.")
+    ] = None,
+    workspace: WorkspaceOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Compare strategies against random with an oracle on synthetic scenes: learning curves,
-    normalised AULC, labels to reach 95% of the full-pool model."""
+    """Compare strategies against random with an oracle: learning curves, normalised AULC,
+    labels to reach 95% of the full-pool model."""
     from al_loop.sampling.acquisition import strategy_components
     from al_loop.simulate import SimulationConfig, run_simulation
 
@@ -392,7 +396,12 @@ def simulate(
             cfg.seeds = [int(s) for s in seeds.split(",")]
         if rounds is not None:
             cfg.rounds = rounds
-        result = run_simulation(out, cfg, quiet=quiet)
+        if scene is None:
+            result = run_simulation(out, cfg, quiet=quiet)
+        else:
+            with _store(workspace) as (ws, store):
+                cfg.patch_size = ws.config.ingest.patch_size
+                result = run_simulation(out, cfg, quiet=quiet, source=(ws, store, scene))
     table = Table(title=f"simulation: {len(cfg.seeds)} seeds, {cfg.rounds} rounds of {cfg.round_size}")
     for column in ("strategy", "AULC (glacier IoU)", "labels to 95% of full pool", "final clean IoU", "final debris IoU"):
         table.add_column(column, justify="left" if column == "strategy" else "right")

@@ -20,13 +20,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import rasterio
+from rasterio.windows import Window
 from rich.progress import Progress
 from sqlalchemy import select
 
 from al_loop import bands
 from al_loop.config import Workspace, open_workspace
 from al_loop.ingest import ingest_hkh_tile
-from al_loop.model.data import Sample, assign_splits, to_target
+from al_loop.model.data import Sample, assign_splits, best_labels, to_target
 from al_loop.model.inference import pick_device
 from al_loop.model.training import evaluate_samples
 from al_loop.retrain import load_version, run_training
@@ -35,7 +36,7 @@ from al_loop.synthetic import make_scene
 from al_loop.tiling import patch_windows
 from al_loop.workspace import init_workspace, open_store
 from db import queries, registry
-from db.models import Patch
+from db.models import Patch, Scene
 from db.session import Store
 
 CLASSES = ("background", "clean_ice", "debris")
@@ -98,16 +99,73 @@ def _configure(workspace: Workspace, cfg: SimulationConfig) -> Workspace:
     return workspace
 
 
-def _test_samples(out: Path, cfg: SimulationConfig, seed: int) -> list[Sample]:
-    scene = make_scene(out, height=cfg.scene_size // 2, seed=20 + seed, name="test")
-    with rasterio.open(scene.image) as src, rasterio.open(scene.label_raster) as lab:
-        pixels, truth = src.read(), lab.read(1)
+def _samples(pixels: np.ndarray, truth: np.ndarray, size: int) -> list[Sample]:
+    """Patches of an image and its truth with at least one labelled pixel, as test samples."""
     samples = []
-    for i, (r, c) in enumerate(patch_windows(*truth.shape, cfg.patch_size)):
-        p = pixels[:, r : r + cfg.patch_size, c : c + cfg.patch_size]
+    for i, (r, c) in enumerate(patch_windows(*truth.shape, size)):
+        p = pixels[:, r : r + size, c : c + size]
         valid = bands.valid_mask(p)
-        samples.append(Sample(i, -1, i, p, valid, to_target(truth[r : r + cfg.patch_size, c : c + cfg.patch_size], valid, "multiclass")))
+        target = to_target(truth[r : r + size, c : c + size], valid, "multiclass")
+        if (target != 255).any():
+            samples.append(Sample(i, -1, i, p, valid, target))
     return samples
+
+
+@dataclass
+class Ground:
+    """What a seed simulates on: the pool image, its truth, and test samples from ground the
+    pool does not cover."""
+
+    pool_image: Path
+    truth: np.ndarray
+    test: list[Sample]
+
+
+def synthetic_ground(folder: Path, cfg: SimulationConfig, seed: int) -> Ground:
+    """A synthetic pool scene and a synthetic test scene at another, disjoint, location."""
+    pool = make_scene(folder, height=cfg.scene_size, seed=10 + seed, name="pool")
+    test = make_scene(folder, height=cfg.scene_size // 2, seed=20 + seed, name="test")
+    with rasterio.open(pool.label_raster) as lab:
+        truth = lab.read(1)
+    with rasterio.open(test.image) as src, rasterio.open(test.label_raster) as lab:
+        return Ground(pool.image, truth, _samples(src.read(), lab.read(1), cfg.patch_size))
+
+
+def scene_ground(folder: Path, workspace: Workspace, store: Store, scene_id: int, cfg: SimulationConfig) -> Ground:
+    """An ingested raster scene with labels: its accepted labels are the truth (unlabelled
+    pixels stay unlabelled), its eastern quarter (whole patch columns) is the test set and
+    the rest, written as a new GeoTIFF, the pool."""
+    with store.session() as session:
+        scene = session.get(Scene, scene_id)
+        if scene is None or not scene.data_path:
+            raise LookupError(f"no raster scene with id {scene_id} in the store")
+        missing = [c for c in bands.CHANNELS if c not in scene.available_channels]
+        if missing:
+            raise ValueError(f"scene {scene_id} lacks channel(s) {missing}: the simulation uses all 15")
+        truth = np.full((scene.height, scene.width), 255, dtype=np.uint8)
+        labels = [l for l in best_labels(session).values() if l.patch.scene_id == scene_id]
+        if not labels:
+            raise LookupError(f"scene {scene_id} has no accepted labels to simulate with")
+        for label in labels:
+            p = label.patch
+            mask = queries.unpack_mask(label.mask, p.height, p.width)
+            h, w = min(p.height, scene.height - p.row_off), min(p.width, scene.width - p.col_off)
+            truth[p.row_off : p.row_off + h, p.col_off : p.col_off + w] = mask[:h, :w]
+        source = workspace.resolve(scene.data_path)
+    split = cfg.patch_size * max(1, int(0.75 * scene.width) // cfg.patch_size)
+    if split >= scene.width:
+        raise ValueError(f"scene {scene_id} is too narrow ({scene.width} px) to hold out a test strip of {cfg.patch_size}-px patches")
+    folder.mkdir(parents=True, exist_ok=True)
+    pool_image = folder / "pool.tif"
+    with rasterio.open(source) as src:
+        profile = {**src.profile, "width": split, "tiled": True, "blockxsize": 256, "blockysize": 256}
+        with rasterio.open(pool_image, "w", **profile) as dst:
+            for row in range(0, scene.height, 1024):
+                window = Window(0, row, split, min(1024, scene.height - row))
+                dst.write(src.read(window=window), window=window)
+            dst.descriptions = src.descriptions
+        test_pixels = src.read(window=Window(split, 0, scene.width - split, scene.height))
+    return Ground(pool_image, truth[:, :split], _samples(test_pixels, truth[:, split:], cfg.patch_size))
 
 
 def _test_iou(workspace: Workspace, store: Store, test: list[Sample]) -> list[float]:
@@ -119,47 +177,61 @@ def _test_iou(workspace: Workspace, store: Store, test: list[Sample]) -> list[fl
     return [float(v) for v in np.nan_to_num(matrix.iou())]
 
 
-def _template(root: Path, cfg: SimulationConfig, seed: int) -> tuple[Path, Oracle, list[int], list[int]]:
-    """The pool workspace before any strategy acts: validation blocks and a seed set labelled."""
-    pool = make_scene(root / "scenes", height=cfg.scene_size, seed=10 + seed, name="pool")
-    with rasterio.open(pool.label_raster) as lab:
-        oracle = Oracle(lab.read(1))
+def _template(root: Path, cfg: SimulationConfig, seed: int, ground: Ground) -> tuple[Path, Oracle, list[int], list[int]]:
+    """The pool workspace before any strategy acts: validation blocks and a seed set labelled.
+    Patches the truth says nothing about cannot be answered by the oracle: they are left out
+    of the pool (marked low_valid)."""
+    oracle = Oracle(ground.truth)
     ws = _configure(init_workspace(root / "template"), cfg)
     store = open_store(ws)
-    ingest_hkh_tile(ws, store, pool.image, quiet=True)
+    ingest_hkh_tile(ws, store, ground.pool_image, quiet=True)
     with store.session() as session:
         tc = ws.config.training
         assign_splits(session, tc.validation_fraction, tc.validation_block, tc.seed)
+        for patch in session.scalars(select(Patch)):
+            window = ground.truth[patch.row_off : patch.row_off + patch.height, patch.col_off : patch.col_off + patch.width]
+            if not (window != 255).any():
+                patch.low_valid = True
+        session.flush()
         patches = session.scalars(select(Patch).where(Patch.low_valid.is_(False)).order_by(Patch.id)).all()
         val = [p.id for p in patches if p.split == "val"]
         train = [p.id for p in patches if p.split == "train"]
+    if not val or len(train) < cfg.seed_set + cfg.rounds * cfg.round_size:
+        raise ValueError(f"the pool has {len(train)} labelled training and {len(val)} validation patches: too few for "
+                         f"a seed set of {cfg.seed_set} and {cfg.rounds} rounds of {cfg.round_size}")
     rng = np.random.default_rng(seed)
-    seed_set = sorted(rng.choice(train, size=min(cfg.seed_set, len(train)), replace=False).tolist())
+    seed_set = sorted(rng.choice(train, size=cfg.seed_set, replace=False).tolist())
     oracle.label(store, val + seed_set)
     store.dispose()
     return root / "template", oracle, train, seed_set
 
 
-def run_simulation(out: Path, cfg: SimulationConfig, quiet: bool = False) -> dict[str, Path]:
-    """Run every strategy for every seed; write the CSV, the learning-curve PNG and a summary."""
+def run_simulation(out: Path, cfg: SimulationConfig, quiet: bool = False,
+                   source: tuple[Workspace, Store, int] | None = None) -> dict[str, Path]:
+    """Run every strategy for every seed; write the CSV, the learning-curve PNG and a summary.
+    ``source`` (workspace, store, scene id) simulates on an ingested scene with labels instead
+    of synthetic scenes."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     curves: list[Curve] = []
     reference: dict[int, list[float]] = {}
     steps = len(cfg.seeds) * (len(cfg.strategies) * (cfg.rounds + 1) + 1)
+    scene = scene_ground(out / "ground", *source, cfg) if source else None
     with Progress(disable=quiet) as progress:
         task = progress.add_task("simulation", total=steps)
         for seed in cfg.seeds:
             work = out / f"work-seed{seed}"
             shutil.rmtree(work, ignore_errors=True)
-            template, oracle, train_ids, seed_set = _template(work, cfg, seed)
-            test = _test_samples(work / "test", cfg, seed)
+            ground = scene or synthetic_ground(work / "scenes", cfg, seed)
+            template, oracle, train_ids, seed_set = _template(work, cfg, seed, ground)
+            test = ground.test
             reference[seed] = _full_pool(work, template, oracle, train_ids, test, cfg)
             progress.advance(task)
             for strategy in cfg.strategies:
                 curves.append(_run_strategy(work, template, oracle, strategy, seed, len(seed_set), test, cfg,
                                             lambda: progress.advance(task)))
             shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(out / "ground", ignore_errors=True)
     return _report(out, curves, reference, cfg)
 
 

@@ -24,3 +24,22 @@ def test_aulc_and_labels_to_target():
     assert normalised_aulc([0, 10, 30], [0.0, 0.5, 0.5]) == pytest.approx((2.5 + 10) / 30)
     assert labels_to_reach([4, 8, 12], [0.1, 0.5, 0.6], 0.45) == 8
     assert labels_to_reach([4, 8], [0.1, 0.2], 0.45) is None
+
+
+def test_simulation_on_an_ingested_scene_uses_its_labels_and_holds_out_its_east(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    ws = tmp_path / "ws"
+    env = {"AL_LOOP_WORKSPACE": str(ws), "AL_LOOP_INGEST_PATCH_SIZE": "64", "AL_LOOP_INGEST_QUICKLOOKS": "false"}
+    runner = CliRunner()
+    assert runner.invoke(app, ["init"], env=env).exit_code == 0
+    assert runner.invoke(app, ["ingest", "synthetic", "--size", "512", "--seed", "4", "-q"], env=env).exit_code == 0
+    result = runner.invoke(app, ["simulate", "--scene", "1", "--seeds", "0", "--rounds", "1", "--strategies", "entropy",
+                                 "--out", str(tmp_path / "sim"), "-q"], env={**env, "COLUMNS": "150"})
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(tmp_path / "sim" / "simulation.csv")))
+    assert {r["strategy"] for r in rows} == {"random", "entropy"} and len(rows) == 4
+    missing = runner.invoke(app, ["simulate", "--scene", "9", "--out", str(tmp_path / "x"), "-q"], env=env)
+    assert missing.exit_code == 2 and "no raster scene with id 9" in missing.output
