@@ -1,0 +1,256 @@
+"""Conversions between al-loop label masks and Label Studio results (brush RLE and polygons).
+
+Masks use the :mod:`al_loop.classes` encoding; labels and tag names come from
+:mod:`backends.label_config`. Decisions:
+
+* Predictions: one brush region per class present; one polygon region per connected part (4-
+  connectivity) of a class. Unlabeled pixels (255) give no region. Background regions are left
+  out unless asked for: an annotation is read as complete by default (below), so they add nothing.
+* Holes: Label Studio polygons have none. Holes smaller than ``min_hole_px`` are filled (specks
+  of another class inside a prediction); larger ones are cut open by splitting the polygon along
+  a vertical line through the hole, repeatedly, so that the pieces cover exactly the polygon.
+* Reading annotations back: pixels covered by no region are background when the annotation is
+  ``complete`` (an expert labels every glacier in the patch), else unlabeled. Overlaps follow
+  :data:`al_loop.io.labels.PAINT_ORDER`: debris over clean ice, an explicit background region
+  over both (a correction).
+* Results from Label Studio are checked strictly; any problem raises :class:`ResultError` naming
+  the region and nothing is returned.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from rasterio.features import rasterize, shapes
+from shapely.geometry import LineString, Polygon, shape
+from shapely.ops import split
+
+from al_loop.classes import BACKGROUND, UNLABELED
+from al_loop.io.labels import PAINT_ORDER
+from backends.label_config import (
+    BRUSH_NAME,
+    IMAGE_NAME,
+    LABEL_CODES,
+    LABEL_NAMES,
+    POLYGON_NAME,
+)
+
+BRUSH_TYPE = "brushlabels"
+POLYGON_TYPE = "polygonlabels"
+_FROM_NAMES = {BRUSH_TYPE: BRUSH_NAME, POLYGON_TYPE: POLYGON_NAME}
+_PERCENT_EPS = 1e-3  # how far past 0-100 a polygon point may lie (floating-point slack)
+_ALPHA_PAINTED = 128  # brush alpha from which a pixel counts as painted
+
+
+class ResultError(ValueError):
+    """A Label Studio result cannot be read; the message names the region and the problem."""
+
+
+def _error(index: int, problem: str) -> ResultError:
+    return ResultError(f"result region {index}: {problem}")
+
+
+def _codes_present(mask: np.ndarray, include_background: bool) -> list[int]:
+    """Codes in ``mask`` that get regions, in label order; ValueError on codes with no label."""
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D (height, width), got shape {mask.shape}")
+    present = set(np.unique(mask).tolist())
+    unknown = sorted(present - set(LABEL_NAMES) - {UNLABELED})
+    if unknown:
+        raise ValueError(f"mask holds class codes {unknown} that have no Label Studio label")
+    return [
+        code
+        for code in LABEL_CODES.values()
+        if code in present and (include_background or code != BACKGROUND)
+    ]
+
+
+def _region(kind: str, mask: np.ndarray, value: dict[str, Any]) -> dict[str, Any]:
+    height, width = mask.shape
+    return {
+        "from_name": _FROM_NAMES[kind],
+        "to_name": IMAGE_NAME,
+        "type": kind,
+        "original_width": width,
+        "original_height": height,
+        "value": value,
+    }
+
+
+def mask_to_brush_results(mask: np.ndarray, include_background: bool = False) -> list[dict]:
+    """One BrushLabels region per class present in ``mask`` (H, W): exact, pixel for pixel."""
+    # Imported here: the SDK's converter package loads nltk and scipy.stats (about 2.5 s).
+    from label_studio_sdk.converter.brush import mask2rle
+
+    # mask2rle repeats each value into the 4 RGBA channels; Label Studio reads the alpha one.
+    return [
+        _region(
+            BRUSH_TYPE,
+            mask,
+            {
+                "format": "rle",
+                "rle": mask2rle(np.where(mask == code, 255, 0).astype(np.uint8)),
+                BRUSH_TYPE: [LABEL_NAMES[code]],
+            },
+        )
+        for code in _codes_present(mask, include_background)
+    ]
+
+
+def _cut_holes(polygon: Polygon) -> list[Polygon]:
+    """Hole-free polygons covering ``polygon``: split along a vertical line through a hole."""
+    if not polygon.interiors:
+        return [polygon]
+    x = Polygon(polygon.interiors[0]).representative_point().x
+    _, miny, _, maxy = polygon.bounds
+    pieces = split(polygon, LineString([(x, miny - 1), (x, maxy + 1)])).geoms
+    return [part for piece in pieces for part in _cut_holes(piece)]
+
+
+def mask_to_polygon_results(
+    mask: np.ndarray,
+    simplify_tolerance_px: float = 1.0,
+    min_hole_px: float = 4.0,
+    include_background: bool = False,
+) -> list[dict]:
+    """PolygonLabels regions tracing each class in ``mask`` (H, W), points in percent of the size.
+
+    Outlines follow pixel edges, simplified (topology preserved) by ``simplify_tolerance_px``:
+    parts only a pixel or two wide lose much of their area; 0 keeps the exact pixel outlines.
+    Holes are filled or cut as the module docstring says.
+    """
+    codes = _codes_present(mask, include_background)
+    height, width = mask.shape
+    results = []
+    for code in codes:
+        inside = mask == code
+        for geometry, _ in shapes(inside.astype(np.uint8), mask=inside, connectivity=4):
+            outline = shape(geometry).simplify(simplify_tolerance_px, preserve_topology=True)
+            holes = [ring for ring in outline.interiors if Polygon(ring).area >= min_hole_px]
+            for piece in _cut_holes(Polygon(outline.exterior, holes)):
+                points = [
+                    [round(x / width * 100, 4), round(y / height * 100, 4)]
+                    for x, y in piece.exterior.coords[:-1]
+                ]
+                value = {"points": points, "closed": True, POLYGON_TYPE: [LABEL_NAMES[code]]}
+                results.append(_region(POLYGON_TYPE, mask, value))
+    return results
+
+
+def _label_code(index: int, kind: str, value: dict) -> int:
+    labels = value.get(kind)
+    if not isinstance(labels, list) or len(labels) != 1:
+        raise _error(index, f"value.{kind} must hold exactly one label, got {labels!r}")
+    if labels[0] not in LABEL_CODES:
+        raise _error(index, f"unknown label {labels[0]!r}; valid labels: {', '.join(LABEL_CODES)}")
+    return LABEL_CODES[labels[0]]
+
+
+def _check_size(index: int, region: dict, height: int, width: int, required: bool) -> None:
+    size = (region.get("original_width"), region.get("original_height"))
+    if size == (None, None) and not required:
+        return
+    if size != (width, height):
+        raise _error(
+            index,
+            f"original_width/height {size[0]}x{size[1]} do not match the patch {width}x{height}",
+        )
+
+
+def _brush_layer(index: int, value: dict, height: int, width: int) -> np.ndarray:
+    from label_studio_sdk.converter.brush import decode_rle
+
+    rle = value.get("rle")
+    if value.get("format") != "rle":
+        raise _error(index, f"brush format must be 'rle', got {value.get('format')!r}")
+    if not isinstance(rle, list) or not all(
+        type(byte) is int and 0 <= byte <= 255 for byte in rle
+    ):
+        raise _error(index, "malformed rle: must be a list of integers 0-255")
+    # The stream opens with its value count (32 bits); checking it first also keeps a corrupt
+    # count from allocating a huge array in decode_rle.
+    count = int.from_bytes(bytes(rle[:4]), "big") if len(rle) >= 4 else None
+    if count != width * height * 4:
+        raise _error(
+            index, f"malformed rle: holds {count} values, expected {width}x{height}x4 RGBA"
+        )
+    try:
+        rgba = decode_rle(rle).reshape(height, width, 4)
+    except (ValueError, IndexError, OverflowError) as e:
+        raise _error(index, f"malformed rle: does not decode ({e})") from None
+    return rgba[:, :, 3] >= _ALPHA_PAINTED
+
+
+def _polygon_layer(index: int, value: dict, height: int, width: int) -> np.ndarray:
+    points = value.get("points")
+    if not isinstance(points, list) or len(points) < 3:
+        n = len(points) if isinstance(points, list) else points
+        raise _error(index, f"a polygon needs at least 3 points, got {n!r}")
+    pixels = []
+    for k, point in enumerate(points):
+        if not (
+            isinstance(point, list | tuple)
+            and len(point) == 2
+            and all(type(c) in (int, float) and math.isfinite(c) for c in point)
+        ):
+            raise _error(index, f"polygon point {k} is not an [x, y] pair of numbers: {point!r}")
+        if not all(-_PERCENT_EPS <= c <= 100 + _PERCENT_EPS for c in point):
+            raise _error(index, f"polygon point {k} {point} lies outside 0-100 percent")
+        x, y = (min(max(c, 0.0), 100.0) for c in point)
+        pixels.append((x / 100 * width, y / 100 * height))
+    return rasterize([(Polygon(pixels), 1)], out_shape=(height, width), dtype=np.uint8) == 1
+
+
+def results_to_mask(
+    results: list[dict], height: int, width: int, complete: bool = True
+) -> np.ndarray:
+    """The label mask (``height``, ``width``) of an annotation's brush and polygon results.
+
+    Pixels in no region are background if ``complete``, else unlabeled.
+    """
+    layers: dict[int, np.ndarray] = {}
+    for index, region in enumerate(results):
+        if not isinstance(region, dict):
+            raise _error(index, f"must be a dict, got {type(region).__name__}")
+        kind = str(region.get("type", "")).lower()
+        if kind not in _FROM_NAMES:
+            expected = ", ".join(_FROM_NAMES)
+            raise _error(index, f"unknown result type {region.get('type')!r}; expected {expected}")
+        names = (region.get("from_name"), region.get("to_name"))
+        if names != (_FROM_NAMES[kind], IMAGE_NAME):
+            raise _error(
+                index,
+                f"from_name/to_name {names} do not match {kind} of this config"
+                f" ({_FROM_NAMES[kind]!r}, {IMAGE_NAME!r})",
+            )
+        value = region.get("value")
+        if not isinstance(value, dict):
+            raise _error(index, "missing value")
+        code = _label_code(index, kind, value)
+        _check_size(index, region, height, width, required=kind == BRUSH_TYPE)
+        if kind == BRUSH_TYPE:
+            layer = _brush_layer(index, value, height, width)
+        else:
+            layer = _polygon_layer(index, value, height, width)
+        layers[code] = layers[code] | layer if code in layers else layer
+
+    mask = np.full((height, width), BACKGROUND if complete else UNLABELED, dtype=np.uint8)
+    for code in PAINT_ORDER:
+        if code in layers:
+            mask[layers[code]] = code
+    return mask
+
+
+def validate_with_sdk(config_xml: str, prediction: dict) -> None:
+    """Check a prediction (``{"result": [...], "score": ...}``) with the SDK's LabelInterface.
+
+    Label Studio stores predictions unchecked. The SDK checks tag names, types, labels and the
+    value shapes, but not polygon points below 0 nor RLE lengths: :func:`results_to_mask` does.
+    """
+    from label_studio_sdk.label_interface import LabelInterface
+
+    errors = LabelInterface(config_xml).validate_prediction(prediction, return_errors=True)
+    if errors:
+        raise ResultError("; ".join(errors))
