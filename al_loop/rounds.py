@@ -59,6 +59,13 @@ def pool_patches(session: Session) -> list[Patch]:
     ))
 
 
+def _scored_by(version_id: int | None):
+    """Scores of one model version (``None``: the cold-start priors)."""
+    if version_id is None:
+        return PatchScore.model_version_id.is_(None)
+    return PatchScore.model_version_id == version_id
+
+
 def scene_cloud_thresholds(workspace: Workspace, scene: Scene) -> dict[str, float] | None:
     """Cloud thresholds from an overview of the whole scene (DN differ between scenes)."""
     needed = [c for c in ("B1", "B2", "B3", "B5", "B6_VCID_1", "ndsi") if c in scene.available_channels]
@@ -76,9 +83,7 @@ def score_pool(workspace: Workspace, store: Store, version: ModelVersion | None,
     cfg = workspace.config
     with store.session() as session:
         version_id = version.id if version else None
-        done = set(session.scalars(select(PatchScore.patch_id).where(PatchScore.model_version_id.is_(version_id)
-                                                                     if version_id is None else
-                                                                     PatchScore.model_version_id == version_id)))
+        done = set(session.scalars(select(PatchScore.patch_id).where(_scored_by(version_id))))
         todo = [p for p in pool_patches(session) if p.id not in done]
         scenes = {p.scene_id: p.scene for p in todo}
     thresholds = {sid: scene_cloud_thresholds(workspace, scene) for sid, scene in scenes.items()}
@@ -181,10 +186,9 @@ def _pool_scores(session: Session, pool: list[Patch], version: ModelVersion | No
     components themselves (rank-normalised, as used) and the bottleneck embeddings."""
     if strategy == "random":
         return acquisition.pool_scores("random", {"n": np.zeros(len(pool))}, rng=seed), {}, None
-    version_id = version.id if version else None
-    condition = PatchScore.model_version_id.is_(None) if version_id is None else PatchScore.model_version_id == version_id
     rows = dict(session.execute(
-        select(PatchScore.patch_id, PatchScore.components).where(condition, PatchScore.patch_id.in_([p.id for p in pool]))
+        select(PatchScore.patch_id, PatchScore.components)
+        .where(_scored_by(version.id if version else None), PatchScore.patch_id.in_([p.id for p in pool]))
     ).all())
     ordered = [rows[p.id] for p in pool]
     names = [n for n in ordered[0] if n != "embedding"]
