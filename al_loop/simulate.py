@@ -199,11 +199,26 @@ def _template(root: Path, cfg: SimulationConfig, seed: int, ground: Ground) -> t
     if not val or len(train) < cfg.seed_set + cfg.rounds * cfg.round_size:
         raise ValueError(f"the pool has {len(train)} labelled training and {len(val)} validation patches: too few for "
                          f"a seed set of {cfg.seed_set} and {cfg.rounds} rounds of {cfg.round_size}")
-    rng = np.random.default_rng(seed)
-    seed_set = sorted(rng.choice(train, size=cfg.seed_set, replace=False).tolist())
+    seed_set = _seed_set(store, oracle, train, cfg.seed_set, seed)
     oracle.label(store, val + seed_set)
     store.dispose()
     return root / "template", oracle, train, seed_set
+
+
+def _seed_set(store: Store, oracle: Oracle, train: list[int], size: int, seed: int) -> list[int]:
+    """A random seed set the first model can learn from: it must show at least two classes
+    (a random draw of a few patches can be all background)."""
+    with store.session() as session:
+        windows = {p.id: (p.row_off, p.col_off, p.height, p.width) for p in session.scalars(select(Patch).where(Patch.id.in_(train)))}
+    rng = np.random.default_rng(seed)
+    for _ in range(1000):
+        chosen = sorted(rng.choice(train, size=size, replace=False).tolist())
+        classes = set()
+        for r, c, h, w in (windows[i] for i in chosen):
+            classes |= set(np.unique(oracle.truth[r : r + h, c : c + w]).tolist()) - {255}
+        if len(classes) >= 2:
+            return chosen
+    raise ValueError(f"no random seed set of {size} patches shows two classes: the pool is (nearly) all one class")
 
 
 def run_simulation(out: Path, cfg: SimulationConfig, quiet: bool = False,
