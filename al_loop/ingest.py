@@ -117,6 +117,22 @@ def _existing(store: Store, fingerprint: str) -> IngestResult | None:
         )
 
 
+def _patch(workspace: Workspace, staging: Staging, scene: Scene, pixels: np.ndarray, channels: list[str],
+           quicklook_stem: str, **window: Any) -> Patch:
+    """A patch row from its pixels: valid fraction, low-valid mark, quicklooks (staged)."""
+    cfg = workspace.config.ingest
+    valid = bands.valid_mask(pixels, channels)
+    fraction = float(valid.mean())
+    patch = Patch(scene=scene, valid_fraction=fraction, low_valid=fraction < cfg.min_valid_fraction, **window)
+    if cfg.quicklooks and scene.stretch:
+        folder = staging.path / "quicklooks"
+        folder.mkdir(exist_ok=True)
+        rgb, false = quicklooks.write_quicklooks(pixels, channels, valid, scene.stretch, folder / quicklook_stem)
+        patch.quicklook_rgb = rgb and workspace.relative(staging.stored(rgb))
+        patch.quicklook_false = false and workspace.relative(staging.stored(false))
+    return patch
+
+
 def _add_patches(
     session: Session, workspace: Workspace, scene: Scene, raster: Path, staging: Staging, quiet: bool
 ) -> tuple[int, int]:
@@ -126,40 +142,20 @@ def _add_patches(
     available_idx = [scene.channels.index(c) for c in scene.available_channels]
     transform = Affine(*scene.transform)
     windows = patch_windows(scene.height, scene.width, size, cfg.patch_overlap)
-    quicklook_dir = staging.path / "quicklooks"
-    quicklook_dir.mkdir(exist_ok=True)
     n_low = 0
     with rasterio.open(raster) as src:
         for row_off, col_off in track(
             windows, description=f"patches of {scene.name}", disable=quiet, transient=True
         ):
             pixels = read_window(src, row_off, col_off, size, size, available_idx)
-            valid = bands.valid_mask(pixels, scene.available_channels)
-            fraction = float(valid.mean())
-            low = fraction < cfg.min_valid_fraction
-            n_low += low
             x0, y0 = transform @ (col_off, row_off)
             x1, y1 = transform @ (col_off + size, row_off + size)
-            patch = Patch(
-                scene=scene,
-                row_off=row_off,
-                col_off=col_off,
-                height=size,
-                width=size,
-                minx=min(x0, x1),
-                miny=min(y0, y1),
-                maxx=max(x0, x1),
-                maxy=max(y0, y1),
-                valid_fraction=fraction,
-                low_valid=low,
+            patch = _patch(
+                workspace, staging, scene, pixels, scene.available_channels, f"r{row_off}_c{col_off}",
+                row_off=row_off, col_off=col_off, height=size, width=size,
+                minx=min(x0, x1), miny=min(y0, y1), maxx=max(x0, x1), maxy=max(y0, y1),
             )
-            if cfg.quicklooks and scene.stretch:
-                rgb, false = quicklooks.write_quicklooks(
-                    pixels, scene.available_channels, valid, scene.stretch,
-                    quicklook_dir / f"r{row_off}_c{col_off}",
-                )
-                patch.quicklook_rgb = rgb and workspace.relative(staging.stored(rgb))
-                patch.quicklook_false = false and workspace.relative(staging.stored(false))
+            n_low += patch.low_valid
             session.add(patch)
     session.flush()
     return len(windows), n_low
@@ -400,7 +396,6 @@ def ingest_slices(
     first = read_slice_image(usable[0].image_path)
     height, width = first.shape[1:]
     stretch = _slices_stretch(usable, workspace.config.ingest.stretch_percentiles)
-    cfg = workspace.config.ingest
     labels = {"created": 0, "masks_without_image": len(entries) - len(usable)}
     with staged_scene_dir(workspace, folder.name, fingerprint) as staging, store.session() as session:
         crs = next((e.crs for e in usable if e.crs is not None), None)
@@ -418,26 +413,18 @@ def ingest_slices(
             details={"slices": len(usable), **labels},
         )
         session.add(scene)
-        quicklook_dir = staging.path / "quicklooks"
-        quicklook_dir.mkdir()
         n_low = 0
         for ordinal, entry in enumerate(track(usable, description="slices", disable=quiet, transient=True)):
             pixels = np.asarray(read_slice_image(entry.image_path), dtype=np.float32)
             if pixels.shape[1:] != (height, width):
                 raise ValueError(f"{entry.image_path}: slice of {pixels.shape[1:]} pixels, expected {(height, width)} like the others")
-            valid = bands.valid_mask(pixels)
-            fraction = float(valid.mean())
-            n_low += fraction < cfg.min_valid_fraction
             minx, miny, maxx, maxy = entry.bounds or (None, None, None, None)
-            patch = Patch(
-                scene=scene, row_off=ordinal, col_off=0, height=height, width=width,
-                minx=minx, miny=miny, maxx=maxx, maxy=maxy, valid_fraction=fraction,
-                low_valid=fraction < cfg.min_valid_fraction, data_path=str(entry.image_path),
+            patch = _patch(
+                workspace, staging, scene, pixels, list(bands.CHANNELS), entry.name,
+                row_off=ordinal, col_off=0, height=height, width=width,
+                minx=minx, miny=miny, maxx=maxx, maxy=maxy, data_path=str(entry.image_path),
             )
-            if cfg.quicklooks:
-                rgb, false = quicklooks.write_quicklooks(pixels, bands.CHANNELS, valid, stretch, quicklook_dir / entry.name)
-                patch.quicklook_rgb = rgb and workspace.relative(staging.stored(rgb))
-                patch.quicklook_false = false and workspace.relative(staging.stored(false))
+            n_low += patch.low_valid
             session.add(patch)
             session.flush()
             if entry.mask_path is not None:

@@ -36,7 +36,8 @@ def predict_scene_file(workspace: Workspace, store: Store, scene_id: int, out: P
             raise LookupError("no champion model yet: train one with `al-loop train`")
         channel_idx = bands.require_channels(version.channels, scene.available_channels, where=f"scene {scene.id} ({scene.name})")
         channel_idx = [scene.channels.index(scene.available_channels[i]) for i in channel_idx]
-        reflective = [scene.channels.index(c) for c in scene.available_channels if c in bands.REFLECTIVE_BANDS]
+        reflective_names = [c for c in scene.available_channels if c in bands.REFLECTIVE_BANDS]
+        reflective = [scene.channels.index(c) for c in reflective_names]
         source = workspace.resolve(scene.data_path)
         model, _ = load_version(workspace, version)
         norm, classes = version.normalization, list(version.classes)
@@ -44,17 +45,16 @@ def predict_scene_file(workspace: Workspace, store: Store, scene_id: int, out: P
         height, width = scene.height, scene.width
     T = workspace.config.model.mc_samples if mc_samples is None else mc_samples
     out = Path(out or workspace.root / "predictions" / f"{name}-{version.name}.tif")
+    valid_map = np.zeros((height, width), bool)  # filled tile by tile as the model reads them
     with rasterio.open(source) as src:
-        def valid(r, c, h, w):
-            return bands.valid_mask(read_window(src, r, c, h, w, reflective), bands.REFLECTIVE_BANDS)
-
         def window(r, c, h, w):
-            return normalize(read_window(src, r, c, h, w, channel_idx), valid(r, c, h, w), norm)
+            valid = bands.valid_mask(read_window(src, r, c, h, w, reflective), reflective_names)
+            valid_map[r : r + h, c : c + w] = valid
+            return normalize(read_window(src, r, c, h, w, channel_idx), valid, norm)
 
-        result = predict_scene(model, window, height, width, T=T, device=pick_device(), read_valid=valid)
-        invalid = np.zeros((height, width), bool)
-        for r in range(0, height, 512):
-            invalid[r : r + 512] = ~valid(r, 0, min(512, height - r), width)
+        result = predict_scene(model, window, height, width, T=T, device=pick_device(),
+                               read_valid=lambda r, c, h, w: valid_map[r : r + h, c : c + w])
+    invalid = ~valid_map
     result.classes[invalid] = NODATA_CLASS
     layers = [("class", result.classes.astype(np.float32))]
     layers += [(f"p_{c}", result.probs[k]) for k, c in enumerate(classes)]
