@@ -116,6 +116,47 @@ class SamplingConfig:
 
 
 @dataclass
+class RetrainingConfig:
+    label_threshold: int = setting(
+        10, "queue a fine-tuning job once this many accepted labels arrived since the last trained version"
+    )
+    debris_pixel_threshold: int = setting(
+        250_000, "queue one earlier once the new labels hold this many debris-covered pixels (0: off)"
+    )
+    auto_next_round: bool = setting(
+        True, "after a promotion, choose the next round with the new champion (and import it when connected)"
+    )
+    poll_seconds: float = setting(2.0, "how often a worker looks for queued training jobs")
+    stale_seconds: float = setting(
+        1800.0, "a running job whose worker has not reported for this long is taken over (resumed) by another"
+    )
+
+
+@dataclass
+class BackendConfig:
+    host: str = setting("127.0.0.1", "address `al-loop serve` listens on")
+    port: int = setting(9090, "port `al-loop serve` listens on")
+    url: str = setting("", "URL Label Studio uses to reach the backend; empty: http://<host>:<port>")
+    username: str = setting("al-loop", "HTTP Basic auth user Label Studio sends to the backend")
+    password: str = setting("", "HTTP Basic auth password (a random one is written at init)")
+    webhook_secret: str = setting("", "shared secret expected in the X-Al-Loop-Secret header of webhooks (random at init)")
+    prediction_format: str = setting("brush", "predictions as brush (RLE masks, exact) or polygons")
+    batch_size: int = setting(4, "patches per inference batch in /predict")
+    worker: bool = setting(True, "run the training worker inside `al-loop serve`")
+
+
+@dataclass
+class LabelStudioConfig:
+    url: str = setting("", "Label Studio URL, e.g. http://127.0.0.1:8080")
+    api_key: str = setting("", "Label Studio API key: a legacy token or a personal access token")
+    project_title: str = setting("al-loop glaciers", "title of the Label Studio project al-loop creates and syncs")
+    document_root: str = setting(
+        "", "Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (quicklooks must lie under it); empty: the workspace"
+    )
+    polygons: bool = setting(False, "offer polygon tools beside the brush in the labeling config")
+
+
+@dataclass
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -123,6 +164,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    retraining: RetrainingConfig = field(default_factory=RetrainingConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    label_studio: LabelStudioConfig = field(default_factory=LabelStudioConfig)
 
 
 @dataclass

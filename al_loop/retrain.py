@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
+
 from al_loop.config import Workspace
 from al_loop.model.checkpoints import load_model, save_model
 from al_loop.model.data import class_names, label_set_hash, normalization, split_samples
@@ -85,6 +87,8 @@ def run_training(
         norm = resumed_norm or (parent.normalization if parent else normalization(train_samples, channels))
         arch = parent.config["architecture"] if parent else architecture(cfg.model)
         champion = registry.champion(session)
+        # Labels up to here are the ones this run could see (retraining counts those after it).
+        watermark = session.scalar(select(func.max(Label.id))) or 0
         champion_model = load_version(workspace, champion)[0] if champion else None
         champion_norm = champion.normalization if champion else None
     job_id = _claim_job(store, job_id, parent, trigger, norm)
@@ -130,7 +134,8 @@ def run_training(
             parent_id=parent.id if parent else None,
             channels=channels,
             classes=classes,
-            config={"architecture": arch, "training": vars(cfg.training).copy(), "trigger": trigger},
+            config={"architecture": arch, "training": vars(cfg.training).copy(), "trigger": trigger,
+                    "label_watermark": watermark},
             seed=cfg.training.seed,
             normalization=norm,
             label_set_hash=label_set_hash(label_ids),

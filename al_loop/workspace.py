@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 from al_loop.config import CONFIG_FILE, Config, Workspace, open_workspace, write_config
@@ -17,6 +18,9 @@ def init_workspace(root: Path | str | None = None, database_url: str | None = No
         config = Config()
         if database_url:
             config.database.url = database_url
+        # Secrets the backend checks; generated here so that no two workspaces share them.
+        config.backend.password = secrets.token_urlsafe(18)
+        config.backend.webhook_secret = secrets.token_urlsafe(24)
         write_config(workspace.root, config)
         workspace = open_workspace(workspace.root)
     store = Store(workspace.database_url)

@@ -196,8 +196,8 @@ _OTHER_SIZE_RLE = mask_to_brush_results(np.ones((H, W + 1), np.uint8))[0]["value
     ("results", "index", "edit", "problem"),
     [
         (_brush_results, 1, lambda r: r["value"].update(rle=r["value"]["rle"][:40]),
-         "malformed rle: does not decode"),
-        (_brush_results, 1, _set_value(rle=_OTHER_SIZE_RLE), "malformed rle: holds 12480 values"),
+         "malformed rle for a 64x48 RGBA mask: the stream ends"),
+        (_brush_results, 1, _set_value(rle=_OTHER_SIZE_RLE), "malformed rle for a 64x48 RGBA mask: holds 12480 values, expected 12288"),
         (_brush_results, 1, _set_value(rle=[0, 300, 2]), "malformed rle: must be a list of int"),
         (_brush_results, 1, lambda r: r.update(original_width=W + 1),
          "original_width/height 65x48 do not match the patch 64x48"),
@@ -238,3 +238,18 @@ def test_generated_predictions_pass_the_sdk_validation():
         validate_with_sdk(config, {"result": bad, "score": 0.5})
     with pytest.raises(ResultError, match="'polygon' not found"):
         validate_with_sdk(label_config(), {"result": _polygon_results()})
+
+
+def test_fast_rle_decoder_agrees_with_the_sdks_on_blobs_and_noise():
+    from label_studio_sdk.converter.brush import decode_rle as sdk_decode_rle
+    from label_studio_sdk.converter.brush import mask2rle
+
+    from backends.results import decode_rle
+
+    rng = np.random.default_rng(3)
+    blobs = np.zeros((40, 50), np.uint8)
+    blobs[5:30, 10:45] = 255
+    noise = np.where(rng.random((40, 50)) < 0.5, 255, 0).astype(np.uint8)
+    for mask in (blobs, noise, np.zeros((40, 50), np.uint8)):
+        rle = mask2rle(mask)
+        np.testing.assert_array_equal(decode_rle(rle, mask.size * 4), sdk_decode_rle(rle))

@@ -1,0 +1,159 @@
+"""The HTTP protocol Label Studio 1.23 speaks to an ML backend (FastAPI).
+
+| route | Label Studio's timeout | here |
+|---|---|---|
+| ``GET /health`` | 1 s | no auth; says which model is served |
+| ``POST /setup`` | 3 s | checks the project's labeling config once per project (cached), returns the model version |
+| ``POST /predict`` | 100 s | one prediction per task, in order, batched; 4xx names a bad task |
+| ``POST /webhook`` | 1 s | checks, queues for the background writer, answers at once |
+| ``GET /versions`` | 3 s | the registry's versions |
+
+Every route but ``/health`` needs HTTP Basic auth; ``/webhook`` also needs the shared secret in
+``X-Al-Loop-Secret`` (``al-loop connect`` sets both headers on the project's webhook).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from sqlalchemy import select
+
+from backends import annotations
+from backends.annotations import AnnotationError
+from backends.label_config import BRUSH_NAME, IMAGE_NAME, LABEL_CODES, POLYGON_NAME
+from backends.label_writer import Retire
+from backends.predictor import PredictionError, predict_patch_ids
+from db.models import ModelVersion
+
+SECRET_HEADER = "X-Al-Loop-Secret"
+ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+IGNORED_EVENTS = ("TASKS_CREATED", "TASKS_DELETED", "PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED",
+                  "ANNOTATIONS_CREATED", "LABEL_LINK_CREATED", "LABEL_LINK_UPDATED", "LABEL_LINK_DELETED",
+                  "REVIEW_CREATED", "REVIEW_UPDATED", "REVIEWS_DELETED")
+
+
+def check_label_config(config_xml: str) -> None:
+    """The project must use al-loop's tags and labels, else its annotations cannot be read."""
+    from label_studio_sdk.label_interface import LabelInterface
+
+    try:
+        interface = LabelInterface(config_xml)
+        controls = {c.name: c for c in interface.controls}
+    except Exception as exc:
+        raise ValueError(f"the labeling config does not parse: {exc}") from None
+    brush = controls.get(BRUSH_NAME)
+    if brush is None or brush.tag.lower() != "brushlabels" or IMAGE_NAME not in brush.to_name:
+        raise ValueError(f"the labeling config needs BrushLabels name={BRUSH_NAME!r} toName={IMAGE_NAME!r}")
+    for control in (brush, controls.get(POLYGON_NAME)):
+        if control is not None:
+            unknown = sorted(set(control.labels) - set(LABEL_CODES))
+            if unknown:
+                raise ValueError(f"{control.name} offers labels al-loop does not know: {unknown}; "
+                                 f"expected {list(LABEL_CODES)}")
+
+
+def create_app(backend) -> FastAPI:
+    """The app for ``backend`` (a :class:`backends.service.Backend`)."""
+    app = FastAPI(title="al-loop ML backend", docs_url=None, redoc_url=None)
+    basic = HTTPBasic(auto_error=False)
+    cfg = backend.workspace.config.backend
+    setup_cache: dict[str, str] = {}
+
+    def authorised(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
+        ok = credentials is not None and all((
+            secrets.compare_digest(credentials.username.encode(), cfg.username.encode()),
+            secrets.compare_digest(credentials.password.encode(), cfg.password.encode()),
+        ))
+        if not ok:
+            raise HTTPException(401, "HTTP Basic auth required", headers={"WWW-Authenticate": "Basic"})
+
+    async def json_object(request: Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(400, "the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise HTTPException(400, f"the body must be a JSON object, found {type(body).__name__}")
+        return body
+
+    @app.exception_handler(HTTPException)
+    async def _error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "UP", "model_class": "al-loop", "model_version": backend.holder.version_name}
+
+    @app.post("/setup", dependencies=[Depends(authorised)])
+    def setup(body: dict = Depends(json_object)) -> dict[str, Any]:
+        project, schema = str(body.get("project", "")), body.get("schema")
+        if isinstance(schema, str) and setup_cache.get(project) != schema:
+            try:
+                check_label_config(schema)
+            except ValueError as exc:
+                raise HTTPException(422, f"project {project}: {exc}") from None
+            setup_cache[project] = schema
+        return {"model_version": backend.holder.version_name or "none"}
+
+    @app.post("/predict", dependencies=[Depends(authorised)])
+    def predict(body: dict = Depends(json_object)) -> dict[str, Any]:
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise HTTPException(400, "tasks must be a non-empty list of task objects")
+        patch_ids = []
+        for k, task in enumerate(tasks):
+            data = task.get("data") if isinstance(task, dict) else None
+            patch_id = data.get(annotations.PATCH_ID_KEY) if isinstance(data, dict) else None
+            if type(patch_id) is not int:
+                raise HTTPException(422, f"task {k} (id {task.get('id') if isinstance(task, dict) else None}): "
+                                         f"data.{annotations.PATCH_ID_KEY} must be an integer patch id, found {patch_id!r}")
+            patch_ids.append(patch_id)
+        backend.holder.refresh(force=False)
+        config_xml = body.get("label_config") if isinstance(body.get("label_config"), str) else None
+        try:
+            results = predict_patch_ids(backend.workspace, backend.store, backend.holder, patch_ids, config_xml)
+        except PredictionError as exc:
+            status = 503 if backend.holder.current is None else 404
+            raise HTTPException(status, str(exc)) from None
+        return {"results": results}
+
+    @app.post("/webhook", dependencies=[Depends(authorised)])
+    def webhook(body: dict = Depends(json_object),
+                secret: str | None = Header(None, alias=SECRET_HEADER)) -> dict[str, Any]:
+        if secret is None or not secrets.compare_digest(secret.encode(), cfg.webhook_secret.encode()):
+            raise HTTPException(403, f"missing or wrong {SECRET_HEADER} header")
+        action = body.get("action")
+        try:
+            if action in ANNOTATION_EVENTS:
+                project = annotations.project_id(body)
+                with backend.store.session() as session:
+                    annotation = annotations.read_annotation(session, project, body.get("annotation"), body.get("task"))
+                backend.writer.put(annotation)
+                return {"status": "queued", "annotation": annotation.annotation_id}
+            if action == "ANNOTATIONS_DELETED":
+                project = annotations.project_id(body)
+                deleted = body.get("annotations")
+                if not isinstance(deleted, list) or not all(isinstance(a, dict) and type(a.get("id")) is int for a in deleted):
+                    raise AnnotationError("annotations must be a list of objects with an integer id")
+                backend.writer.put(Retire(project, tuple(a["id"] for a in deleted)))
+                return {"status": "queued", "retire": [a["id"] for a in deleted]}
+        except AnnotationError as exc:
+            raise HTTPException(422, f"{action}: {exc}") from None
+        if action == "START_TRAINING":
+            job_id = backend.queue_training("label_studio")
+            return {"status": "queued" if job_id else "a training job is already queued or running", "job": job_id}
+        if action in IGNORED_EVENTS:
+            return {"status": "ignored"}
+        raise HTTPException(400, f"unknown webhook action {action!r}")
+
+    @app.get("/versions", dependencies=[Depends(authorised)])
+    def versions() -> dict[str, Any]:
+        with backend.store.session() as session:
+            rows = session.execute(select(ModelVersion.name, ModelVersion.status).order_by(ModelVersion.id)).all()
+        return {"versions": [name for name, _ in rows], "statuses": dict(rows)}
+
+    return app

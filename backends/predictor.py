@@ -1,0 +1,169 @@
+"""The served model and predictions as Label Studio results.
+
+:class:`ModelHolder` keeps the champion loaded once. A promotion (by this process's worker, by
+``al-loop worker`` elsewhere, or ``al-loop models promote``) is noticed by :meth:`refresh`, which
+loads the new version beside the old one and then swaps one reference: a request in flight keeps
+the model it started with, so none fails and none mixes two versions.
+
+A prediction's ``score`` is what Label Studio orders by: its "Uncertainty sampling" serves the
+lowest score first. For a patch handed out in a round, the score is its place in the round's
+acquisition ranking, ``rank / (round size + 1)`` (rank 1, the patch the sampler wants most, comes
+first); for any other patch it is the model's confidence, the mean top-class probability over
+valid pixels.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from sqlalchemy import func, select
+
+from al_loop.classes import UNLABELED, class_code
+from al_loop.config import Workspace
+from al_loop.model.inference import pick_device, predict_proba
+from al_loop.model.network import UNet
+from al_loop.model.training import normalize
+from al_loop.patches import read_patch
+from al_loop.retrain import load_version
+from backends.label_config import LABEL_NAMES, label_config
+from backends.results import mask_to_brush_results, mask_to_polygon_results
+from db import registry
+from db.models import Patch, RoundPatch
+from db.session import Store
+
+FORMATS = ("brush", "polygons")
+
+
+class PredictionError(LookupError):
+    """A task cannot be predicted (no model, no such patch); the message says which."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    version_id: int
+    name: str
+    model: UNet
+    channels: list[str]
+    codes: np.ndarray  # mask code of each model output class
+    normalization: dict
+
+
+class ModelHolder:
+    """The champion, loaded once and swapped atomically (see the module docstring)."""
+
+    def __init__(self, workspace: Workspace, store: Store, check_every: float = 2.0) -> None:
+        self.workspace, self.store, self.check_every = workspace, store, check_every
+        self.device = pick_device()
+        self._served: ServedModel | None = None
+        self._load_lock = threading.Lock()
+        self._checked_at = 0.0
+
+    @property
+    def current(self) -> ServedModel | None:
+        return self._served
+
+    @property
+    def version_name(self) -> str | None:
+        served = self._served
+        return served.name if served else None
+
+    def refresh(self, force: bool = True) -> bool:
+        """Serve the store's champion if it changed; True when a new model was swapped in.
+        Without ``force``, looks at the store at most every ``check_every`` seconds."""
+        if not force and time.monotonic() - self._checked_at < self.check_every:
+            return False
+        with self._load_lock:  # one loader at a time; readers never wait for it
+            self._checked_at = time.monotonic()
+            with self.store.session() as session:
+                champion = registry.champion(session)
+                if champion is None or (self._served and self._served.version_id == champion.id):
+                    return False
+                unknown = [c for c in champion.classes if class_code(c) not in LABEL_NAMES]
+                if unknown:
+                    raise PredictionError(
+                        f"model {champion.name} predicts {unknown}, which the labeling config has no label for"
+                    )
+                model, _ = load_version(self.workspace, champion)
+                served = ServedModel(champion.id, champion.name, model.to(self.device).eval(),
+                                     list(champion.channels), np.array([class_code(c) for c in champion.classes],
+                                                                       dtype=np.uint8), dict(champion.normalization))
+            self._served = served
+            return True
+
+
+def predict_masks(workspace: Workspace, served: ServedModel, patches: Sequence[Patch], device: torch.device,
+                  batch_size: int) -> tuple[list[np.ndarray], list[float]]:
+    """Class masks (al-loop codes; nodata pixels unlabeled) and confidences of ``patches``."""
+    masks, confidences = [], []
+    for start in range(0, len(patches), batch_size):
+        batch = [read_patch(workspace, p, served.channels) for p in patches[start : start + batch_size]]
+        x = np.stack([normalize(pixels, valid, served.normalization) for pixels, valid in batch])
+        probs = predict_proba(served.model, torch.from_numpy(x), device=device, batch_size=batch_size).numpy()
+        for (_, valid), p in zip(batch, probs):
+            mask = served.codes[p.argmax(0)]
+            mask[~valid] = UNLABELED
+            masks.append(mask)
+            confidences.append(float(p.max(0)[valid].mean()) if valid.any() else 0.0)
+    return masks, confidences
+
+
+def round_scores(store: Store, patch_ids: Sequence[int]) -> dict[int, float]:
+    """``rank / (round size + 1)`` of each patch in the newest round that holds it."""
+    with store.session() as session:
+        sizes = dict(session.execute(select(RoundPatch.round_id, func.count()).group_by(RoundPatch.round_id)).all())
+        rows = session.execute(
+            select(RoundPatch.patch_id, RoundPatch.round_id, RoundPatch.rank)
+            .where(RoundPatch.patch_id.in_(list(patch_ids)))
+            .order_by(RoundPatch.round_id)
+        ).all()
+    return {patch_id: rank / (sizes[round_id] + 1) for patch_id, round_id, rank in rows}
+
+
+@lru_cache(maxsize=8)
+def _validator(config_xml: str):
+    """Checking a prediction parses the config; parse each project's config once."""
+    from label_studio_sdk.label_interface import LabelInterface
+
+    interface = LabelInterface(config_xml)
+    return lambda prediction: interface.validate_prediction(prediction, return_errors=True)
+
+
+def to_prediction(mask: np.ndarray, served_name: str, score: float, fmt: str, config_xml: str | None) -> dict:
+    """One Label Studio prediction, checked against the project's labeling config (default:
+    al-loop's own, with both brush and polygon tools)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"prediction format must be one of {FORMATS}, found {fmt!r}")
+    result = mask_to_brush_results(mask) if fmt == "brush" else mask_to_polygon_results(mask)
+    prediction = {"model_version": served_name, "score": round(score, 6), "result": result}
+    errors = _validator(config_xml or label_config(polygons=True))(prediction)
+    if errors:
+        raise PredictionError(f"the prediction does not fit the project's labeling config: {'; '.join(errors)}")
+    return prediction
+
+
+def predict_patch_ids(workspace: Workspace, store: Store, holder: ModelHolder, patch_ids: Sequence[int],
+                      config_xml: str | None = None) -> list[dict]:
+    """Predictions for ``patch_ids``, in order; PredictionError when a patch or the model is missing."""
+    served = holder.current
+    if served is None:
+        raise PredictionError("no champion model yet: train one (al-loop train) before asking for predictions")
+    with store.session() as session:
+        found = {p.id: p for p in session.scalars(select(Patch).where(Patch.id.in_(list(patch_ids))))}
+        for p in found.values():
+            p.scene  # loaded now: read_patch uses it after the session closed
+    missing = [i for i in patch_ids if i not in found]
+    if missing:
+        raise PredictionError(f"no patch {missing[0]} in the store" + (f" (nor {missing[1:]})" if missing[1:] else ""))
+    cfg = workspace.config.backend
+    masks, confidences = predict_masks(workspace, served, [found[i] for i in patch_ids], holder.device, cfg.batch_size)
+    ranked = round_scores(store, patch_ids)
+    return [
+        to_prediction(mask, served.name, ranked.get(i, confidence), cfg.prediction_format, config_xml)
+        for i, mask, confidence in zip(patch_ids, masks, confidences)
+    ]

@@ -1,0 +1,101 @@
+"""``al-loop serve``: the backend's parts wired together and run.
+
+One :class:`Backend` holds the served model, the label writer and (by default) a training
+worker thread. After a training job it swaps in the new champion, re-predicts the open
+Label Studio tasks with it and, if configured, chooses the next round and imports it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from al_loop import jobs
+from al_loop.config import Workspace
+from al_loop.retrain import TrainingReport
+from al_loop.rounds import next_round
+from backends import studio
+from backends.label_writer import LabelWriter
+from backends.predictor import ModelHolder
+from db.session import Store
+
+
+class Backend:
+    def __init__(self, workspace: Workspace, store: Store, log: Callable[[str], None] = print) -> None:
+        self.workspace, self.store, self.log = workspace, store, log
+        self.holder = ModelHolder(workspace, store)
+        self.holder.refresh()
+        self.worker = jobs.Worker(workspace, store, on_trained=self.after_training, log=log)
+        self.writer = LabelWriter(workspace, store, on_job_queued=lambda _: self.worker.wake.set(), log=log)
+        self._worker_thread: threading.Thread | None = None
+
+    @property
+    def connected(self) -> bool:
+        cfg = self.workspace.config.label_studio
+        return bool(cfg.url and cfg.api_key)
+
+    def start(self, worker: bool | None = None) -> Backend:
+        self.writer.start()
+        if self.workspace.config.backend.worker if worker is None else worker:
+            self._worker_thread = threading.Thread(target=self.worker.run, name="training-worker", daemon=True)
+            self._worker_thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.writer.stop()
+        self.worker.stop()
+        if self._worker_thread is not None:
+            self._worker_thread.join()
+
+    def queue_training(self, trigger: str) -> int | None:
+        with self.store.session() as session:
+            job = jobs.queue_job(session, trigger)
+            job_id = job.id if job else None
+        self.worker.wake.set()
+        return job_id
+
+    def sync(self) -> None:
+        """Reconcile with Label Studio (on start: deliveries missed while down)."""
+        if not self.connected:
+            return
+        try:
+            report = studio.sync(self.workspace, self.store, log=self.log)
+        except Exception as exc:  # Label Studio down or project missing: serve anyway
+            self.log(f"sync with Label Studio skipped: {exc}")
+            return
+        self.log(f"synced {report.tasks} tasks: {dict(report.outcomes)}")
+        if report.job_id is not None:
+            self.worker.wake.set()
+
+    def after_training(self, report: TrainingReport) -> None:
+        if report.status != "champion" or not self.holder.refresh():
+            return
+        self.log(f"serving {self.holder.version_name}")
+        ls = project_id = None
+        if self.connected:
+            ls = studio.client(self.workspace)
+            project_id = studio.project_or_fail(ls, self.workspace).id
+            n = studio.push_predictions(ls, self.workspace, self.store, self.holder, project_id,
+                                        studio.open_tasks(self.store, project_id))
+            self.log(f"refreshed {n} open tasks' predictions with {self.holder.version_name}")
+        if self.workspace.config.retraining.auto_next_round:
+            chosen = next_round(self.workspace, self.store, quiet=True)
+            self.log(f"round {chosen.number}: {len(chosen.patches)} patches chosen with {chosen.model_version}")
+            if ls is not None:
+                tasks = studio.import_round(ls, self.workspace, self.store, project_id, chosen.number)
+                studio.push_predictions(ls, self.workspace, self.store, self.holder, project_id, tasks)
+
+
+def serve(workspace: Workspace, store: Store, host: str | None = None, port: int | None = None) -> None:
+    import uvicorn
+
+    from backends.app import create_app
+
+    backend = Backend(workspace, store)
+    backend.sync()
+    backend.start()
+    cfg = workspace.config.backend
+    try:
+        uvicorn.run(create_app(backend), host=host or cfg.host, port=port or cfg.port, log_level="warning")
+    finally:
+        backend.stop()

@@ -1,0 +1,258 @@
+"""The ML backend's HTTP protocol, in process (FastAPI's test client over the real app, store
+and model); the same app against a real Label Studio is in test_label_studio_e2e.py."""
+
+from __future__ import annotations
+
+import base64
+import threading
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, UNLABELED
+from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
+from al_loop.retrain import run_training
+from al_loop.rounds import next_round
+from al_loop.synthetic import make_scene
+from al_loop.workspace import init_workspace, open_store
+from backends.app import SECRET_HEADER, create_app
+from backends.label_config import label_config
+from backends.predictor import predict_masks
+from backends.results import mask_to_brush_results, mask_to_polygon_results, results_to_mask
+from backends.service import Backend
+from db.models import Label, Patch, RoundPatch, TrainingJob
+from tests.test_training import _small
+
+PROJECT = {"id": 7, "title": "glaciers"}
+
+
+@pytest.fixture
+def served(tmp_path, database_url):
+    """A trained v1, a pool scene and a first round of 4 of its patches, served in process."""
+    ws = _small(init_workspace(tmp_path / "ws", database_url=database_url))
+    ws.config.ingest.quicklooks = True
+    ws.config.model.mc_samples = 2
+    ws.config.sampling.exclusion_radius = 0
+    ws.config.retraining.label_threshold = 0  # tests that want the trigger set it
+    ws.config.retraining.debris_pixel_threshold = 0
+    store = open_store(ws)
+    ingest_synthetic_scene(ws, store, size=512, seed=0, quiet=True)
+    ingest_hkh_tile(ws, store, make_scene(tmp_path / "pool", height=384, seed=5, name="LE07_145039_20081012").image,
+                    quiet=True)
+    run_training(ws, store, quiet=True)
+    round_ = next_round(ws, store, size=4, strategy="bald", quiet=True)
+    backend = Backend(ws, store, log=lambda _: None).start(worker=False)
+    client = TestClient(create_app(backend))
+    client.auth = (ws.config.backend.username, ws.config.backend.password)
+    yield ws, store, backend, client, [p.patch_id for p in round_.patches]
+    backend.stop()
+    store.dispose()
+
+
+def _mask(size=128, debris_rows=slice(10, 40)):
+    mask = np.full((size, size), BACKGROUND, np.uint8)
+    mask[:, : size // 2] = CLEAN_ICE
+    mask[debris_rows, 70:100] = DEBRIS
+    return mask
+
+
+def _event(patch_id, result, annotation_id=101, action="ANNOTATION_CREATED", **annotation):
+    return {
+        "action": action,
+        "project": PROJECT,
+        "task": {"id": 500 + patch_id, "data": {"image": "/data/local-files/?d=x.png", "patch_id": patch_id}},
+        "annotation": {"id": annotation_id, "result": result, "completed_by": {"id": 1, "email": "ana@hkh.org"},
+                       "lead_time": 42.5, "was_cancelled": False, "updated_at": "2026-11-24T10:00:00Z",
+                       **annotation},
+    }
+
+
+def _post_webhook(ws, client, body):
+    return client.post("/webhook", json=body, headers={SECRET_HEADER: ws.config.backend.webhook_secret})
+
+
+def _labels(store):
+    with store.session() as session:
+        return [(l.patch_id, l.origin, l.revision, l.status, l.author, l.details.get("lead_time"))
+                for l in session.scalars(select(Label).where(Label.source == "annotation").order_by(Label.id))]
+
+
+def test_health_is_open_and_everything_else_needs_basic_auth(served):
+    ws, _, _, client, patches = served
+    assert client.get("/health", auth=None).json() == {"status": "UP", "model_class": "al-loop", "model_version": "v1"}
+    task = {"id": 1, "data": {"patch_id": patches[0]}}
+    for method, path, body in [("post", "/setup", {}), ("post", "/predict", {"tasks": [task]}),
+                               ("post", "/webhook", {}), ("get", "/versions", None)]:
+        for auth in (None, ("al-loop", "wrong")):
+            response = client.request(method.upper(), path, json=body, auth=auth)
+            assert response.status_code == 401, path
+    # Basic auth alone does not open the webhook: the shared secret is needed too.
+    response = client.post("/webhook", json=_event(patches[0], []))
+    assert response.status_code == 403 and SECRET_HEADER in response.json()["error"]
+    assert client.get("/versions").json()["versions"] == ["v1"]
+
+
+def test_setup_answers_the_model_version_and_refuses_a_foreign_config(served):
+    _, _, _, client, _ = served
+    response = client.post("/setup", json={"project": "3.1700000000", "schema": label_config()})
+    assert response.json() == {"model_version": "v1"}
+    foreign = label_config().replace('value="Clean ice"', 'value="Snow"')
+    response = client.post("/setup", json={"project": "4.1700000000", "schema": foreign})
+    assert response.status_code == 422 and "Snow" in response.json()["error"]
+
+
+@pytest.mark.parametrize("fmt", ["brush", "polygons"])
+def test_predict_answers_one_result_per_task_in_order_with_version_and_rank_score(served, fmt):
+    ws, store, backend, client, patches = served
+    ws.config.backend.prediction_format = fmt
+    asked = [patches[2], patches[0], patches[1]]
+    body = {"tasks": [{"id": 10 + i, "data": {"patch_id": p}} for i, p in enumerate(asked)],
+            "label_config": label_config(polygons=True), "project": "1.0"}
+    results = client.post("/predict", json=body).json()["results"]
+    assert len(results) == 3 and {r["model_version"] for r in results} == {"v1"}
+    # The round's rank as score: Label Studio's uncertainty sampling serves the lowest first.
+    assert [r["score"] for r in results] == pytest.approx([3 / 5, 1 / 5, 2 / 5])
+    with store.session() as session:
+        patch_rows = [session.get(Patch, p) for p in asked]
+        for p in patch_rows:
+            p.scene
+    expected, _ = predict_masks(ws, backend.holder.current, patch_rows, backend.holder.device, 4)
+    for result, mask in zip(results, expected):
+        kinds = {r["type"] for r in result["result"]}
+        assert kinds <= ({"brushlabels"} if fmt == "brush" else {"polygonlabels"})
+        decoded = results_to_mask(result["result"], 128, 128, complete=True)
+        labelled = mask != UNLABELED
+        agreement = (decoded[labelled] == mask[labelled]).mean()
+        assert agreement == 1.0 if fmt == "brush" else agreement > 0.9
+
+
+def test_predict_names_bad_tasks_with_a_4xx(served):
+    _, _, _, client, patches = served
+    response = client.post("/predict", json={"tasks": [{"id": 1, "data": {"patch_id": patches[0]}},
+                                                       {"id": 2, "data": {"patch_id": 99999}}]})
+    assert response.status_code == 404 and "no patch 99999" in response.json()["error"]
+    response = client.post("/predict", json={"tasks": [{"id": 3, "data": {"image": "x.png"}}]})
+    assert response.status_code == 422 and "data.patch_id" in response.json()["error"]
+    assert client.post("/predict", json={"tasks": []}).status_code == 400
+    assert client.post("/predict", content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
+
+
+def test_annotations_become_labels_revisions_and_retirements(served):
+    ws, store, backend, client, patches = served
+    created = _event(patches[0], mask_to_brush_results(_mask()))
+    assert _post_webhook(ws, client, created).json() == {"status": "queued", "annotation": 101}
+    assert _post_webhook(ws, client, created).status_code == 200  # delivered twice
+    backend.writer.join()
+    assert _labels(store) == [(patches[0], "label-studio:7:101", 1, "accepted", "ana@hkh.org", 42.5)]
+
+    updated = _event(patches[0], mask_to_polygon_results(_mask(debris_rows=slice(50, 90)), simplify_tolerance_px=0),
+                     action="ANNOTATION_UPDATED", updated_at="2026-11-24T10:05:00Z")
+    _post_webhook(ws, client, updated)
+    late = _event(patches[0], [], updated_at="2026-11-24T09:00:00Z")  # an older delivery arriving last
+    _post_webhook(ws, client, late)
+    backend.writer.join()
+    assert [(r[2], r[3]) for r in _labels(store)] == [(1, "superseded"), (2, "accepted")]
+    with store.session() as session:
+        label = session.scalars(select(Label).where(Label.status == "accepted", Label.source == "annotation")).one()
+        assert label.n_debris == 40 * 30
+
+    deleted = {"action": "ANNOTATIONS_DELETED", "project": PROJECT, "annotations": [{"id": 101}]}
+    assert _post_webhook(ws, client, deleted).json()["retire"] == [101]
+    skipped = _event(patches[1], [], annotation_id=102, was_cancelled=True)
+    _post_webhook(ws, client, skipped)
+    backend.writer.join()
+    assert [(r[2], r[3]) for r in _labels(store)] == [(1, "superseded"), (2, "retired")]
+    assert backend.writer.outcomes == {"created": 1, "unchanged": 1, "revised": 1, "stale": 1, "retired": 1,
+                                       "skipped": 1}
+
+
+def test_concurrent_deliveries_of_one_annotation_give_one_label(served):
+    ws, store, backend, client, patches = served
+    body = _event(patches[0], mask_to_brush_results(_mask()))
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(_post_webhook(ws, client, body).status_code))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    backend.writer.join()
+    assert answers == [200] * 8
+    assert [(r[0], r[2], r[3]) for r in _labels(store)] == [(patches[0], 1, "accepted")]
+
+
+def _bad_rle():
+    results = mask_to_brush_results(_mask())
+    results[0]["value"]["rle"] = results[0]["value"]["rle"][:30]
+    return results
+
+
+def _polygon_outside():
+    results = mask_to_polygon_results(_mask())
+    results[0]["value"]["points"][0] = [120.0, 5.0]
+    return results
+
+
+def _unknown_label():
+    results = mask_to_brush_results(_mask())
+    results[0]["value"]["brushlabels"] = ["Snow"]
+    return results
+
+
+@pytest.mark.parametrize(("make", "patch", "problem"), [
+    (_bad_rle, 0, "malformed rle"),
+    (_polygon_outside, 0, "outside 0-100 percent"),
+    (_unknown_label, 0, "unknown label 'Snow'"),
+    (lambda: mask_to_brush_results(_mask()), None, "no patch 99999 in the store"),
+    (lambda: mask_to_brush_results(_mask(size=64)), 0, "do not match the patch 128x128"),
+])
+def test_bad_annotations_get_a_clear_4xx_and_store_nothing(served, make, patch, problem):
+    ws, store, backend, client, patches = served
+    response = _post_webhook(ws, client, _event(99999 if patch is None else patches[patch], make()))
+    assert response.status_code == 422 and problem in response.json()["error"]
+    backend.writer.join()
+    assert _labels(store) == []
+    assert _post_webhook(ws, client, {"action": "NO_SUCH_EVENT", "project": PROJECT}).status_code == 400
+    assert _post_webhook(ws, client, {"action": "ANNOTATIONS_DELETED", "project": PROJECT,
+                                      "annotations": ["x"]}).status_code == 422
+
+
+def test_label_count_queues_one_job_the_worker_trains_and_the_new_champion_is_served(served):
+    ws, store, backend, client, patches = served
+    ws.config.retraining.label_threshold = 2
+    for k, patch_id in enumerate(patches[:3]):
+        _post_webhook(ws, client, _event(patch_id, mask_to_brush_results(_mask()), annotation_id=200 + k))
+        backend.writer.join()
+    with store.session() as session:
+        jobs = session.scalars(select(TrainingJob).where(TrainingJob.status == "queued")).all()
+        assert [j.trigger for j in jobs] == ["label_count"]  # the third label queued no second job
+    backend.worker.run(once=True)
+    with store.session() as session:
+        job = session.get(TrainingJob, jobs[0].id)
+        assert job.status == "done" and job.result_model_id is not None
+    task = {"id": 1, "data": {"patch_id": patches[3]}}
+    served_version = client.post("/predict", json={"tasks": [task]}).json()["results"][0]["model_version"]
+    assert served_version == backend.holder.version_name
+    assert served_version == ("v2" if backend.holder.current.version_id == job.result_model_id else "v1")
+
+
+def test_start_training_from_label_studio_queues_at_most_one_job(served):
+    ws, store, _, client, _ = served
+    first = _post_webhook(ws, client, {"action": "START_TRAINING", "project": PROJECT}).json()
+    second = _post_webhook(ws, client, {"action": "START_TRAINING", "project": PROJECT}).json()
+    assert first["status"] == "queued" and isinstance(first["job"], int)
+    assert second["job"] is None and "already" in second["status"]
+    with store.session() as session:
+        assert session.scalar(select(func.count(TrainingJob.id)).where(TrainingJob.status == "queued")) == 1
+
+
+def test_a_fully_labelled_round_is_closed(served):
+    ws, store, backend, client, patches = served
+    for k, patch_id in enumerate(patches):
+        _post_webhook(ws, client, _event(patch_id, mask_to_brush_results(_mask()), annotation_id=300 + k))
+    backend.writer.join()
+    with store.session() as session:
+        round_ = session.scalars(select(RoundPatch)).first().round
+        assert round_.status == "closed"
