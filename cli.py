@@ -415,16 +415,95 @@ def simulate(
 
 
 @app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Listen address (config backend.host).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (config backend.port).")] = None,
+    worker: Annotated[bool, typer.Option(help="Run the training worker in this process (config backend.worker).")] = True,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """The Label Studio ML backend: predictions, webhooks into the store, retraining by label
+    counts. Syncs with Label Studio first (annotations saved while it was down)."""
+    from backends.service import serve as run
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        ws.config.backend.worker = ws.config.backend.worker and worker
+        console.print(f"al-loop backend on http://{host or ws.config.backend.host}:{port or ws.config.backend.port}")
+        run(ws, store, host=host, port=port)
+
+
+@app.command()
+def worker(
+    once: Annotated[bool, typer.Option(help="Run the queued jobs, then stop.")] = False,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Run queued training jobs (e.g. on a GPU machine beside `al-loop serve --no-worker`)."""
+    from al_loop.jobs import Worker
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        console.print(f"worker {Worker(ws, store).name} waiting for training jobs" + (" (once)" if once else ""))
+        try:
+            Worker(ws, store, log=console.print).run(once=once)
+        except KeyboardInterrupt:
+            console.print("stopped")
+
+
+@app.command()
+def connect(workspace: WorkspaceOption = None) -> None:
+    """Create or update the Label Studio project (label config, quicklook storage, this backend,
+    the webhook) and import the open rounds as tasks with predictions. Needs `al-loop serve`
+    running: Label Studio checks the backend when it is registered."""
+    from backends.predictor import ModelHolder
+    from backends.studio import connect as run
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        holder = ModelHolder(ws, store)
+        holder.refresh()
+        report = run(ws, store, holder)
+    console.print(f"{'created' if report.created else 'updated'} Label Studio project {report.project_id} "
+                  f"({ws.config.label_studio.url}/projects/{report.project_id})")
+    for number, n in report.imported.items():
+        console.print(f"  round {number}: {n} tasks imported")
+    console.print(f"  {report.predictions} predictions pushed with model {holder.version_name or 'none (no model yet)'}")
+
+
+@app.command()
+def sync(workspace: WorkspaceOption = None) -> None:
+    """Reconcile the store with the Label Studio project's annotations (nothing saved while the
+    backend was down is lost)."""
+    from backends.studio import sync as run
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        report = run(ws, store, log=lambda m: errors.print(f"[yellow]{m}[/]"))
+    console.print(f"project {report.project_id}: {report.tasks} tasks; labels {dict(report.outcomes) or 'unchanged'}")
+    if report.closed_rounds:
+        console.print(f"  closed round(s) {', '.join(map(str, report.closed_rounds))}")
+    if report.job_id:
+        console.print(f"  training job {report.job_id} queued")
+    if report.problems:
+        errors.print(f"[yellow]{len(report.problems)} annotation(s) could not be stored[/]")
+
+
+@app.command()
 def demo(
     workspace: WorkspaceOption = None,
-    size: Annotated[Optional[int], typer.Option(help="Synthetic scene side in pixels.")] = None,
-    quiet: QuietOption = False,
+    size: Annotated[Optional[int], typer.Option(help="Synthetic scene side in pixels (config synthetic.size).")] = None,
+    label_studio: Annotated[bool, typer.Option(help="Start Label Studio and the backend (else stop after the first round).")] = True,
+    port: Annotated[int, typer.Option(help="Label Studio's port.")] = 8080,
+    wait: Annotated[bool, typer.Option(help="Keep Label Studio and the backend running until Ctrl-C.")] = True,
 ) -> None:
-    """The main job on the embedded default: a SQLite workspace with the built-in scene."""
-    root = workspace or Path("workspace")
-    init(directory=root, workspace=None, database_url=None)
-    ingest_synthetic(workspace=root, size=size, seed=None, quiet=quiet)
-    status(workspace=root)
+    """The main job on the embedded default: a SQLite workspace, two built-in scenes (an
+    inventory and a pool), a first model, its first round, and a Label Studio project with it."""
+    from backends.demo import prepare, run_live
+
+    with _clear_errors():
+        root = (workspace or Path("workspace")).resolve()
+        state = prepare(root, size or open_workspace(root).config.synthetic.size, console.print)
+        try:
+            status(workspace=root)
+            if label_studio:
+                run_live(state, port, console.print, wait=wait)
+        finally:
+            state.store.dispose()
 
 
 def _report(result) -> None:

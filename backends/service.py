@@ -86,7 +86,29 @@ class Backend:
                 studio.push_predictions(ls, self.workspace, self.store, self.holder, project_id, tasks)
 
 
+class ThreadedServer:
+    """The backend's HTTP server in a thread (for ``al-loop demo`` and the tests)."""
+
+    def __init__(self, backend: Backend, host: str, port: int) -> None:
+        import uvicorn
+
+        from backends.app import create_app
+
+        self.server = uvicorn.Server(uvicorn.Config(create_app(backend), host=host, port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name="backend-http", daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError(f"the backend could not listen on {host}:{port} (port in use?)")
+            self.thread.join(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join()
+
+
 def serve(workspace: Workspace, store: Store, host: str | None = None, port: int | None = None) -> None:
+    """Run the backend in the foreground until interrupted."""
     import uvicorn
 
     from backends.app import create_app

@@ -1,0 +1,114 @@
+"""``al-loop demo``: the live loop on the embedded default, from nothing to a Label Studio project
+whose first round waits with predictions.
+
+The workspace gets two synthetic scenes: one with a complete glacier inventory (the labels the
+first model is trained on) and one without labels (the pool experts annotate). The model is
+smaller than the paper's so that the first training takes minutes on a laptop CPU; the
+workspace's al-loop.toml says so and can be changed. Each step is skipped when already done, so
+running the demo again resumes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from al_loop.config import CONFIG_FILE, Workspace, open_workspace, write_config
+from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
+from al_loop.retrain import run_training
+from al_loop.rounds import next_round
+from al_loop.synthetic import make_scene
+from al_loop.workspace import init_workspace, open_store
+from db import registry
+from db.models import Round
+from db.session import Store
+
+POOL_SCENE = "LE07_145039_20081012_pool"
+
+
+def demo_settings(workspace: Workspace) -> None:
+    """A model and schedule sized for a CPU demo (the defaults are the paper's)."""
+    cfg = workspace.config
+    cfg.ingest.patch_size = 256
+    cfg.model.depth, cfg.model.base_filters, cfg.model.mc_samples = 4, 8, 8
+    cfg.training.max_epochs, cfg.training.patience, cfg.training.validation_block = 8, 3, 512
+    cfg.sampling.round_size = 8
+    cfg.retraining.label_threshold = 8
+
+
+@dataclass
+class DemoState:
+    workspace: Workspace
+    store: Store
+
+
+def prepare(root: Path, size: int, log: Callable[[str], None]) -> DemoState:
+    """Workspace, scenes, first model and first round (each only if missing)."""
+    fresh = not (root / CONFIG_FILE).exists()
+    workspace = init_workspace(root)
+    if fresh:
+        demo_settings(workspace)
+        write_config(workspace.root, workspace.config)
+        workspace = open_workspace(workspace.root)
+    store = open_store(workspace)
+    inventory = ingest_synthetic_scene(workspace, store, size=size, seed=workspace.config.synthetic.seed)
+    log(f"inventory scene {inventory.name}: {inventory.patches} patches with labels")
+    pool_image = workspace.scenes_dir / "pool" / f"{POOL_SCENE}.tif"
+    if not pool_image.exists():
+        make_scene(pool_image.parent, height=size, seed=7, name=POOL_SCENE)
+    pool = ingest_hkh_tile(workspace, store, pool_image)
+    log(f"pool scene {pool.name}: {pool.patches} patches to annotate")
+    with store.session() as session:
+        champion = registry.champion(session)
+        open_round = session.scalar(select(Round.number).where(Round.status == "open").limit(1))
+    if champion is None:
+        report = run_training(workspace, store)
+        log(f"model {report.version} trained: {report.gate}")
+    if open_round is None:
+        chosen = next_round(workspace, store)
+        log(f"round {chosen.number}: {len(chosen.patches)} patches chosen with {chosen.model_version} ({chosen.strategy})")
+    return DemoState(workspace, store)
+
+
+def run_live(state: DemoState, port: int, log: Callable[[str], None], wait: bool = True) -> None:
+    """Start Label Studio (its data in the workspace) and the backend, connect them, and keep
+    both running until interrupted (or return at once when not ``wait``)."""
+    from backends.predictor import ModelHolder
+    from backends.service import Backend, ThreadedServer
+    from backends.studio import connect
+    from backends.studio_process import LabelStudioServer
+
+    workspace, store = state.workspace, state.store
+    label_studio = LabelStudioServer(document_root=workspace.root, data_dir=workspace.root / "label-studio", port=port)
+    label_studio.start()
+    backend = http = None
+    try:
+        cfg = workspace.config
+        cfg.label_studio.url, cfg.label_studio.api_key = label_studio.url, label_studio.api_key
+        cfg.label_studio.document_root = str(workspace.root)
+        write_config(workspace.root, cfg)  # so that `al-loop sync` and `serve` find this Label Studio
+        backend = Backend(workspace, store, log=log)
+        backend.sync()
+        backend.start()
+        http = ThreadedServer(backend, cfg.backend.host, cfg.backend.port)
+        holder = ModelHolder(workspace, store)
+        holder.refresh()
+        report = connect(workspace, store, holder)
+        log(f"Label Studio: {label_studio.url}/projects/{report.project_id} "
+            f"(user {label_studio.username}, password {label_studio.password})")
+        log(f"{sum(report.imported.values())} tasks imported, {report.predictions} predictions by {holder.version_name}; "
+            f"after {cfg.retraining.label_threshold} accepted annotations a fine-tuned model is trained and served")
+        if wait:
+            log("press Ctrl-C to stop")
+            http.thread.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if http is not None:
+            http.stop()
+        if backend is not None:
+            backend.stop()
+        label_studio.stop()
