@@ -89,7 +89,7 @@ def connect(workspace: Workspace, store: Store, holder: ModelHolder) -> ConnectR
         project = ls.projects.create(title=cfg.label_studio.project_title, label_config=config_xml,
                                      description="Glacier patches chosen by al-loop's uncertainty sampler")
     ls.projects.update(id=project.id, label_config=config_xml, sampling="Uncertainty sampling",
-                       show_collab_predictions=True, model_version=holder.version_name or "")
+                       show_collab_predictions=True)
     _ensure_storage(ls, workspace, project.id)
     _ensure_ml_backend(ls, workspace, project.id)
     _ensure_webhook(ls, workspace, project.id)
@@ -115,8 +115,8 @@ def document_path(workspace: Workspace, path: Path) -> str:
 
 
 def _ensure_storage(ls, workspace: Workspace, project_id: int) -> None:
-    folder = str(workspace.quicklooks_dir.resolve())
-    document_path(workspace, workspace.quicklooks_dir)  # fails early when outside the root
+    folder = str(workspace.scenes_dir.resolve())  # quicklooks lie in scenes/<scene>/quicklooks/
+    document_path(workspace, workspace.scenes_dir)  # fails early when outside the root
     if not any(s.path == folder for s in ls.import_storage.local.list(project=project_id)):
         ls.import_storage.local.create(project=project_id, path=folder, title=STORAGE_TITLE, use_blob_urls=False)
 

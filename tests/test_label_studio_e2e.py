@@ -1,0 +1,184 @@
+"""The live loop against a real Label Studio 1.23 (started by the suite) and the backend served
+over HTTP: connect, predictions asked by Label Studio, annotations saved through its API landing
+in the store, retraining by label count, the new champion served, the next round imported; and a
+backend that was down catching up with `sync`."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Callable
+
+import httpx
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS
+from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
+from al_loop.retrain import run_training
+from al_loop.rounds import next_round
+from al_loop.synthetic import make_scene
+from al_loop.workspace import init_workspace, open_store
+from backends import studio
+from backends.app import SECRET_HEADER
+from backends.predictor import ModelHolder
+from backends.results import mask_to_brush_results
+from backends.service import Backend, ThreadedServer
+from db.models import Label, Round
+from tests.test_training import _small
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 120.0, what: str = "condition"):
+    """Poll ``condition`` until it returns something truthy (and return it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class ServedBackend:
+    """``al-loop serve``'s backend, with its worker, on the configured loopback port."""
+
+    def __init__(self, workspace, store) -> None:
+        self.backend = Backend(workspace, store, log=lambda m: None).start()
+        self.http = ThreadedServer(self.backend, "127.0.0.1", workspace.config.backend.port)
+
+    def stop(self) -> None:
+        self.http.stop()
+        self.backend.stop()
+
+
+@pytest.fixture
+def live(label_studio, tmp_path):
+    """A workspace under Label Studio's document root with a trained v1 and a first round of 4."""
+    root = label_studio.document_root / f"ws-{uuid.uuid4().hex[:8]}"
+    ws = _small(init_workspace(root))
+    cfg = ws.config
+    cfg.ingest.quicklooks = True
+    cfg.model.mc_samples = 2
+    cfg.sampling.exclusion_radius, cfg.sampling.round_size = 0, 4
+    cfg.retraining.label_threshold, cfg.retraining.debris_pixel_threshold = 3, 0
+    cfg.training.promotion_margin = 1.0  # promote every candidate: the test is about the loop, not the gate
+    cfg.label_studio.url, cfg.label_studio.api_key = label_studio.url, label_studio.api_key
+    cfg.label_studio.project_title = f"glaciers {root.name}"
+    cfg.label_studio.document_root = str(label_studio.document_root)
+    cfg.backend.port = _free_port()
+    cfg.backend.url = f"http://127.0.0.1:{cfg.backend.port}"
+    store = open_store(ws)
+    ingest_synthetic_scene(ws, store, size=512, seed=0, quiet=True)
+    ingest_hkh_tile(ws, store, make_scene(tmp_path / "pool", height=384, seed=5, name="LE07_145039_20081012").image,
+                    quiet=True)
+    run_training(ws, store, quiet=True)
+    next_round(ws, store, strategy="bald", quiet=True)
+    yield ws, store, studio.client(ws)
+    store.dispose()
+
+
+def _mask(k: int) -> np.ndarray:
+    mask = np.full((128, 128), BACKGROUND, np.uint8)
+    mask[:, : 40 + 10 * k] = CLEAN_ICE
+    mask[60:90, 70:100] = DEBRIS
+    return mask
+
+
+def _annotation_labels(store) -> list[tuple[int, str]]:
+    with store.session() as session:
+        return [(l.details["label_studio_annotation"], l.status)
+                for l in session.scalars(select(Label).where(Label.source == "annotation").order_by(Label.id))]
+
+
+def _tasks(ls, project_id) -> list:
+    return list(ls.tasks.list(project=project_id, fields="all"))
+
+
+def test_the_live_loop_from_connect_to_a_new_champion_and_the_next_round(live):
+    ws, store, ls = live
+    served = ServedBackend(ws, store)
+    try:
+        holder = ModelHolder(ws, store)
+        holder.refresh()
+        report = studio.connect(ws, store, holder)
+        assert report.created and report.imported == {1: 4} and report.predictions == 4
+        project = ls.projects.get(id=report.project_id)
+        assert project.model_version == "v1" and project.sampling == "Uncertainty sampling"
+        hooks = ls.webhooks.list(project=project.id)
+        assert [h.headers.get(SECRET_HEADER) for h in hooks] == [ws.config.backend.webhook_secret]
+        tasks = sorted(_tasks(ls, project.id), key=lambda t: t.data["rank"])
+        assert [t.data["round"] for t in tasks] == [1] * 4
+        # The quicklook is served by Label Studio from the local-files storage.
+        image = httpx.get(ws.config.label_studio.url + tasks[0].data["image"],
+                          headers={"Authorization": f"Token {ws.config.label_studio.api_key}"})
+        assert image.status_code == 200 and image.content[:4] == b"\x89PNG"
+
+        # Label Studio asks the backend itself (the Data Manager's "Retrieve Predictions") for
+        # a task without a prediction of the project's model version.
+        pushed = ls.predictions.list(task=tasks[0].id)
+        assert [p.model_version for p in pushed] == ["v1"]
+        ls.predictions.delete(id=pushed[0].id)
+        ls.actions.create(id="retrieve_tasks_predictions", project=project.id,
+                          selected_items={"all": False, "included": [tasks[0].id]})
+        asked = ls.predictions.list(task=tasks[0].id)
+        assert [p.model_version for p in asked] == ["v1"] and asked[0].id != pushed[0].id
+        assert asked[0].score == pytest.approx(tasks[0].data["rank"] / 5)
+        assert asked[0].result == pushed[0].result
+
+        # Experts save annotations; the webhook brings them into the store.
+        for k, task in enumerate(tasks[:3]):
+            ls.annotations.create(id=task.id, result=mask_to_brush_results(_mask(k)), lead_time=30.0 + k)
+        labels = wait_for(lambda: len(_annotation_labels(store)) == 3 and _annotation_labels(store), 30,
+                          "three annotations in the store")
+        assert {status for _, status in labels} == {"accepted"}
+
+        # Three labels cross the threshold: a job is trained, promoted and served.
+        wait_for(lambda: served.backend.holder.version_name == "v2", 300, "v2 to be served")
+        with store.session() as session:  # the next round, chosen with v2, is imported
+            wait_for(lambda: session.scalar(select(Round).where(Round.number == 2)), 120, "round 2")
+        wait_for(lambda: len(_tasks(ls, project.id)) == 8, 120, "round 2's tasks in Label Studio")
+        fresh = ls.predictions.list(task=tasks[3].id)  # the open task of round 1 was re-predicted
+        assert {p.model_version for p in fresh} == {"v1", "v2"}
+        assert ls.projects.get(id=project.id).model_version == "v2"
+        ls.predictions.delete(id=[p for p in fresh if p.model_version == "v2"][0].id)
+        ls.actions.create(id="retrieve_tasks_predictions", project=project.id,
+                          selected_items={"all": False, "included": [tasks[3].id]})
+        assert sorted(p.model_version for p in ls.predictions.list(task=tasks[3].id)) == ["v1", "v2"]
+    finally:
+        served.stop()
+
+
+def test_annotations_saved_while_the_backend_is_down_are_recovered_by_sync(live):
+    ws, store, ls = live
+    served = ServedBackend(ws, store)
+    try:
+        holder = ModelHolder(ws, store)
+        holder.refresh()
+        project_id = studio.connect(ws, store, holder).project_id
+        tasks = sorted(_tasks(ls, project_id), key=lambda t: t.data["rank"])
+        kept = ls.annotations.create(id=tasks[0].id, result=mask_to_brush_results(_mask(0)))
+        wait_for(lambda: _annotation_labels(store) == [(kept.id, "accepted")], 30, "the first annotation")
+    finally:
+        served.stop()
+    # The backend is down: Label Studio's deliveries fail and are never retried.
+    edited = ls.annotations.create(id=tasks[1].id, result=mask_to_brush_results(_mask(1)))
+    ls.annotations.update(id=edited.id, result=mask_to_brush_results(_mask(2)))
+    ls.annotations.delete(id=kept.id)
+    ls.annotations.create(id=tasks[2].id, result=[], was_cancelled=True)  # skipped: not a label
+    assert _annotation_labels(store) == [(kept.id, "accepted")]
+    report = studio.sync(ws, store)
+    assert report.outcomes == {"created": 1, "skipped": 1, "retired": 1} and not report.problems
+    assert _annotation_labels(store) == [(kept.id, "retired"), (edited.id, "accepted")]
+    with store.session() as session:
+        label = session.scalars(select(Label).where(Label.status == "accepted", Label.source == "annotation")).one()
+        assert label.n_clean_ice == 128 * 60  # the edit (mask 2: 60 columns of clean ice) is what counts
+    again = studio.sync(ws, store)  # idempotent
+    assert again.outcomes == {"unchanged": 1, "skipped": 1, "retired": 0}
