@@ -54,3 +54,22 @@ def store(workspace):
     store = open_store(workspace)
     yield store
     store.dispose()
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio 1.23.2 on loopback (backends/studio_process.py), serving a temp
+    document root. A missing install fails in CI (env CI set and truthy) and skips elsewhere."""
+    import os
+
+    from backends.studio_process import LabelStudioNotInstalled, LabelStudioServer
+
+    server = LabelStudioServer(document_root=tmp_path_factory.mktemp("ls-documents"))
+    try:
+        server.start()
+    except LabelStudioNotInstalled as exc:
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off"):
+            pytest.fail(f"CI requires Label Studio: {exc}", pytrace=False)
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
