@@ -16,7 +16,7 @@ and cached in ``.cache/label-studio-1.23.2-template/``; it holds no user, organi
 Label Studio creates the user from LABEL_STUDIO_USERNAME / PASSWORD / USER_TOKEN on the first
 start of each copy, so every server can have its own credentials.
 
-With ``data_dir`` (the demo) the dir is used as-is and kept. Label Studio applies the credentials
+With ``data_dir`` (the demo) the dir is kept (a new one starts as a copy of the template). Label Studio applies the credentials
 only when it creates the user, on the first start; on later starts an existing user keeps its
 password and token whatever the environment says. So the credentials used on the first start
 are saved in ``<data_dir>/al-loop-credentials.json`` and reused; asking for other ones is an error.
@@ -253,7 +253,8 @@ class LabelStudioServer:
                 self._settle_credentials(saved=None)
             else:
                 self.data_dir = self.persistent_data_dir
-                self.data_dir.mkdir(parents=True, exist_ok=True)
+                if not self.data_dir.exists():  # a first start: begin migrated, like the copies
+                    shutil.copytree(ensure_template(exe), self.data_dir, symlinks=True)
                 self.log_path = self.data_dir / "label-studio.log"
                 self._settle_persistent_credentials()
             attempts = 1 if self._asked_port is not None else _PORT_ATTEMPTS
