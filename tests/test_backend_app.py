@@ -256,3 +256,29 @@ def test_a_fully_labelled_round_is_closed(served):
     with store.session() as session:
         round_ = session.scalars(select(RoundPatch)).first().round
         assert round_.status == "closed"
+
+
+def test_a_new_champion_is_swapped_in_while_requests_are_in_flight(served):
+    ws, store, backend, client, patches = served
+    ws.config.training.promotion_margin = 1.0  # promote whatever comes out
+    assert run_training(ws, store, parent_name="v1", quiet=True).status == "champion"
+    assert backend.holder.version_name == "v1"  # not yet noticed
+    body = {"tasks": [{"id": 1, "data": {"patch_id": patches[0]}}, {"id": 2, "data": {"patch_id": patches[1]}}]}
+    answers, swapped = [], threading.Event()
+
+    def ask():
+        while not swapped.is_set() or len(answers) < 8:
+            response = client.post("/predict", json=body)
+            answers.append((response.status_code, {r["model_version"] for r in response.json()["results"]}))
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    assert backend.holder.refresh()
+    swapped.set()
+    for t in threads:
+        t.join()
+    assert {status for status, _ in answers} == {200}
+    assert all(len(versions) == 1 for _, versions in answers)  # no answer mixes two models
+    after = client.post("/predict", json=body).json()["results"]
+    assert {r["model_version"] for r in after} == {"v2"} and backend.holder.version_name == "v2"
