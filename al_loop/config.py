@@ -185,10 +185,6 @@ class Workspace:
         return self.root / "scenes"
 
     @property
-    def quicklooks_dir(self) -> Path:
-        return self.root / "quicklooks"
-
-    @property
     def staging_dir(self) -> Path:
         return self.root / "staging"
 

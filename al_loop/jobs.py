@@ -23,18 +23,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from al_loop.config import Workspace
-from al_loop.retrain import TrainingReport, run_training
 from al_loop.model.training import TrainingCancelled
-from db import registry
+from al_loop.retrain import TrainingReport, run_training
+from db import queries, registry
 from db.models import Label, ModelVersion, TrainingJob, utcnow
 from db.session import Store
 
 ACTIVE = ("queued", "running", "cancelling")
-_CLAIM_LOCK = 7_240_511  # PostgreSQL advisory lock key of the job queue
 
 
 @dataclass
@@ -65,7 +64,7 @@ def active_job(session: Session) -> TrainingJob | None:
 def queue_job(session: Session, trigger: str) -> TrainingJob | None:
     """Queue a fine-tuning of the champion (a first model without one) unless a job is
     already queued or running; returns the new job, or None."""
-    _lock_queue(session)
+    queries.lock_job_queue(session)
     if active_job(session) is not None:
         return None
     champion = registry.champion(session)
@@ -87,21 +86,11 @@ def queue_if_due(session: Session, workspace: Workspace) -> TrainingJob | None:
     return None
 
 
-def _lock_queue(session: Session) -> None:
-    """Serialise queue changes until the transaction ends."""
-    if session.bind.dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CLAIM_LOCK})
-    else:
-        # SQLite: take the writer lock now, so that no other process reads the queue between
-        # this read and the write that follows (a deferred transaction would let it).
-        session.execute(text("UPDATE training_jobs SET id = id WHERE 0"))
-
-
 def claim_job(store: Store, worker: str, stale_seconds: float) -> int | None:
     """Take the oldest queued job (or a stale running one) for ``worker``; None when there is
     nothing to do or another worker's job is running."""
     with store.session() as session:
-        _lock_queue(session)
+        queries.lock_job_queue(session)
         running = session.scalar(select(TrainingJob).where(TrainingJob.status.in_(("running", "cancelling"))))
         if running is not None:
             beat = running.heartbeat_at or running.claimed_at or running.created_at

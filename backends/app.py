@@ -5,7 +5,7 @@
 | ``GET /health`` | 1 s | no auth; says which model is served |
 | ``POST /setup`` | 3 s | checks the project's labeling config once per project (cached), returns the model version |
 | ``POST /predict`` | 100 s | one prediction per task, in order, batched; 4xx names a bad task |
-| ``POST /webhook`` | 1 s | checks, queues for the background writer, answers at once |
+| ``POST /webhook`` | 1 s | checks, answers once the label is committed (group commit, ms); follow-ups after |
 | ``GET /versions`` | 3 s | the registry's versions |
 
 Every route but ``/health`` needs HTTP Basic auth; ``/webhook`` also needs the shared secret in
@@ -15,6 +15,8 @@ Every route but ``/health`` needs HTTP Basic auth; ``/webhook`` also needs the s
 from __future__ import annotations
 
 import secrets
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
@@ -30,6 +32,7 @@ from backends.predictor import PredictionError, predict_patch_ids
 from db.models import ModelVersion
 
 SECRET_HEADER = "X-Al-Loop-Secret"
+STORE_TIMEOUT_S = 0.9  # Label Studio gives a webhook 1 s
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 IGNORED_EVENTS = ("TASKS_CREATED", "TASKS_DELETED", "PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED",
                   "ANNOTATIONS_CREATED", "LABEL_LINK_CREATED", "LABEL_LINK_UPDATED", "LABEL_LINK_DELETED",
@@ -84,6 +87,15 @@ def create_app(backend) -> FastAPI:
     async def _error(_request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
+    def stored(future: Future) -> dict[str, int]:
+        """Wait for the writer's commit; a store that fails is a 503 (sync recovers it later)."""
+        try:
+            return dict(future.result(timeout=STORE_TIMEOUT_S))
+        except FutureTimeout:
+            raise HTTPException(503, "the store did not commit in time; `al-loop sync` will recover it") from None
+        except Exception as exc:
+            raise HTTPException(503, f"the store failed: {exc}; `al-loop sync` will recover it") from None
+
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "UP", "model_class": "al-loop", "model_version": backend.holder.version_name}
@@ -132,15 +144,15 @@ def create_app(backend) -> FastAPI:
                 project = annotations.project_id(body)
                 with backend.store.session() as session:
                     annotation = annotations.read_annotation(session, project, body.get("annotation"), body.get("task"))
-                backend.writer.put(annotation)
-                return {"status": "queued", "annotation": annotation.annotation_id}
+                outcome = stored(backend.writer.put(annotation))
+                return {"status": "stored", "annotation": annotation.annotation_id, "outcome": outcome}
             if action == "ANNOTATIONS_DELETED":
                 project = annotations.project_id(body)
                 deleted = body.get("annotations")
                 if not isinstance(deleted, list) or not all(isinstance(a, dict) and type(a.get("id")) is int for a in deleted):
                     raise AnnotationError("annotations must be a list of objects with an integer id")
-                backend.writer.put(Retire(project, tuple(a["id"] for a in deleted)))
-                return {"status": "queued", "retire": [a["id"] for a in deleted]}
+                outcome = stored(backend.writer.put(Retire(project, tuple(a["id"] for a in deleted))))
+                return {"status": "stored", "retire": [a["id"] for a in deleted], "outcome": outcome}
         except AnnotationError as exc:
             raise HTTPException(422, f"{action}: {exc}") from None
         if action == "START_TRAINING":

@@ -1,13 +1,13 @@
-"""Writing webhook deliveries to the store in the background.
+"""Writing webhook deliveries to the store: group commit, follow-ups in the background.
 
 Label Studio waits (up to 1 s, blocking the annotator's save) for a webhook answer and never
-retries one. So a webhook request only checks the annotation (bad input is answered with a
-4xx at once and stored nowhere) and puts it on this writer's queue; one thread writes what
-has queued up in one transaction (many annotations per commit under load), then checks the
-retraining thresholds. One writer per process serialises deliveries of the same annotation,
-the unique revision constraint the rare race with another process (``al-loop sync``), which is
-retried. An annotation accepted here but not yet written when the process dies is recovered by
-the sync that ``al-loop serve`` runs on start.
+retries one. A webhook request checks the annotation (bad input is answered with a 4xx at once
+and stored nowhere) and hands it to this writer; one thread writes everything that has queued up
+in one transaction (many annotations per commit under load) and only then releases the waiting
+requests, so an answered delivery is in the store, never only in memory. What labels set off
+(closing rounds, queueing a training job, the training itself) runs after the answer.
+One writer per process serialises deliveries of the same annotation; the unique revision
+constraint catches the rare race with another process (``al-loop sync``), retried one by one.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import queue
 import threading
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -70,24 +71,28 @@ def after_labels(session: Session, workspace: Workspace) -> tuple[list[int], int
 
 
 class LabelWriter:
-    """A queue and the thread that writes it (see the module docstring)."""
+    """The queue and the thread that writes it (see the module docstring)."""
 
     def __init__(self, workspace: Workspace, store: Store, on_job_queued: Callable[[int], None] | None = None,
                  log: Callable[[str], None] = print) -> None:
         self.workspace, self.store, self.on_job_queued, self.log = workspace, store, on_job_queued, log
         self.outcomes: Counter = Counter()
-        self._queue: queue.Queue[Item | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Item, Future] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="label-writer", daemon=True)
 
     def start(self) -> LabelWriter:
         self._thread.start()
         return self
 
-    def put(self, item: Item) -> None:
-        self._queue.put(item)
+    def put(self, item: Item) -> Future:
+        """Queue ``item``; the future resolves to its outcome counts once committed (or to the
+        database error that kept it out)."""
+        future: Future = Future()
+        self._queue.put((item, future))
+        return future
 
     def join(self) -> None:
-        """Wait until everything queued so far is written."""
+        """Wait until everything queued so far is written and followed up."""
         self._queue.join()
 
     def stop(self) -> None:
@@ -102,44 +107,55 @@ class LabelWriter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            items = [item for item in batch if item is not None]
+            work = [entry for entry in batch if entry is not None]
             try:
-                if items:
-                    self._write(items)
+                if work:
+                    self._write(work)
+                    self._follow_up()
+            except Exception as exc:  # the store is down: requests got the error; keep serving
+                self.log(f"label writer: {exc}")
             finally:
                 for _ in batch:
                     self._queue.task_done()
-            if len(items) < len(batch):
+            if len(work) < len(batch):
                 return
 
-    def _write(self, items: list[Item]) -> None:
+    def _write(self, work: list[tuple[Item, Future]]) -> None:
         try:
             with self.store.session() as session:
-                outcomes = sum((write(session, item) for item in items), Counter())
-                closed, job_id = after_labels(session, self.workspace)
+                results = [write(session, item) for item, _ in work]
         except (IntegrityError, OperationalError):
             # Another process wrote one of these annotations meanwhile: redo them one at a time.
-            outcomes, closed, job_id = Counter(), [], None
-            for item in items:
-                outcomes += self._write_one(item)
-            with self.store.session() as session:
-                closed, job_id = after_labels(session, self.workspace)
-        self.outcomes += outcomes
-        if closed:
-            self.log(f"round(s) {', '.join(map(str, closed))} fully labelled: closed")
-        if job_id is not None:
-            self.log(f"training job {job_id} queued ({self.outcomes})")
-            if self.on_job_queued:
-                self.on_job_queued(job_id)
+            for item, future in work:
+                self._write_one(item, future)
+            return
+        except Exception as exc:
+            for _, future in work:
+                future.set_exception(exc)
+            raise
+        for (_, future), outcome in zip(work, results):
+            self.outcomes += outcome
+            future.set_result(outcome)
 
-    def _write_one(self, item: Item, attempts: int = 3) -> Counter:
+    def _write_one(self, item: Item, future: Future, attempts: int = 3) -> None:
         for attempt in range(attempts):
             try:
                 with self.store.session() as session:
-                    return write(session, item)
+                    outcome = write(session, item)
             except (IntegrityError, OperationalError) as exc:
                 if attempt == attempts - 1:
-                    what = f"annotation {item.annotation_id}" if isinstance(item, Annotation) else f"deletion of {item.annotation_ids}"
-                    self.log(f"could not store the {what}: {exc}; `al-loop sync` will recover it")
-        return Counter(failed=1)
+                    future.set_exception(exc)
+                continue
+            self.outcomes += outcome
+            future.set_result(outcome)
+            return
 
+    def _follow_up(self) -> None:
+        with self.store.session() as session:
+            closed, job_id = after_labels(session, self.workspace)
+        if closed:
+            self.log(f"round(s) {', '.join(map(str, closed))} fully labelled: closed")
+        if job_id is not None:
+            self.log(f"training job {job_id} queued ({dict(self.outcomes)})")
+            if self.on_job_queued:
+                self.on_job_queued(job_id)

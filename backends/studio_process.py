@@ -30,7 +30,6 @@ import glob
 import http.client
 import json
 import os
-import re
 import secrets
 import shutil
 import signal

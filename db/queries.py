@@ -6,11 +6,23 @@ import zlib
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, select, text
 from sqlalchemy.orm import Session
 
 from al_loop.classes import class_counts
 from db.models import Label, ModelVersion, Patch, Round, RoundPatch, Scene, TrainingJob
+
+JOB_QUEUE_LOCK = 7_240_511  # PostgreSQL advisory lock key of the training job queue
+
+
+def lock_job_queue(session: Session) -> None:
+    """Serialise changes to the training job queue until the transaction ends."""
+    if session.bind.dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": JOB_QUEUE_LOCK})
+    else:
+        # SQLite: take the writer lock now, so that no other process reads the queue between
+        # this read and the write that follows (a deferred transaction would let it).
+        session.execute(text("UPDATE training_jobs SET id = id WHERE 0"))
 
 
 def pack_mask(mask: np.ndarray) -> bytes:

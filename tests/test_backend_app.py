@@ -3,7 +3,6 @@ and model); the same app against a real Label Studio is in test_label_studio_e2e
 
 from __future__ import annotations
 
-import base64
 import threading
 
 import numpy as np
@@ -20,7 +19,11 @@ from al_loop.workspace import init_workspace, open_store
 from backends.app import SECRET_HEADER, create_app
 from backends.label_config import label_config
 from backends.predictor import predict_masks
-from backends.results import mask_to_brush_results, mask_to_polygon_results, results_to_mask
+from backends.results import (
+    mask_to_brush_results,
+    mask_to_polygon_results,
+    results_to_mask,
+)
 from backends.service import Backend
 from db.models import Label, Patch, RoundPatch, TrainingJob
 from tests.test_training import _small
@@ -142,9 +145,9 @@ def test_predict_names_bad_tasks_with_a_4xx(served):
 def test_annotations_become_labels_revisions_and_retirements(served):
     ws, store, backend, client, patches = served
     created = _event(patches[0], mask_to_brush_results(_mask()))
-    assert _post_webhook(ws, client, created).json() == {"status": "queued", "annotation": 101}
-    assert _post_webhook(ws, client, created).status_code == 200  # delivered twice
-    backend.writer.join()
+    assert _post_webhook(ws, client, created).json() == {"status": "stored", "annotation": 101,
+                                                         "outcome": {"created": 1}}
+    assert _post_webhook(ws, client, created).json()["outcome"] == {"unchanged": 1}  # delivered twice
     assert _labels(store) == [(patches[0], "label-studio:7:101", 1, "accepted", "ana@hkh.org", 42.5)]
 
     updated = _event(patches[0], mask_to_polygon_results(_mask(debris_rows=slice(50, 90)), simplify_tolerance_px=0),

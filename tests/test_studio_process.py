@@ -18,9 +18,9 @@ from label_studio_sdk.client import LabelStudio
 from backends.studio_process import (
     CREDENTIALS_FILE,
     HOST,
+    TEMPLATE_DIR,
     LabelStudioServer,
     LabelStudioUnavailable,
-    TEMPLATE_DIR,
 )
 
 
