@@ -131,6 +131,8 @@ def create_app(backend) -> FastAPI:
         except PredictionError as exc:
             status = 503 if backend.holder.current is None else 404
             raise HTTPException(status, str(exc)) from None
+        except ValueError as exc:  # e.g. polygons asked of a project without a polygon tool
+            raise HTTPException(422, str(exc)) from None
         return {"results": results}
 
     @app.post("/webhook", dependencies=[Depends(authorised)])

@@ -143,7 +143,7 @@ def to_prediction(mask: np.ndarray, served_name: str, score: float, fmt: str, co
     prediction = {"model_version": served_name, "score": round(score, 6), "result": result}
     errors = _validator(config_xml or label_config(polygons=True))(prediction)
     if errors:
-        raise PredictionError(f"the prediction does not fit the project's labeling config: {'; '.join(errors)}")
+        raise ValueError(f"the prediction does not fit the project's labeling config: {'; '.join(errors)}")
     return prediction
 
 

@@ -132,12 +132,16 @@ def test_predict_answers_one_result_per_task_in_order_with_version_and_rank_scor
 
 
 def test_predict_names_bad_tasks_with_a_4xx(served):
-    _, _, _, client, patches = served
+    ws, _, _, client, patches = served
     response = client.post("/predict", json={"tasks": [{"id": 1, "data": {"patch_id": patches[0]}},
                                                        {"id": 2, "data": {"patch_id": 99999}}]})
     assert response.status_code == 404 and "no patch 99999" in response.json()["error"]
     response = client.post("/predict", json={"tasks": [{"id": 3, "data": {"image": "x.png"}}]})
     assert response.status_code == 422 and "data.patch_id" in response.json()["error"]
+    ws.config.backend.prediction_format = "polygons"  # but the project offers brushes only
+    response = client.post("/predict", json={"tasks": [{"id": 4, "data": {"patch_id": patches[0]}}],
+                                             "label_config": label_config(polygons=False)})
+    assert response.status_code == 422 and "does not fit the project's labeling config" in response.json()["error"]
     assert client.post("/predict", json={"tasks": []}).status_code == 400
     assert client.post("/predict", content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
 
