@@ -5,7 +5,11 @@ backend that was down catching up with `sync`."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -16,6 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS
+from al_loop.config import write_config
 from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
 from al_loop.retrain import run_training
 from al_loop.rounds import next_round
@@ -182,3 +187,37 @@ def test_annotations_saved_while_the_backend_is_down_are_recovered_by_sync(live)
         assert label.n_clean_ice == 128 * 60  # the edit (mask 2: 60 columns of clean ice) is what counts
     again = studio.sync(ws, store)  # idempotent
     assert again.outcomes == {"unchanged": 1, "skipped": 1, "retired": 0}
+
+
+def test_the_commands_serve_connect_and_sync(live):
+    """`al-loop serve` as its own process (uvicorn, worker, sync on start), `connect`, `sync`."""
+    ws, store, ls = live
+    write_config(ws.root, ws.config)  # the commands read the workspace's file
+    al_loop = [sys.executable, "-m", "cli"]
+    env = {**os.environ, "AL_LOOP_WORKSPACE": str(ws.root)}
+    serve = subprocess.Popen([*al_loop, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        health = f"{ws.config.backend.url}/health"
+        wait_for(lambda: _answers(health), 60, "al-loop serve to answer /health")
+        connected = subprocess.run([*al_loop, "connect"], env=env, capture_output=True, text=True, timeout=300)
+        assert connected.returncode == 0, connected.stderr
+        assert "round 1: 4 tasks imported" in connected.stdout and "4 predictions pushed with model v1" in connected.stdout
+        project_id = studio.project_or_fail(ls, ws).id
+        task = sorted(_tasks(ls, project_id), key=lambda t: t.data["rank"])[0]
+        first = ls.annotations.create(id=task.id, result=mask_to_brush_results(_mask(0)))
+        wait_for(lambda: _annotation_labels(store) == [(first.id, "accepted")], 30, "the webhook's label")
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.wait(60)
+    second = ls.annotations.create(id=task.id, result=mask_to_brush_results(_mask(1)))  # while down
+    synced = subprocess.run([*al_loop, "sync"], env=env, capture_output=True, text=True, timeout=300)
+    assert synced.returncode == 0, synced.stderr
+    assert "'created': 1" in synced.stdout and "'unchanged': 1" in synced.stdout
+    assert _annotation_labels(store) == [(first.id, "accepted"), (second.id, "accepted")]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
