@@ -5,7 +5,7 @@
 | ``GET /health`` | 1 s | no auth; says which model is served |
 | ``POST /setup`` | 3 s | checks the project's labeling config once per project (cached), returns the model version |
 | ``POST /predict`` | 100 s | one prediction per task, in order, batched; 4xx names a bad task |
-| ``POST /webhook`` | 1 s | checks, answers once the label is committed (group commit, ms); follow-ups after |
+| ``POST /webhook`` | 1 s | checks, answers once the label is committed (group commit; 202 when the writer is behind); follow-ups after |
 | ``GET /versions`` | 3 s | the registry's versions |
 
 Every route but ``/health`` needs HTTP Basic auth; ``/webhook`` also needs the shared secret in
@@ -32,7 +32,7 @@ from backends.predictor import PredictionError, predict_patch_ids
 from db.models import ModelVersion
 
 SECRET_HEADER = "X-Al-Loop-Secret"
-STORE_TIMEOUT_S = 0.9  # Label Studio gives a webhook 1 s
+STORE_TIMEOUT_S = 0.8  # Label Studio gives a webhook 1 s: answer 202 (queued) before that
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 IGNORED_EVENTS = ("TASKS_CREATED", "TASKS_DELETED", "PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED",
                   "ANNOTATIONS_CREATED", "LABEL_LINK_CREATED", "LABEL_LINK_UPDATED", "LABEL_LINK_DELETED",
@@ -87,14 +87,20 @@ def create_app(backend) -> FastAPI:
     async def _error(_request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
-    def stored(future: Future) -> dict[str, int]:
-        """Wait for the writer's commit; a store that fails is a 503 (sync recovers it later)."""
+    def stored(future: Future) -> dict[str, int] | None:
+        """Wait for the writer's commit: its outcome, or None when the writer is still behind
+        (under load; the delivery is queued and will be written); a store error is a 503."""
         try:
             return dict(future.result(timeout=STORE_TIMEOUT_S))
         except FutureTimeout:
-            raise HTTPException(503, "the store did not commit in time; `al-loop sync` will recover it") from None
+            return None
         except Exception as exc:
             raise HTTPException(503, f"the store failed: {exc}; `al-loop sync` will recover it") from None
+
+    def answer(outcome: dict[str, int] | None, **fields: Any) -> JSONResponse:
+        if outcome is None:
+            return JSONResponse({"status": "queued", **fields}, status_code=202)
+        return JSONResponse({"status": "stored", **fields, "outcome": outcome})
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -137,7 +143,7 @@ def create_app(backend) -> FastAPI:
 
     @app.post("/webhook", dependencies=[Depends(authorised)])
     def webhook(body: dict = Depends(json_object),
-                secret: str | None = Header(None, alias=SECRET_HEADER)) -> dict[str, Any]:
+                secret: str | None = Header(None, alias=SECRET_HEADER)) -> Any:
         if secret is None or not secrets.compare_digest(secret.encode(), cfg.webhook_secret.encode()):
             raise HTTPException(403, f"missing or wrong {SECRET_HEADER} header")
         action = body.get("action")
@@ -146,15 +152,14 @@ def create_app(backend) -> FastAPI:
                 project = annotations.project_id(body)
                 with backend.store.session() as session:
                     annotation = annotations.read_annotation(session, project, body.get("annotation"), body.get("task"))
-                outcome = stored(backend.writer.put(annotation))
-                return {"status": "stored", "annotation": annotation.annotation_id, "outcome": outcome}
+                return answer(stored(backend.writer.put(annotation)), annotation=annotation.annotation_id)
             if action == "ANNOTATIONS_DELETED":
                 project = annotations.project_id(body)
                 deleted = body.get("annotations")
                 if not isinstance(deleted, list) or not all(isinstance(a, dict) and type(a.get("id")) is int for a in deleted):
                     raise AnnotationError("annotations must be a list of objects with an integer id")
-                outcome = stored(backend.writer.put(Retire(project, tuple(a["id"] for a in deleted))))
-                return {"status": "stored", "retire": [a["id"] for a in deleted], "outcome": outcome}
+                ids = [a["id"] for a in deleted]
+                return answer(stored(backend.writer.put(Retire(project, tuple(ids)))), retire=ids)
         except AnnotationError as exc:
             raise HTTPException(422, f"{action}: {exc}") from None
         if action == "START_TRAINING":

@@ -4,7 +4,9 @@ Label Studio waits (up to 1 s, blocking the annotator's save) for a webhook answ
 retries one. A webhook request checks the annotation (bad input is answered with a 4xx at once
 and stored nowhere) and hands it to this writer; one thread writes everything that has queued up
 in one transaction (many annotations per commit under load) and only then releases the waiting
-requests, so an answered delivery is in the store, never only in memory. What labels set off
+requests, so an answered delivery is in the store. Only when the writer falls 0.8 s behind (an
+overload) is a delivery answered 202 while still queued; should the process die before writing
+it, the sync that ``al-loop serve`` runs on start recovers it from Label Studio. What labels set off
 (closing rounds, queueing a training job, the training itself) runs after the answer.
 One writer per process serialises deliveries of the same annotation; the unique revision
 constraint catches the rare race with another process (``al-loop sync``), retried one by one.
