@@ -38,6 +38,7 @@ from db.models import Patch, RoundPatch
 from db.session import Store
 
 FORMATS = ("brush", "polygons")
+MIN_PART_PX = 16  # polygon predictions leave out specks smaller than this (brushes stay exact)
 
 
 class PredictionError(LookupError):
@@ -139,7 +140,7 @@ def to_prediction(mask: np.ndarray, served_name: str, score: float, fmt: str, co
     al-loop's own, with both brush and polygon tools)."""
     if fmt not in FORMATS:
         raise ValueError(f"prediction format must be one of {FORMATS}, found {fmt!r}")
-    result = mask_to_brush_results(mask) if fmt == "brush" else mask_to_polygon_results(mask)
+    result = mask_to_brush_results(mask) if fmt == "brush" else mask_to_polygon_results(mask, min_part_px=MIN_PART_PX)
     prediction = {"model_version": served_name, "score": round(score, 6), "result": result}
     errors = _validator(config_xml or label_config(polygons=True))(prediction)
     if errors:
