@@ -162,12 +162,14 @@ def _brush_layer(index: int, value: dict, height: int, width: int) -> np.ndarray
     rle = value.get("rle")
     if value.get("format") != "rle":
         raise _error(index, f"brush format must be 'rle', got {value.get('format')!r}")
-    if not isinstance(rle, list) or not all(
-        type(byte) is int and 0 <= byte <= 255 for byte in rle
-    ):
-        raise _error(index, "malformed rle: must be a list of integers 0-255")
     try:
-        rgba = rle_codec.decode(rle, width * height * 4).reshape(height, width, 4)
+        if not isinstance(rle, list):
+            raise TypeError
+        stream = bytes(rle)  # checks every item is an integer 0-255, at C speed
+    except (TypeError, ValueError):
+        raise _error(index, "malformed rle: must be a list of integers 0-255") from None
+    try:
+        rgba = rle_codec.decode(stream, width * height * 4).reshape(height, width, 4)
     except ValueError as e:
         raise _error(index, f"malformed rle for a {width}x{height} RGBA mask: {e}") from None
     return rgba[:, :, 3] >= _ALPHA_PAINTED

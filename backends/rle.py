@@ -59,7 +59,7 @@ def _windows16(bits: np.ndarray) -> np.ndarray:
     return out
 
 
-def decode(rle: list[int], expected: int) -> np.ndarray:
+def decode(rle: bytes | list[int], expected: int) -> np.ndarray:
     """``expected`` uint8 values from an RLE stream; ValueError when the stream is cut short,
     holds another count, or its runs overflow it.
 
