@@ -452,18 +452,15 @@ def connect(workspace: WorkspaceOption = None) -> None:
     """Create or update the Label Studio project (label config, quicklook storage, this backend,
     the webhook) and import the open rounds as tasks with predictions. Needs `al-loop serve`
     running: Label Studio checks the backend when it is registered."""
-    from backends.predictor import ModelHolder
     from backends.studio import connect as run
 
     with _clear_errors(), _store(workspace) as (ws, store):
-        holder = ModelHolder(ws, store)
-        holder.refresh()
-        report = run(ws, store, holder)
+        report = run(ws, store)
     console.print(f"{'created' if report.created else 'updated'} Label Studio project {report.project_id} "
                   f"({ws.config.label_studio.url}/projects/{report.project_id})")
     for number, n in report.imported.items():
         console.print(f"  round {number}: {n} tasks imported")
-    console.print(f"  {report.predictions} predictions pushed with model {holder.version_name or 'none (no model yet)'}")
+    console.print(f"  {report.predictions} predictions pushed with model {report.model_version or 'none (no model yet)'}")
 
 
 @app.command()

@@ -76,7 +76,6 @@ def prepare(root: Path, size: int, log: Callable[[str], None]) -> DemoState:
 def run_live(state: DemoState, port: int, log: Callable[[str], None], wait: bool = True) -> None:
     """Start Label Studio (its data in the workspace) and the backend, connect them, and keep
     both running until interrupted (or return at once when not ``wait``)."""
-    from backends.predictor import ModelHolder
     from backends.service import Backend, ThreadedServer
     from backends.studio import connect
     from backends.studio_process import LabelStudioServer
@@ -94,12 +93,10 @@ def run_live(state: DemoState, port: int, log: Callable[[str], None], wait: bool
         backend.sync()
         backend.start()
         http = ThreadedServer(backend, cfg.backend.host, cfg.backend.port)
-        holder = ModelHolder(workspace, store)
-        holder.refresh()
-        report = connect(workspace, store, holder)
+        report = connect(workspace, store, backend.holder)
         log(f"Label Studio: {label_studio.url}/projects/{report.project_id} "
             f"(user {label_studio.username}, password {label_studio.password})")
-        log(f"{sum(report.imported.values())} tasks imported, {report.predictions} predictions by {holder.version_name}; "
+        log(f"{sum(report.imported.values())} tasks imported, {report.predictions} predictions by {report.model_version}; "
             f"after {cfg.retraining.label_threshold} accepted annotations a fine-tuned model is trained and served")
         if wait:
             log("press Ctrl-C to stop")

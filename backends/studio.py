@@ -73,13 +73,17 @@ def project_or_fail(ls, workspace: Workspace):
 class ConnectReport:
     project_id: int
     created: bool
+    model_version: str | None  # of the predictions pushed
     imported: dict[int, int] = field(default_factory=dict)  # round number -> tasks imported
     predictions: int = 0
 
 
-def connect(workspace: Workspace, store: Store, holder: ModelHolder) -> ConnectReport:
+def connect(workspace: Workspace, store: Store, holder: ModelHolder | None = None) -> ConnectReport:
     """Create or update the project, its storage, ML backend and webhook; import the open
-    rounds' patches as tasks with predictions."""
+    rounds' patches as tasks with predictions (by ``holder``'s model, default the champion)."""
+    if holder is None:
+        holder = ModelHolder(workspace, store)
+        holder.refresh()
     cfg = workspace.config
     ls = client(workspace)
     config_xml = label_config(polygons=cfg.label_studio.polygons)
@@ -94,7 +98,7 @@ def connect(workspace: Workspace, store: Store, holder: ModelHolder) -> ConnectR
     _ensure_ml_backend(ls, workspace, project.id)
     _ensure_webhook(ls, workspace, project.id)
     _ensure_rank_view(ls, project.id)
-    report = ConnectReport(project.id, created)
+    report = ConnectReport(project.id, created, holder.version_name)
     with store.session() as session:
         rounds = session.scalars(select(Round.number).where(Round.status == "open").order_by(Round.number)).all()
     for number in rounds:

@@ -28,7 +28,6 @@ from al_loop.synthetic import make_scene
 from al_loop.workspace import init_workspace, open_store
 from backends import studio
 from backends.app import SECRET_HEADER
-from backends.predictor import ModelHolder
 from backends.results import mask_to_brush_results
 from backends.service import Backend, ThreadedServer
 from db.models import Label, Round
@@ -111,9 +110,7 @@ def test_the_live_loop_from_connect_to_a_new_champion_and_the_next_round(live):
     ws, store, ls = live
     served = ServedBackend(ws, store)
     try:
-        holder = ModelHolder(ws, store)
-        holder.refresh()
-        report = studio.connect(ws, store, holder)
+        report = studio.connect(ws, store)
         assert report.created and report.imported == {1: 4} and report.predictions == 4
         project = ls.projects.get(id=report.project_id)
         assert project.model_version == "v1" and project.sampling == "Uncertainty sampling"
@@ -165,9 +162,7 @@ def test_annotations_saved_while_the_backend_is_down_are_recovered_by_sync(live)
     ws, store, ls = live
     served = ServedBackend(ws, store)
     try:
-        holder = ModelHolder(ws, store)
-        holder.refresh()
-        project_id = studio.connect(ws, store, holder).project_id
+        project_id = studio.connect(ws, store).project_id
         tasks = sorted(_tasks(ls, project_id), key=lambda t: t.data["rank"])
         kept = ls.annotations.create(id=tasks[0].id, result=mask_to_brush_results(_mask(0)))
         wait_for(lambda: _annotation_labels(store) == [(kept.id, "accepted")], 30, "the first annotation")
