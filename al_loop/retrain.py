@@ -20,7 +20,7 @@ from al_loop.model.checkpoints import load_model, save_model
 from al_loop.model.data import class_names, label_set_hash, normalization, split_samples
 from al_loop.model.inference import pick_device
 from al_loop.model.training import TrainingCancelled, architecture, evaluate_samples, glacier_score, train
-from db import registry
+from db import queries, registry
 from db.models import Label, ModelVersion, TrainingJob, utcnow
 from db.session import Store
 
@@ -170,6 +170,11 @@ def _resumable_job(store: Store, job_id: int) -> tuple[str | None, dict | None]:
 def _claim_job(store: Store, job_id: int | None, parent: ModelVersion | None, trigger: str, norm: dict) -> int:
     with store.session() as session:
         if job_id is None:
+            queries.lock_job_queue(session)
+            running = session.scalar(select(TrainingJob).where(TrainingJob.status.in_(("running", "cancelling"))))
+            if running is not None:  # never two trainings at once
+                raise LookupError(f"training job {running.id} is running ({running.claimed_by}): wait for it, stop it "
+                                  f"with --cancel {running.id}, or, if its process died, --resume {running.id}")
             job = TrainingJob(trigger=trigger, parent_model_id=parent.id if parent else None,
                               progress={"parent": parent.name if parent else None, "normalization": norm})
             session.add(job)

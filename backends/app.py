@@ -61,9 +61,13 @@ def check_label_config(config_xml: str) -> None:
 
 def create_app(backend) -> FastAPI:
     """The app for ``backend`` (a :class:`backends.service.Backend`)."""
+    cfg = backend.workspace.config.backend
+    empty = [f"backend.{key}" for key in ("password", "webhook_secret") if not getattr(cfg, key)]
+    if empty:  # an empty secret would let anyone in
+        raise ValueError(f"{' and '.join(empty)} empty: set them in al-loop.toml or the environment "
+                         "(`al-loop init` writes random ones into a new workspace)")
     app = FastAPI(title="al-loop ML backend", docs_url=None, redoc_url=None)
     basic = HTTPBasic(auto_error=False)
-    cfg = backend.workspace.config.backend
     setup_cache: dict[str, str] = {}
 
     def authorised(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:

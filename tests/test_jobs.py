@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from al_loop import jobs
 from al_loop.classes import BACKGROUND, DEBRIS
-from al_loop.ingest import ingest_hkh_tile
+from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
+from al_loop.retrain import run_training
 from al_loop.synthetic import make_scene
 from al_loop.workspace import open_store
 from db.models import Patch, TrainingJob
@@ -112,3 +113,17 @@ def test_a_job_that_cannot_train_is_marked_failed_and_the_worker_goes_on(ws_stor
     jobs.Worker(ws, store, log=messages.append).run(once=True)
     assert [status for status, _ in _jobs(store)] == ["failed"]
     assert messages and "training job failed" in messages[0]
+
+
+def test_a_manual_training_waits_for_the_running_job(workspace):
+    ws = _small(workspace)
+    store = open_store(ws)
+    try:
+        ingest_synthetic_scene(ws, store, size=512, seed=0, quiet=True)
+        with store.session() as session:
+            job_id = jobs.queue_job(session, "label_count").id
+        jobs.claim_job(store, "busy-worker", stale_seconds=600)
+        with pytest.raises(LookupError, match=f"training job {job_id} is running \\(busy-worker\\)"):
+            run_training(ws, store, quiet=True)
+    finally:
+        store.dispose()
