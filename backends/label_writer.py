@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -34,6 +35,7 @@ from db.models import Round, RoundPatch
 from db.session import Store
 
 MAX_BATCH = 256
+FOLLOW_UP_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class LabelWriter:
         self.workspace, self.store, self.on_job_queued, self.log = workspace, store, on_job_queued, log
         self.outcomes: Counter = Counter()
         self._queue: queue.Queue[tuple[Item, Future] | None] = queue.Queue()
+        self._followed_at = 0.0
         self._thread = threading.Thread(target=self._run, name="label-writer", daemon=True)
 
     def start(self) -> LabelWriter:
@@ -113,7 +116,10 @@ class LabelWriter:
             try:
                 if work:
                     self._write(work)
-                    self._follow_up()
+                    # Under load, follow up at most once a second (its queries cost as much as
+                    # several writes); always once the queue is drained.
+                    if self._queue.empty() or time.monotonic() - self._followed_at >= FOLLOW_UP_EVERY_S:
+                        self._follow_up()
             except Exception as exc:  # the store is down: requests got the error; keep serving
                 self.log(f"label writer: {exc}")
             finally:
@@ -153,6 +159,7 @@ class LabelWriter:
             return
 
     def _follow_up(self) -> None:
+        self._followed_at = time.monotonic()
         with self.store.session() as session:
             closed, job_id = after_labels(session, self.workspace)
         if closed:
