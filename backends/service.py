@@ -60,7 +60,10 @@ class Backend:
             return
         try:
             report = studio.sync(self.workspace, self.store, log=self.log)
-        except Exception as exc:  # Label Studio down or project missing: serve anyway
+        except LookupError:
+            self.log("no Label Studio project yet: nothing to sync")
+            return
+        except Exception as exc:  # Label Studio down: serve anyway
             self.log(f"sync with Label Studio skipped: {exc}")
             return
         self.log(f"synced {report.tasks} tasks: {dict(report.outcomes)}")

@@ -112,6 +112,8 @@ def test_the_live_loop_from_connect_to_a_new_champion_and_the_next_round(live):
     try:
         report = studio.connect(ws, store)
         assert report.created and report.imported == {1: 4} and report.predictions == 4
+        again = studio.connect(ws, store)  # connecting again changes nothing
+        assert (again.project_id, again.created, again.imported, again.predictions) == (report.project_id, False, {1: 0}, 0)
         project = ls.projects.get(id=report.project_id)
         assert project.model_version == "v1" and project.sampling == "Uncertainty sampling"
         hooks = ls.webhooks.list(project=project.id)
