@@ -417,7 +417,7 @@ def simulate(
 @app.command()
 def serve(
     host: Annotated[Optional[str], typer.Option(help="Listen address (config backend.host).")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port (config backend.port).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (config backend.port, which `connect` registers).")] = None,
     worker: Annotated[bool, typer.Option(help="Run the training worker in this process (config backend.worker).")] = True,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -440,9 +440,10 @@ def worker(
     from al_loop.jobs import Worker
 
     with _clear_errors(), _store(workspace) as (ws, store):
-        console.print(f"worker {Worker(ws, store).name} waiting for training jobs" + (" (once)" if once else ""))
+        job_worker = Worker(ws, store, log=console.print)
+        console.print(f"worker {job_worker.name} waiting for training jobs" + (" (once)" if once else ""))
         try:
-            Worker(ws, store, log=console.print).run(once=once)
+            job_worker.run(once=once)
         except KeyboardInterrupt:
             console.print("stopped")
 
