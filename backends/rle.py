@@ -8,7 +8,8 @@ A brush mask is flattened RGBA, each pixel's value repeated in its 4 channels; t
 
 Why not the SDK's codec: its encoder appends to a string once per run (about 300 ms for a speckled
 512x512 prediction layer) and its decoder reads bit by bit. Here encoding is vectorised (runs
-found with numpy, every record a repeat) and decoding slices one bit string per run.
+found with numpy, every record a repeat); decoding reads the fields a record would have at every
+bit position at once (numpy), then hops from record to record in one short loop.
 """
 
 from __future__ import annotations
