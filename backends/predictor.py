@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ from al_loop.model.training import normalize
 from al_loop.patches import read_patch
 from al_loop.retrain import load_version
 from backends.label_config import LABEL_NAMES, label_config
-from backends.results import mask_to_brush_results, mask_to_polygon_results
+from backends.results import ResultError, mask_to_brush_results, mask_to_polygon_results, validate_with_sdk
 from db import registry
 from db.models import Patch, RoundPatch
 from db.session import Store
@@ -126,15 +125,6 @@ def round_scores(store: Store, patch_ids: Sequence[int]) -> dict[int, float]:
     return {patch_id: rank / (sizes[round_id] + 1) for patch_id, round_id, rank in rows}
 
 
-@lru_cache(maxsize=8)
-def _validator(config_xml: str):
-    """Checking a prediction parses the config; parse each project's config once."""
-    from label_studio_sdk.label_interface import LabelInterface
-
-    interface = LabelInterface(config_xml)
-    return lambda prediction: interface.validate_prediction(prediction, return_errors=True)
-
-
 def to_prediction(mask: np.ndarray, served_name: str, score: float, fmt: str, config_xml: str | None) -> dict:
     """One Label Studio prediction, checked against the project's labeling config (default:
     al-loop's own, with both brush and polygon tools)."""
@@ -142,9 +132,10 @@ def to_prediction(mask: np.ndarray, served_name: str, score: float, fmt: str, co
         raise ValueError(f"prediction format must be one of {FORMATS}, found {fmt!r}")
     result = mask_to_brush_results(mask) if fmt == "brush" else mask_to_polygon_results(mask, min_part_px=MIN_PART_PX)
     prediction = {"model_version": served_name, "score": round(score, 6), "result": result}
-    errors = _validator(config_xml or label_config(polygons=True))(prediction)
-    if errors:
-        raise ValueError(f"the prediction does not fit the project's labeling config: {'; '.join(errors)}")
+    try:
+        validate_with_sdk(config_xml or label_config(polygons=True), prediction)
+    except ResultError as exc:
+        raise ValueError(f"the prediction does not fit the project's labeling config: {exc}") from None
     return prediction
 
 

@@ -20,6 +20,7 @@ Masks use the :mod:`al_loop.classes` encoding; labels and tag names come from
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -235,14 +236,20 @@ def results_to_mask(
     return mask
 
 
+@lru_cache(maxsize=8)
+def _label_interface(config_xml: str):
+    """Parsing a config is most of a check's cost: each project's is parsed once."""
+    from label_studio_sdk.label_interface import LabelInterface
+
+    return LabelInterface(config_xml)
+
+
 def validate_with_sdk(config_xml: str, prediction: dict) -> None:
     """Check a prediction (``{"result": [...], "score": ...}``) with the SDK's LabelInterface.
 
     Label Studio stores predictions unchecked. The SDK checks tag names, types, labels and the
     value shapes, but not polygon points below 0 nor RLE lengths: :func:`results_to_mask` does.
     """
-    from label_studio_sdk.label_interface import LabelInterface
-
-    errors = LabelInterface(config_xml).validate_prediction(prediction, return_errors=True)
+    errors = _label_interface(config_xml).validate_prediction(prediction, return_errors=True)
     if errors:
         raise ResultError("; ".join(errors))
