@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sqlalchemy import func, select
+from sqlalchemy.orm import joinedload
 
 from al_loop.classes import UNLABELED, class_code
 from al_loop.config import Workspace
@@ -116,12 +117,16 @@ def predict_masks(workspace: Workspace, served: ServedModel, patches: Sequence[P
 def round_scores(store: Store, patch_ids: Sequence[int]) -> dict[int, float]:
     """``rank / (round size + 1)`` of each patch in the newest round that holds it."""
     with store.session() as session:
-        sizes = dict(session.execute(select(RoundPatch.round_id, func.count()).group_by(RoundPatch.round_id)).all())
         rows = session.execute(
             select(RoundPatch.patch_id, RoundPatch.round_id, RoundPatch.rank)
             .where(RoundPatch.patch_id.in_(list(patch_ids)))
             .order_by(RoundPatch.round_id)
         ).all()
+        sizes = dict(session.execute(
+            select(RoundPatch.round_id, func.count())
+            .where(RoundPatch.round_id.in_({round_id for _, round_id, _ in rows}))
+            .group_by(RoundPatch.round_id)
+        ).all())
     return {patch_id: rank / (sizes[round_id] + 1) for patch_id, round_id, rank in rows}
 
 
@@ -146,9 +151,9 @@ def predict_patch_ids(workspace: Workspace, store: Store, holder: ModelHolder, p
     if served is None:
         raise PredictionError("no champion model yet: train one (al-loop train) before asking for predictions")
     with store.session() as session:
-        found = {p.id: p for p in session.scalars(select(Patch).where(Patch.id.in_(list(patch_ids))))}
-        for p in found.values():
-            p.scene  # loaded now: read_patch uses it after the session closed
+        # The scenes come along: read_patch uses them after the session closed.
+        found = {p.id: p for p in session.scalars(
+            select(Patch).options(joinedload(Patch.scene)).where(Patch.id.in_(list(patch_ids))))}
     missing = [i for i in patch_ids if i not in found]
     if missing:
         raise PredictionError(f"no patch {missing[0]} in the store" + (f" (nor {missing[1:]})" if missing[1:] else ""))
