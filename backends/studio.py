@@ -104,7 +104,10 @@ def connect(workspace: Workspace, store: Store, holder: ModelHolder | None = Non
     for number in rounds:
         tasks = import_round(ls, workspace, store, project.id, number)
         report.imported[number] = len(tasks)
-    report.predictions = push_predictions(ls, workspace, store, holder, project.id, open_tasks(store, project.id))
+    # Connecting again adds no prediction a task already holds from the served version.
+    predicted = {p.task for p in ls.predictions.list(project=project.id) if p.model_version == holder.version_name}
+    unpredicted = {patch: task for patch, task in open_tasks(store, project.id).items() if task not in predicted}
+    report.predictions = push_predictions(ls, workspace, store, holder, project.id, unpredicted)
     return report
 
 
@@ -211,12 +214,10 @@ def open_tasks(store: Store, project_id: int) -> dict[int, int]:
 def push_predictions(ls, workspace: Workspace, store: Store, holder: ModelHolder, project_id: int,
                      tasks: dict[int, int]) -> int:
     """Predict ``tasks`` (patch id -> task id) with the served model and store the predictions
-    in Label Studio, skipping tasks that already hold one of that model version (connecting
-    again adds nothing); the project then serves that model version. Returns how many."""
+    in Label Studio; the project then serves that model version. Returns how many."""
     if holder.current is None or not tasks:
         return 0
-    done = {p.task for p in ls.predictions.list(project=project_id) if p.model_version == holder.version_name}
-    patch_ids = [patch_id for patch_id, task_id in tasks.items() if task_id not in done]
+    patch_ids = list(tasks)
     for start in range(0, len(patch_ids), PREDICTION_BATCH):
         batch = patch_ids[start : start + PREDICTION_BATCH]
         for patch_id, prediction in zip(batch, predict_patch_ids(workspace, store, holder, batch)):
