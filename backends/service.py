@@ -105,9 +105,17 @@ class ThreadedServer:
                 raise RuntimeError(f"the backend could not listen on {host}:{port} (port in use?)")
             self.thread.join(0.05)
 
+        self.url = f"http://{host}:{port}"
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join()
+
+    def __enter__(self) -> ThreadedServer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
 
 
 def serve(workspace: Workspace, store: Store, host: str | None = None, port: int | None = None) -> None:

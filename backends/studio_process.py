@@ -84,7 +84,7 @@ def find_label_studio() -> Path:
     return exe
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
@@ -258,7 +258,7 @@ class LabelStudioServer:
                 self._settle_persistent_credentials()
             attempts = 1 if self._asked_port is not None else _PORT_ATTEMPTS
             for attempt in range(1, attempts + 1):
-                self.port = self._asked_port or _free_port()
+                self.port = self._asked_port or free_port()
                 try:
                     self._launch(exe)
                     break

@@ -27,7 +27,8 @@ import httpx
 import numpy as np
 import torch
 from sqlalchemy import select
-from webhook_ingestion import blobby_mask, serving  # a sibling script
+from sqlalchemy.orm import joinedload
+from webhook_ingestion import blobby_mask  # a sibling script
 
 from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
 from al_loop.model.inference import predict_proba
@@ -37,10 +38,10 @@ from al_loop.retrain import run_training
 from al_loop.rounds import next_round
 from al_loop.synthetic import make_scene
 from al_loop.workspace import init_workspace, open_store
-from backends.app import create_app
 from backends.label_config import label_config
 from backends.predictor import FORMATS, predict_masks, to_prediction
-from backends.service import Backend
+from backends.service import Backend, ThreadedServer
+from backends.studio_process import free_port
 from db.models import Patch
 
 PATCH, BATCHES = 512, (1, 4, 8)
@@ -87,16 +88,15 @@ def main() -> None:
         backend = Backend(ws, store, log=lambda _: None).start(worker=False)
         served, device, cfg = backend.holder.current, backend.holder.device, ws.config.backend
         with store.session() as session:
-            patches = list(session.scalars(select(Patch).where(Patch.id.in_(patch_ids))))
-            for p in patches:
-                p.scene  # loaded now: read_patch uses it after the session closed
+            patches = list(session.scalars(select(Patch).options(joinedload(Patch.scene))
+                                           .where(Patch.id.in_(patch_ids))))
         patches.sort(key=lambda p: patch_ids.index(p.id))
         x = torch.from_numpy(np.stack([normalize(*read_patch(ws, p, served.channels), served.normalization)
                                        for p in patches]))
         config_xml = label_config(polygons=True)
         try:
-            with serving(create_app(backend)) as url, httpx.Client(
-                base_url=url, auth=(cfg.username, cfg.password), timeout=600
+            with ThreadedServer(backend, "127.0.0.1", free_port()) as http, httpx.Client(
+                base_url=http.url, auth=(cfg.username, cfg.password), timeout=600
             ) as client:
 
                 def bare(n: int):

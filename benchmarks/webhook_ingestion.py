@@ -1,7 +1,7 @@
 """Webhook ingestion through a real HTTP server: annotations/s and answer latency of /webhook
 under concurrent senders, and the time until the background writer has stored them all.
 
-uvicorn serves the app in a thread on a free loopback port, over a SQLite workspace in a temp
+The backend serves in a thread on a free loopback port (as in the tests), over a SQLite workspace in a temp
 dir (one synthetic scene of 2x2 patches, quicklooks off, retraining triggers off so that no
 training job is queued). Each sender thread (in a child process) has its own keep-alive
 httpx.Client and sends ANNOTATION_CREATED events with realistic brush results: blobby masks with
@@ -21,18 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import socket
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
-import uvicorn
 from scipy import ndimage
 from sqlalchemy import select
 
@@ -40,46 +36,16 @@ from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS
 from al_loop.ingest import ingest_synthetic_scene
 from al_loop.workspace import init_workspace, open_store
 from backends.annotations import SOURCE, accepted_annotation_ids
-from backends.app import SECRET_HEADER, create_app
+from backends.app import SECRET_HEADER
 from backends.label_writer import MAX_BATCH
 from backends.results import mask_to_brush_results, results_to_mask
-from backends.service import Backend
+from backends.service import Backend, ThreadedServer
+from backends.studio_process import free_port
 from db.models import Patch
 from db.queries import save_label
 
 PROJECT = {"id": 7, "title": "glaciers"}
 TARGET_RATE, TARGET_P99_MS = 500, 50
-
-
-@contextmanager
-def serving(app, timeout: float = 30.0) -> Iterator[str]:
-    """``app`` served by uvicorn in a thread on a free loopback port; yields its base URL once
-    /health answers."""
-    # proto IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only then; without it
-    # Nagle and delayed ACKs add ~40 ms to every answer (`al-loop serve` binds through asyncio).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=url) as client:
-        while True:
-            try:
-                if client.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the server at {url} did not come up")
-            time.sleep(0.01)  # poll interval
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join()
-        sock.close()
 
 
 def blobby_mask(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -201,7 +167,8 @@ def main() -> None:
 
         sequential, concurrent = events(1_000_000, args.sequential), events(1, args.events)
         try:
-            with serving(create_app(backend)) as url:
+            with ThreadedServer(backend, "127.0.0.1", free_port()) as http:
+                url = http.url
                 headers = {SECRET_HEADER: cfg.webhook_secret, "content-type": "application/json"}
                 auth = (cfg.username, cfg.password)
                 one = send_from_own_process(url, headers, auth, sequential, 1)

@@ -21,6 +21,7 @@ from backends.studio_process import (
     TEMPLATE_DIR,
     LabelStudioServer,
     LabelStudioUnavailable,
+    free_port,
 )
 
 
@@ -48,12 +49,6 @@ def _pid_gone(pid: int) -> bool:
     return False
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def test_health_on_loopback(label_studio):
     assert label_studio.url == f"http://{HOST}:{label_studio.port}"
     assert _status(f"{label_studio.url}/health") == 200
@@ -74,7 +69,7 @@ def test_wrong_token_is_refused(label_studio):
 def test_persistent_data_dir_keeps_credentials_and_stop_cleans_up(label_studio, tmp_path):
     data_dir = tmp_path / "ls-data"
     shutil.copytree(TEMPLATE_DIR, data_dir)  # skips the minute of migrations
-    port = _free_port()
+    port = free_port()
 
     first = LabelStudioServer(document_root=tmp_path, data_dir=data_dir, port=port)
     with first:
