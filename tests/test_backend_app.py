@@ -7,16 +7,13 @@ import threading
 
 import numpy as np
 import pytest
-from scipy import ndimage
 from fastapi.testclient import TestClient
+from scipy import ndimage
 from sqlalchemy import func, select
 
 from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, UNLABELED
-from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
 from al_loop.retrain import run_training
 from al_loop.rounds import next_round
-from al_loop.synthetic import make_scene
-from al_loop.workspace import init_workspace, open_store
 from backends.app import SECRET_HEADER, create_app
 from backends.label_config import label_config
 from backends.predictor import MIN_PART_PX, predict_masks
@@ -27,7 +24,7 @@ from backends.results import (
 )
 from backends.service import Backend
 from db.models import Label, Patch, RoundPatch, TrainingJob
-from tests.test_training import _small
+from tests.test_rounds import labelled_and_pool
 
 PROJECT = {"id": 7, "title": "glaciers"}
 
@@ -35,16 +32,9 @@ PROJECT = {"id": 7, "title": "glaciers"}
 @pytest.fixture
 def served(tmp_path, database_url):
     """A trained v1, a pool scene and a first round of 4 of its patches, served in process."""
-    ws = _small(init_workspace(tmp_path / "ws", database_url=database_url))
-    ws.config.ingest.quicklooks = True
-    ws.config.model.mc_samples = 2
-    ws.config.sampling.exclusion_radius = 0
+    ws, store = labelled_and_pool(tmp_path / "ws", tmp_path / "pool", database_url, pool_height=384, mc_samples=2)
     ws.config.retraining.label_threshold = 0  # tests that want the trigger set it
     ws.config.retraining.debris_pixel_threshold = 0
-    store = open_store(ws)
-    ingest_synthetic_scene(ws, store, size=512, seed=0, quiet=True)
-    ingest_hkh_tile(ws, store, make_scene(tmp_path / "pool", height=384, seed=5, name="LE07_145039_20081012").image,
-                    quiet=True)
     run_training(ws, store, quiet=True)
     round_ = next_round(ws, store, size=4, strategy="bald", quiet=True)
     backend = Backend(ws, store, log=lambda _: None).start(worker=False)

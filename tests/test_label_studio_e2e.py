@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,23 +20,15 @@ from sqlalchemy import select
 
 from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS
 from al_loop.config import write_config
-from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
 from al_loop.retrain import run_training
 from al_loop.rounds import next_round
-from al_loop.synthetic import make_scene
-from al_loop.workspace import init_workspace, open_store
 from backends import studio
 from backends.app import SECRET_HEADER
 from backends.results import mask_to_brush_results
 from backends.service import Backend, ThreadedServer
+from backends.studio_process import free_port
 from db.models import Label, Round
-from tests.test_training import _small
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.test_rounds import labelled_and_pool
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 120.0, what: str = "condition"):
@@ -67,22 +58,16 @@ class ServedBackend:
 def live(label_studio, tmp_path):
     """A workspace under Label Studio's document root with a trained v1 and a first round of 4."""
     root = label_studio.document_root / f"ws-{uuid.uuid4().hex[:8]}"
-    ws = _small(init_workspace(root))
+    ws, store = labelled_and_pool(root, tmp_path / "pool", pool_height=384, mc_samples=2)
     cfg = ws.config
-    cfg.ingest.quicklooks = True
-    cfg.model.mc_samples = 2
-    cfg.sampling.exclusion_radius, cfg.sampling.round_size = 0, 4
+    cfg.sampling.round_size = 4
     cfg.retraining.label_threshold, cfg.retraining.debris_pixel_threshold = 3, 0
     cfg.training.promotion_margin = 1.0  # promote every candidate: the test is about the loop, not the gate
     cfg.label_studio.url, cfg.label_studio.api_key = label_studio.url, label_studio.api_key
     cfg.label_studio.project_title = f"glaciers {root.name}"
     cfg.label_studio.document_root = str(label_studio.document_root)
-    cfg.backend.port = _free_port()
+    cfg.backend.port = free_port()
     cfg.backend.url = f"http://127.0.0.1:{cfg.backend.port}"
-    store = open_store(ws)
-    ingest_synthetic_scene(ws, store, size=512, seed=0, quiet=True)
-    ingest_hkh_tile(ws, store, make_scene(tmp_path / "pool", height=384, seed=5, name="LE07_145039_20081012").image,
-                    quiet=True)
     run_training(ws, store, quiet=True)
     next_round(ws, store, strategy="bald", quiet=True)
     yield ws, store, studio.client(ws)

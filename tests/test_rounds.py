@@ -15,17 +15,23 @@ from db.models import PatchScore, Round, RoundPatch
 from tests.test_training import _small
 
 
-@pytest.fixture
-def pool_ws(tmp_path, database_url):
-    """A labelled synthetic scene (to train on) and an unlabelled one (the pool), 16 patches each."""
-    ws = _small(init_workspace(tmp_path / "ws", database_url=database_url))
+def labelled_and_pool(root, pool_dir, database_url=None, pool_height=512, mc_samples=4):
+    """A small-model workspace (quicklooks on) with a labelled synthetic scene (to train on) and
+    an unlabelled one (the pool), 16 patches each at the default pool height; and its store."""
+    ws = _small(init_workspace(root, database_url=database_url))
     ws.config.ingest.quicklooks = True
-    ws.config.model.mc_samples = 4
+    ws.config.model.mc_samples = mc_samples
     ws.config.sampling.exclusion_radius = 0
     store = open_store(ws)
     ingest_synthetic_scene(ws, store, size=512, seed=0, quiet=True)
-    unlabelled = make_scene(tmp_path / "pool", height=512, seed=5, name="LE07_145039_20081012")
+    unlabelled = make_scene(pool_dir, height=pool_height, seed=5, name="LE07_145039_20081012")
     ingest_hkh_tile(ws, store, unlabelled.image, quiet=True)
+    return ws, store
+
+
+@pytest.fixture
+def pool_ws(tmp_path, database_url):
+    ws, store = labelled_and_pool(tmp_path / "ws", tmp_path / "pool", database_url)
     yield ws, store
     store.dispose()
 
