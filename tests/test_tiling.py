@@ -5,14 +5,25 @@ from al_loop.tiling import patch_windows
 
 
 @pytest.mark.parametrize("height, width, size, overlap", [(1000, 700, 256, 0), (512, 512, 512, 0), (1100, 530, 256, 64)])
-def test_windows_cover_every_pixel_with_full_patches_inside_the_scene(height, width, size, overlap):
-    covered = np.zeros((height, width), dtype=int)
+def test_windows_cover_every_pixel_on_a_regular_grid(height, width, size, overlap):
+    covered = np.zeros((height + size, width + size), dtype=int)
     windows = patch_windows(height, width, size, overlap)
     for row, col in windows:
-        assert 0 <= row <= height - size and 0 <= col <= width - size
+        assert row % (size - overlap) == 0 and col % (size - overlap) == 0
+        assert row < height and col < width
         covered[row : row + size, col : col + size] += 1
-    assert covered.min() >= 1
+    assert covered[:height, :width].min() >= 1
     assert len(set(windows)) == len(windows)
+
+
+def test_without_overlap_every_scene_pixel_lies_in_exactly_one_patch():
+    height, width, size = 655, 800, 256
+    covered = np.zeros((height + size, width + size), dtype=int)
+    windows = patch_windows(height, width, size)
+    for row, col in windows:
+        covered[row : row + size, col : col + size] += 1
+    assert (covered[:height, :width] == 1).all()
+    assert len(windows) == 3 * 4  # the last row and column reach past the edge
 
 
 def test_overlap_is_respected_between_neighbours():
