@@ -5,10 +5,17 @@ A stored label mask is a ``uint8`` array on the patch grid:
 * ``0`` background, ``1`` clean ice, ``2`` debris-covered glacier;
 * ``3`` glacier of unknown type: an inventory that only says "glacier". A binary model counts it
   as glacier; a multiclass model ignores it (it may be either glacier class);
-* ``255`` unlabeled: no information (outside a label's coverage), ignored everywhere.
+* ``255`` unlabeled: no information (outside a label's coverage, or mapped so on purpose: the
+  ignore target), ignored everywhere.
+
+A patch may hold labels from several sources (an outline inventory, a clean-ice/debris map, an
+expert's annotation); :func:`combine_masks` merges them into the one mask training and metrics
+use.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -26,6 +33,9 @@ CLASS_NAMES: dict[int, str] = {
 }
 CLASS_CODES: dict[str, int] = {name: code for code, name in CLASS_NAMES.items()}
 
+LABEL_CODES: dict[str, int] = {**CLASS_CODES, "unlabeled": UNLABELED}
+"""Names a label file's values may be mapped to: the classes, and ``unlabeled`` (ignore)."""
+
 MULTICLASS = ("background", "clean_ice", "debris")
 BINARY = ("background", "glacier")
 
@@ -38,6 +48,34 @@ def class_code(name: str) -> int:
         raise ValueError(
             f"unknown class {name!r}; valid classes: {', '.join(CLASS_CODES)}"
         ) from None
+
+
+def label_code(name: str) -> int:
+    """The mask code a label value may be mapped to: a class, or ``unlabeled`` (ignored)."""
+    try:
+        return LABEL_CODES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown class {name!r}; map values to one of: {', '.join(LABEL_CODES)}"
+        ) from None
+
+
+def combine_masks(masks: Sequence[np.ndarray]) -> np.ndarray:
+    """One mask from several labels of the same patch, given weakest first.
+
+    A label overrides the ones before it wherever it says something (is not ``unlabeled``),
+    except that "glacier of unknown type" never replaces clean ice or debris: both say the
+    pixel is glacier, and the typed label says which kind. So an outline inventory ("glacier")
+    and a clean-ice/debris map of the same ground combine into typed glacier inside the map and
+    untyped glacier elsewhere, and an expert's annotation (strongest) overrides both.
+    """
+    if not masks:
+        raise ValueError("no label masks to combine")
+    out = np.array(masks[0], dtype=np.uint8, copy=True)
+    for mask in masks[1:]:
+        says = (mask != UNLABELED) & ~((mask == GLACIER) & ((out == CLEAN_ICE) | (out == DEBRIS)))
+        out[says] = mask[says]
+    return out
 
 
 def class_counts(mask: np.ndarray) -> dict[str, int]:

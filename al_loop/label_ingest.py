@@ -66,6 +66,13 @@ def _outside_extent(transform: Affine, shape: tuple[int, int], bounds) -> np.nda
     return (xs < minx) | (xs > maxx) | (ys < miny) | (ys > maxy)
 
 
+def _beyond_scene(scene: Scene, patch: Patch) -> np.ndarray:
+    """Pixels of a patch that lie past the scene's edge (edge patches reach past it)."""
+    rows = np.arange(patch.height)[:, None] + patch.row_off
+    cols = np.arange(patch.width)[None, :] + patch.col_off
+    return (rows >= scene.height) | (cols >= scene.width)
+
+
 def label_scene_from_vector(
     session: Session, scene: Scene, labels: label_files.VectorLabels, origin: str,
     result: LabelIngestResult, source: str = "inventory", quiet: bool = True,
@@ -75,7 +82,7 @@ def label_scene_from_vector(
         transform = _window_transform(scene, patch)
         shape = (patch.height, patch.width)
         mask = label_files.rasterize_window(labels, transform, shape)
-        mask[_outside_extent(transform, shape, labels.bounds)] = UNLABELED
+        mask[_outside_extent(transform, shape, labels.bounds) | _beyond_scene(scene, patch)] = UNLABELED
         _save(session, patch, mask, source, origin, result)
 
 
@@ -90,6 +97,7 @@ def label_scene_from_raster(
         mask = label_files.read_raster_labels_window(
             path, crs, _window_transform(scene, patch), (patch.height, patch.width), value_mapping
         )
+        mask[_beyond_scene(scene, patch)] = UNLABELED
         _save(session, patch, mask, source, origin, result)
 
 
@@ -132,9 +140,15 @@ def ingest_labels(
         raise LabelInputError(path, "no such file")
     origin = str(path)
     result = LabelIngestResult(path=path)
+    is_raster = path.suffix.lower() in RASTER_SUFFIXES
+    if is_raster and attribute is not None:
+        raise LabelInputError(path, "--attribute names a column of vector labels; a label raster's pixel "
+                                    "values are mapped with --map VALUE=CLASS")
+    if is_raster and mapping is not None:
+        raise LabelInputError(path, "a label raster's values are mapped by integer pixel value (raster_values)")
     with store.session() as session:
         scenes = _target_scenes(session, scene_ids)
-        if path.suffix.lower() in RASTER_SUFFIXES:
+        if is_raster:
             for scene in scenes:
                 label_scene_from_raster(session, scene, path, origin, result, raster_values, quiet=quiet)
         else:

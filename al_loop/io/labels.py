@@ -31,19 +31,20 @@ from shapely.geometry import shape as to_shapely
 
 from al_loop.classes import (
     BACKGROUND,
-    CLASS_CODES,
     CLEAN_ICE,
     DEBRIS,
     GLACIER,
+    LABEL_CODES,
     UNLABELED,
-    class_code,
+    label_code,
 )
 
 # Later classes are painted over earlier ones. Debris polygons are usually drawn inside glacier
 # (and sometimes clean-ice) outlines, so debris must win its overlaps; a glacier-only outline is
 # the least specific label and goes first. Explicit background polygons are corrections (rock
-# outcrops, nunataks, "not glacier" edits) and carve out whatever lies under them.
-PAINT_ORDER: tuple[int, ...] = (GLACIER, CLEAN_ICE, DEBRIS, BACKGROUND)
+# outcrops, nunataks, "not glacier" edits) and carve out whatever lies under them; polygons
+# mapped to ``unlabeled`` (doubtful areas) carve out everything: no label there.
+PAINT_ORDER: tuple[int, ...] = (GLACIER, CLEAN_ICE, DEBRIS, BACKGROUND, UNLABELED)
 _PAINT_RANK = np.zeros(256, dtype=np.int64)
 _PAINT_RANK[list(PAINT_ORDER)] = np.arange(len(PAINT_ORDER))
 
@@ -117,9 +118,9 @@ def _codes_by_value(
             raise LabelInputError(path, "a class mapping was given without an attribute to map")
         names = {None: default_class}
     else:
-        names = dict(mapping) if mapping is not None else {name: name for name in CLASS_CODES}
+        names = dict(mapping) if mapping is not None else {name: name for name in LABEL_CODES}
     try:
-        return {value: class_code(name) for value, name in names.items()}
+        return {value: label_code(name) for value, name in names.items()}
     except ValueError as error:
         raise LabelInputError(path, f"bad class mapping: {error}") from None
 
@@ -232,8 +233,8 @@ def read_raster_labels_window(
     """A label raster on any grid reprojected (nearest) onto one window, as a uint8 class mask.
 
     Source nodata and pixels outside the raster's coverage are 255 (unlabeled). Raster values go
-    through ``value_mapping`` (value -> class name); without it they must already be class codes
-    (0-3, 255). Any other value is an error.
+    through ``value_mapping`` (value -> class name or ``unlabeled``); without it they must already
+    be class codes (0-3, 255). Any other value is an error.
     """
     path = Path(path)
     codes_by_value = _raster_codes(path, value_mapping)
@@ -264,9 +265,9 @@ def read_raster_labels_window(
 
 def _raster_codes(path: Path, value_mapping: dict[int, str] | None) -> dict[float, int]:
     if value_mapping is None:
-        return {float(code): code for code in (*CLASS_CODES.values(), UNLABELED)}
+        return {float(code): code for code in LABEL_CODES.values()}
     try:
-        return {float(value): class_code(name) for value, name in value_mapping.items()}
+        return {float(value): label_code(name) for value, name in value_mapping.items()}
     except ValueError as error:
         raise LabelInputError(path, f"bad value mapping: {error}") from None
 
@@ -291,6 +292,11 @@ def _source_window(path: Path, src, dst_crs: CRS, dst_transform, shape) -> Windo
     return Window(col0, row0, col1 - col0, row1 - row0)
 
 
+def _names(codes_by_value: dict[float, int]) -> dict[float, str]:
+    names = {code: name for name, code in LABEL_CODES.items()}
+    return {value: names[code] for value, code in codes_by_value.items()}
+
+
 def _values_to_codes(
     path: Path, values: np.ndarray, codes_by_value: dict[float, int]
 ) -> np.ndarray:
@@ -298,8 +304,12 @@ def _values_to_codes(
     found = np.unique(values[~np.isnan(values)])
     unknown = [int(v) if v.is_integer() else v for v in found.tolist() if v not in codes_by_value]
     if unknown:
+        mapped = ", ".join(f"{int(v) if float(v).is_integer() else v}={n}" for v, n in _names(codes_by_value).items())
         raise LabelInputError(
-            path, f"raster values {unknown[:20]} are not mapped to classes; pass a value_mapping"
+            path,
+            f"raster values {unknown[:20]} are not mapped to classes (mapped: {mapped}); map each with "
+            f"--map VALUE=CLASS, CLASS one of {', '.join(LABEL_CODES)} (e.g. --map {unknown[0]}=unlabeled "
+            "for pixels that say nothing)",
         )
     for value in found.tolist():
         mask[values == value] = codes_by_value[value]
