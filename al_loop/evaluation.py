@@ -1,28 +1,105 @@
-"""Evaluating a model version on the fixed validation set: metrics from one confusion matrix
-over the whole set (and per scene), written as JSON and pictures."""
+"""Evaluating model versions on the current validation set: metrics from one confusion matrix
+over the whole set (and per scene), cached per version and validation set in the store, written
+as JSON and pictures by ``al-loop evaluate``."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from PIL import Image
 
+from al_loop import bands
 from al_loop.config import Workspace
-from al_loop.model.data import IGNORE, assign_splits, best_labels, load_samples
+from al_loop.model.data import (
+    IGNORE,
+    LabelledPatch,
+    Sample,
+    class_set,
+    labelled_patches,
+    load_samples,
+    validation_patches,
+    validation_set_id,
+)
 from al_loop.model.inference import pick_device
-from al_loop.model.metrics import ConfusionMatrix
+from al_loop.model.metrics import SegmentationScores, jsonable
 from al_loop.model.training import evaluate_samples, normalize
-from al_loop.retrain import load_version
-from db import registry
+from al_loop.model.checkpoints import load_version
+from db import queries, registry
 from db.models import ModelVersion
 from db.session import Store
 
 CLASS_COLOURS = np.array([[139, 125, 107], [102, 194, 255], [217, 95, 2], [255, 255, 255]], dtype=np.uint8)
+
+
+@dataclass
+class ValidationSet:
+    """The labelled patches that validate now, and the name of that set."""
+
+    id: str
+    patches: list[LabelledPatch]
+    notes: list[str] = field(default_factory=list)
+
+    def samples_for(self, workspace: Workspace, channels: list[str], classes: list[str]) -> list[Sample]:
+        return load_samples(workspace, self.patches, channels, class_set(classes))
+
+
+def current_validation_set(workspace: Workspace, store: Store) -> ValidationSet:
+    with store.session() as session:
+        items, report = validation_patches(session, workspace)
+    return ValidationSet(validation_set_id((p.patch.id, p.label_ids) for p in items), items, report.notes)
+
+
+def version_scores(workspace: Workspace, store: Store, versions: list[ModelVersion], vset: ValidationSet,
+                   loaded: dict[tuple, list[Sample]] | None = None,
+                   progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any] | None]:
+    """Each version's rows on ``vset`` (evaluated once, then read from the store); None for a
+    version that cannot run on it (a validation scene lacks one of its channels). ``loaded``
+    holds samples of ``vset`` already read, by (channels, classes)."""
+    out: dict[str, dict[str, Any] | None] = {}
+    todo = []
+    with store.session() as session:
+        for version in versions:
+            cached = queries.evaluation(session, version.id, vset.id)
+            if cached is not None:
+                out[version.name] = cached.metrics["val"]
+            else:
+                todo.append(version)
+    if not todo or not vset.patches:
+        return {**out, **{v.name: None for v in todo}}
+    device = pick_device()
+    samples: dict[tuple, list[Sample]] = dict(loaded or {})
+    for version in todo:
+        if not _runs_on(version, vset):
+            out[version.name] = None
+            continue
+        key = (tuple(version.channels), tuple(version.classes))
+        if key not in samples:
+            samples[key] = vset.samples_for(workspace, list(version.channels), list(version.classes))
+        if progress:
+            progress(f"evaluating {version.name} on the current validation set ({len(vset.patches)} patches)")
+        model, _ = load_version(workspace, version)
+        overall, per_scene = evaluate_samples(model, samples[key], version.normalization, version.classes, device)
+        metrics = scores_record(overall, per_scene)
+        with store.session() as session:
+            queries.save_evaluation(session, version.id, vset.id, len(vset.patches), metrics)
+        out[version.name] = metrics["val"]
+    return out
+
+
+def scores_record(overall: SegmentationScores, per_scene: dict[int, SegmentationScores]) -> dict[str, Any]:
+    return {"val": jsonable(overall.as_dict()),
+            "val_per_scene": {str(scene): jsonable(s.as_dict()) for scene, s in per_scene.items()}}
+
+
+def _runs_on(version: ModelVersion, vset: ValidationSet) -> bool:
+    return all(all(c in p.patch.scene.available_channels for c in version.channels) for p in vset.patches)
 
 
 @dataclass
@@ -39,31 +116,41 @@ class Evaluation:
 def evaluate_version(workspace: Workspace, store: Store, name: str | None = None, split: str = "val",
                      examples: int = 4) -> Evaluation:
     """Evaluate ``name`` (default: the champion) on the labelled patches of ``split``."""
+    if split not in ("val", "train"):
+        raise ValueError(f"--split must be val or train, found {split!r}")
     with store.session() as session:
         version = registry.version(session, name) if name else registry.champion(session)
         if version is None:
             raise LookupError("no champion model yet: train one with `al-loop train`")
-        cfg = workspace.config.training
-        assign_splits(session, cfg.validation_fraction, cfg.validation_block, cfg.seed)
-        labels = [l for l in best_labels(session).values() if l.patch.split == split]
-        if not labels:
-            raise LookupError(f"no labelled patches in the {split!r} split to evaluate on")
-        classes = list(version.classes)
-        samples = load_samples(workspace, labels, version.channels, "binary" if len(classes) == 2 else "multiclass")
-        model, _ = load_version(workspace, version)
-        quicklooks = {l.patch_id: l.patch.quicklook_false or l.patch.quicklook_rgb for l in labels}
+        items, _ = validation_patches(session, workspace)
+        if split == "train":
+            items = [p for p in labelled_patches(session).values() if p.patch.split == "train"]
+    if not items:
+        raise LookupError(f"no labelled patches in the {split!r} split to evaluate on")
+    missing = sorted({f"scene {p.patch.scene_id} ({p.patch.scene.name}) lacks {c}" for p in items
+                      for c in version.channels if c not in p.patch.scene.available_channels})
+    if missing:
+        raise bands.MissingChannelError(f"{version.name} cannot run on the {split} patches: {'; '.join(missing)}")
+    classes = list(version.classes)
+    samples = load_samples(workspace, items, version.channels, class_set(classes))
+    model, _ = load_version(workspace, version)
     device = pick_device()
-    matrix, per_scene = evaluate_samples(model, samples, version.normalization, len(classes), device)
+    overall, per_scene = evaluate_samples(model, samples, version.normalization, classes, device)
     out = workspace.root / "evaluations" / f"{version.name}-{split}"
     out.mkdir(parents=True, exist_ok=True)
     result = Evaluation(
-        version=version.name, split=split, patches=len(samples), metrics=matrix.as_dict(classes),
-        per_scene={str(s): m.as_dict(classes) for s, m in per_scene.items()},
-        confusion=matrix.matrix.tolist(), outputs={},
+        version=version.name, split=split, patches=len(samples), metrics=overall.as_dict(),
+        per_scene={str(s): m.as_dict() for s, m in per_scene.items()},
+        confusion=overall.classes.matrix.tolist(), outputs={},
     )
+    if split == "val":
+        with store.session() as session:
+            queries.save_evaluation(session, version.id, validation_set_id((p.patch.id, p.label_ids) for p in items),
+                                    len(items), scores_record(overall, per_scene))
+    quicklooks = {p.patch.id: p.patch.quicklook_false or p.patch.quicklook_rgb for p in items}
     result.outputs["json"] = out / "metrics.json"
     result.outputs["json"].write_text(json.dumps(_jsonable(result), indent=2))
-    result.outputs["confusion"] = _plot_confusion(matrix, classes, out / "confusion.png", version.name)
+    result.outputs["confusion"] = _plot_confusion(overall, classes, out / "confusion.png", version.name)
     result.outputs["examples"] = _plot_examples(
         workspace, model, samples[:examples], version, quicklooks, device, out / "examples.png"
     )
@@ -72,11 +159,12 @@ def evaluate_version(workspace: Workspace, store: Store, name: str | None = None
 
 def _jsonable(result: Evaluation) -> dict[str, Any]:
     return {"version": result.version, "split": result.split, "patches": result.patches,
-            "metrics": result.metrics, "per_scene": result.per_scene, "confusion": result.confusion}
+            "metrics": jsonable(result.metrics),
+            "per_scene": {k: jsonable(v) for k, v in result.per_scene.items()}, "confusion": result.confusion}
 
 
-def _plot_confusion(matrix: ConfusionMatrix, classes: list[str], path: Path, title: str) -> Path:
-    counts = matrix.matrix.astype(float)
+def _plot_confusion(scores: SegmentationScores, classes: list[str], path: Path, title: str) -> Path:
+    counts = scores.classes.matrix.astype(float)
     rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
@@ -96,8 +184,6 @@ def _plot_confusion(matrix: ConfusionMatrix, classes: list[str], path: Path, tit
 
 
 def _plot_examples(workspace: Workspace, model, samples, version: ModelVersion, quicklooks, device, path: Path) -> Path:
-    import torch
-
     fig, axes = plt.subplots(max(len(samples), 1), 3, figsize=(9, 3 * max(len(samples), 1)), squeeze=False)
     for row, sample in zip(axes, samples):
         x = torch.from_numpy(normalize(sample.pixels, sample.valid, version.normalization)[None]).to(device)
@@ -109,7 +195,7 @@ def _plot_examples(workspace: Workspace, model, samples, version: ModelVersion, 
             row[0].imshow(Image.open(workspace.resolve(look)))
         row[0].set_title(f"patch {sample.patch_id}")
         row[1].imshow(_colour(sample.target))
-        row[1].set_title("label")
+        row[1].set_title("label (white: glacier, type unknown)")
         row[2].imshow(_colour(pred))
         row[2].set_title(f"prediction {version.name}")
         for ax in row:
@@ -121,8 +207,9 @@ def _plot_examples(workspace: Workspace, model, samples, version: ModelVersion, 
 
 
 def _colour(classes: np.ndarray) -> np.ndarray:
-    """Class map to RGB; ignored / invalid pixels grey."""
+    """Class map to RGB; glacier of unknown type white; ignored / invalid pixels grey."""
     rgb = np.full(classes.shape + (3,), 90, dtype=np.uint8)
-    known = classes < len(CLASS_COLOURS)
+    known = classes < len(CLASS_COLOURS) - 1
     rgb[known] = CLASS_COLOURS[classes[known]]
+    rgb[classes == 254] = CLASS_COLOURS[-1]
     return rgb

@@ -5,21 +5,31 @@ always complete."""
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
+from al_loop import gate
 from al_loop.config import Workspace
-from al_loop.model.checkpoints import load_model, save_model
-from al_loop.model.data import class_names, label_set_hash, normalization, split_samples
+from al_loop.evaluation import ValidationSet, scores_record, version_scores
+from al_loop.model.checkpoints import load_version, save_model
+from al_loop.model.data import (
+    TrainingData,
+    class_names,
+    class_set,
+    label_set_hash,
+    labelled_patches,
+    normalization,
+    split_samples,
+)
 from al_loop.model.inference import pick_device
-from al_loop.model.training import TrainingCancelled, architecture, evaluate_samples, glacier_score, train
+from al_loop.model.metrics import validation_score
+from al_loop.model.training import TrainingCancelled, architecture, evaluate_samples, train
 from db import queries, registry
 from db.models import Label, ModelVersion, TrainingJob, utcnow
 from db.session import Store
@@ -31,31 +41,12 @@ class TrainingReport:
     version: str
     status: str  # champion / rejected
     metrics: dict[str, Any]
-    gate: str
+    gate: str  # the decision in words
+    notes: list[str] = field(default_factory=list)  # about the validation split, the channels
 
 
 def models_dir(workspace: Workspace) -> Path:
     return workspace.root / "models"
-
-
-def passes_gate(candidate: dict[str, dict], champion: dict[str, dict], margin: float) -> tuple[bool, str]:
-    """A candidate passes unless a glacier class's IoU falls more than ``margin`` below the
-    champion's, both measured on the same validation set."""
-    reasons = []
-    for name, values in champion.items():
-        if name == "background":
-            continue
-        before = values["iou"]
-        after = candidate.get(name, {}).get("iou", math.nan)
-        if math.isnan(before):
-            continue
-        if math.isnan(after) or after < before - margin:
-            reasons.append(f"{name} IoU {after:.3f} < champion {before:.3f} - {margin}")
-    return (not reasons, "; ".join(reasons) or "not worse than the champion")
-
-
-def load_version(workspace: Workspace, version: ModelVersion):
-    return load_model(workspace.resolve(version.checkpoint_path), version.channels, version.classes)
 
 
 def run_training(
@@ -69,8 +60,9 @@ def run_training(
     quiet: bool = False,
 ) -> TrainingReport:
     """Train a new version (from scratch, or fine-tuned from ``parent_name``), or resume job
-    ``job_id`` from its last epoch checkpoint. The job stops after its current epoch when
-    ``should_stop()`` says so, by default when :func:`request_cancel` was called for it."""
+    ``job_id`` from its last epoch checkpoint, then judge it with the promotion gate against
+    every served version on the current validation set. The job stops after its current epoch
+    when ``should_stop()`` says so, by default when :func:`request_cancel` was called for it."""
     cfg = workspace.config
     resumed_norm = None
     if job_id is not None:
@@ -78,53 +70,46 @@ def run_training(
     # Everything that can be wrong with the inputs is found before a job is recorded.
     with store.session() as session:
         parent = registry.version(session, parent_name) if parent_name else None
-        channels = parent.channels if parent else list(cfg.model.channels)
         classes = list(parent.classes) if parent else list(class_names(cfg.model.classes))
-        train_samples, val_samples = split_samples(
-            session, workspace, channels, "binary" if len(classes) == 2 else "multiclass"
-        )
+        data = split_samples(session, workspace, list(parent.channels) if parent else None, class_set(classes))
+        channels = data.channels
         parent_model = load_version(workspace, parent)[0] if parent else None
-        norm = resumed_norm or (parent.normalization if parent else normalization(train_samples, channels))
+        norm = resumed_norm or (parent.normalization if parent else normalization(data.train, channels))
         arch = parent.config["architecture"] if parent else architecture(cfg.model)
-        champion = registry.champion(session)
         # Labels up to here are the ones this run could see (retraining counts those after it).
         watermark = session.scalar(select(func.max(Label.id))) or 0
-        champion_model = load_version(workspace, champion)[0] if champion else None
-        champion_norm = champion.normalization if champion else None
     job_id = _claim_job(store, job_id, parent, trigger, norm)
     should_stop = should_stop or (lambda: _cancel_requested(store, job_id))
     checkpoint = models_dir(workspace) / "jobs" / f"job-{job_id}.pt"
     device = pick_device()
     try:
         result = train(
-            train_samples, val_samples, arch=arch, train_cfg=cfg.training,
-            n_classes=len(classes), norm=norm, parent=parent_model, checkpoint=checkpoint,
+            data.train, data.val, arch=arch, train_cfg=cfg.training,
+            class_names=classes, norm=norm, parent=parent_model, checkpoint=checkpoint,
             should_stop=should_stop, quiet=quiet, device=device,
         )
+        overall, per_scene = evaluate_samples(result.model, data.val, norm, classes, device)
+        scores = scores_record(overall, per_scene)
+        decision, champion_name = _judge(workspace, store, scores["val"], data, channels, classes)
     except (TrainingCancelled, KeyboardInterrupt) as exc:
         _finish_job(store, job_id, "cancelled", error=f"{exc or 'interrupted'}; resume with --resume {job_id}")
         raise
     except Exception as exc:
         _finish_job(store, job_id, "failed", error=str(exc))
         raise
-
-    matrix, per_scene = evaluate_samples(result.model, val_samples, norm, len(classes), device)
     metrics = {
-        "val": matrix.as_dict(classes),
-        "val_per_scene": {str(scene): m.as_dict(classes) for scene, m in per_scene.items()},
-        "val_glacier_score": glacier_score(matrix),
-        "val_patches": len(val_samples),
-        "train_patches": len(train_samples),
+        **scores,
+        "val_score": validation_score(overall.as_dict()),
+        "validation_set": data.validation_set,
+        "val_patches": len(data.val),
+        "train_patches": len(data.train),
         "best_epoch": result.best_epoch,
         "epochs": result.epochs_run,
         "history": result.history,
+        "gate": decision.as_dict(),
+        "champion_before": champion_name,
     }
-    gate_ok, gate_text = True, "first model: no champion to compare with"
-    if champion_model is not None and list(champion.classes) == classes and champion.channels == channels:
-        before, _ = evaluate_samples(champion_model, val_samples, champion_norm, len(classes), device)
-        gate_ok, gate_text = passes_gate(metrics["val"], before.as_dict(classes), cfg.training.promotion_margin)
-        metrics["champion_val"] = before.as_dict(classes)
-    label_ids = [s.label_id for s in train_samples]
+    label_ids = data.label_ids
     with store.session() as session:
         name = registry.next_name(session)
         path = models_dir(workspace) / f"{name}.pt"
@@ -139,22 +124,39 @@ def run_training(
             seed=cfg.training.seed,
             normalization=norm,
             label_set_hash=label_set_hash(label_ids),
-            metrics={**metrics, "gate": gate_text},
+            metrics=metrics,
             checkpoint_path=workspace.relative(path),
             labels=[session.get(Label, i) for i in label_ids],
         )
         session.add(version)
         session.flush()
-        if gate_ok:
+        queries.save_evaluation(session, version.id, data.validation_set, len(data.val), scores)
+        if decision.passed:
             registry.promote(session, version)
         else:
             version.status = "rejected"
         job = session.get(TrainingJob, job_id)
         job.status, job.result_model_id, job.finished_at = "done", version.id, utcnow()
         job.progress = {"epochs": result.epochs_run, "best_epoch": result.best_epoch}
-        report = TrainingReport(job_id, name, version.status, metrics, gate_text)
+        report = TrainingReport(job_id, name, version.status, metrics, decision.summary, list(data.split.notes))
     checkpoint.unlink(missing_ok=True)
     return report
+
+
+def _judge(workspace: Workspace, store: Store, candidate: dict[str, Any], data: TrainingData, channels: list[str],
+           classes: list[str]):
+    """The gate's decision on the candidate's rows, against every served version evaluated
+    (once, then cached) on the same validation samples; and the champion's name."""
+    with store.session() as session:
+        served = queries.served_versions(session)
+        champion = registry.champion(session)
+        items = labelled_patches(session, [s.patch_id for s in data.val])
+    vset = ValidationSet(data.validation_set, list(items.values()))
+    loaded = {(tuple(channels), tuple(classes)): data.val}
+    references = {k: v for k, v in version_scores(workspace, store, served, vset, loaded).items() if v is not None}
+    decision = gate.decide(candidate, references, workspace.config.training.promotion_margin,
+                           data.validation_set, champion.name if champion else None)
+    return decision, champion.name if champion else None
 
 
 def _resumable_job(store: Store, job_id: int) -> tuple[str | None, dict | None]:

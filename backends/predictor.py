@@ -30,7 +30,7 @@ from al_loop.model.inference import pick_device, predict_proba
 from al_loop.model.network import UNet
 from al_loop.model.training import normalize
 from al_loop.patches import read_patch
-from al_loop.retrain import load_version
+from al_loop.model.checkpoints import load_version
 from backends.label_config import LABEL_NAMES, label_config
 from backends.results import ResultError, mask_to_brush_results, mask_to_polygon_results, validate_with_sdk
 from db import registry

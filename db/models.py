@@ -161,6 +161,33 @@ class ModelVersion(Base):
     labels: Mapped[list[Label]] = relationship(secondary=model_version_labels)
 
 
+class ModelEvaluation(Base):
+    """A model version's scores on one validation set, named by the hash of its labelled
+    patches and their labels: versions are compared only on the same set, and a version
+    evaluated once on a set is never evaluated on it again."""
+
+    __tablename__ = "model_evaluations"
+    __table_args__ = (UniqueConstraint("model_version_id", "validation_set", name="uq_model_evaluation"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    validation_set: Mapped[str] = mapped_column(String(64))
+    patches: Mapped[int]
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StoreSetting(Base):
+    """Settings the store's contents depend on, remembered so that a changed configuration
+    is noticed (e.g. the validation split's seed and block size)."""
+
+    __tablename__ = "store_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
 class PatchScore(Base):
     """Acquisition components of a patch under one model version (``None``: cold-start
     priors), and ``score``, its main raw uncertainty (BALD; the mean prior when cold).

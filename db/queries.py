@@ -6,11 +6,12 @@ import zlib
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, func, select, text
+from sqlalchemy import Select, func, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from al_loop.classes import class_counts
-from db.models import Label, ModelVersion, Patch, Round, RoundPatch, Scene, TrainingJob
+from db.models import Label, ModelEvaluation, ModelVersion, Patch, Round, RoundPatch, Scene, StoreSetting, TrainingJob
 
 JOB_QUEUE_LOCK = 7_240_511  # PostgreSQL advisory lock key of the training job queue
 
@@ -107,6 +108,104 @@ def save_label(
     return label, "created" if previous is None else "revised"
 
 
+def get_setting(session: Session, key: str) -> dict[str, Any] | None:
+    row = session.get(StoreSetting, key)
+    return None if row is None else dict(row.value)
+
+
+def set_setting(session: Session, key: str, value: dict[str, Any]) -> None:
+    row = session.get(StoreSetting, key)
+    if row is None:
+        session.add(StoreSetting(key=key, value=value))
+    else:
+        row.value = value
+    session.flush()
+
+
+def model_version_names(session: Session) -> list[str]:
+    return list(session.scalars(select(ModelVersion.name).order_by(ModelVersion.id)))
+
+
+def clear_splits(session: Session) -> None:
+    session.execute(update(Patch).values(split=None))
+
+
+LABEL_CLASS_COUNTS = {"background": Label.n_background, "clean_ice": Label.n_clean_ice,
+                      "debris": Label.n_debris, "glacier": Label.n_glacier}
+
+
+def labelled_patch_pixels(session: Session) -> dict[int, dict[str, int]]:
+    """Every patch with an accepted label, and its labelled pixels per class (summed over its
+    labels: their counts, not their combination)."""
+    out: dict[int, dict[str, int]] = {}
+    for row in session.execute(select(Label.patch_id, *LABEL_CLASS_COUNTS.values()).where(Label.status == "accepted")):
+        pixels = out.setdefault(row[0], dict.fromkeys(LABEL_CLASS_COUNTS, 0))
+        for name, n in zip(LABEL_CLASS_COUNTS, row[1:]):
+            pixels[name] += int(n or 0)
+    return out
+
+
+def patches_by_id(session: Session, ids: list[int]) -> list[Patch]:
+    return list(session.scalars(select(Patch).where(Patch.id.in_(ids)).order_by(Patch.id)))
+
+
+def patches_without_split(session: Session, ids: list[int]) -> list[Patch]:
+    return list(session.scalars(select(Patch).where(Patch.id.in_(ids), Patch.split.is_(None)).order_by(Patch.id)))
+
+
+def block_splits(session: Session, block: int, key) -> dict[tuple, str]:
+    """The split of every block some patch of which has one (``key(patch, block)`` names the
+    block); a block whose patches disagree (single patches held out) is left out."""
+    found: dict[tuple, set[str]] = {}
+    for patch in session.scalars(select(Patch).where(Patch.split.is_not(None))):
+        found.setdefault(key(patch, block), set()).add(patch.split)
+    return {k: v.pop() for k, v in found.items() if len(v) == 1}
+
+
+def split_counts(session: Session, ids: list[int] | None = None) -> dict[str, int]:
+    """Patches per split, among ``ids`` (default: every patch with a split)."""
+    query = select(Patch.split, func.count()).where(Patch.split.is_not(None)).group_by(Patch.split)
+    if ids is not None:
+        query = query.where(Patch.id.in_(ids))
+    return {"train": 0, "val": 0, **dict(session.execute(query).all())}
+
+
+def split_classes(session: Session, pixels: dict[int, dict[str, int]]) -> tuple[set[str], set[str]]:
+    """The classes the labelled patches of validation and of training show."""
+    val, train = set(), set()
+    for patch_id, split in session.execute(select(Patch.id, Patch.split).where(Patch.id.in_(list(pixels)))):
+        shown = {name for name, n in pixels[patch_id].items() if n}
+        if split == "val":
+            val |= shown
+        elif split == "train":
+            train |= shown
+    return val, train
+
+
+def evaluation(session: Session, version_id: int, validation_set: str) -> ModelEvaluation | None:
+    return session.scalar(select(ModelEvaluation).where(ModelEvaluation.model_version_id == version_id,
+                                                        ModelEvaluation.validation_set == validation_set))
+
+
+def save_evaluation(session: Session, version_id: int, validation_set: str, patches: int,
+                    metrics: dict[str, Any]) -> None:
+    """Record a version's scores on a validation set (once: a second writer's row is kept)."""
+    if evaluation(session, version_id, validation_set) is not None:
+        return
+    try:
+        with session.begin_nested():
+            session.add(ModelEvaluation(model_version_id=version_id, validation_set=validation_set,
+                                        patches=patches, metrics=metrics))
+    except IntegrityError:  # another process recorded the same evaluation meanwhile
+        pass
+
+
+def served_versions(session: Session) -> list[ModelVersion]:
+    """Versions that have been the champion at some time (the gate's references)."""
+    return list(session.scalars(select(ModelVersion).where(ModelVersion.promoted_at.is_not(None))
+                                .order_by(ModelVersion.id)))
+
+
 def status_summary(session: Session) -> dict[str, Any]:
     """What is in the store, for ``al-loop status``."""
     scenes = []
@@ -158,11 +257,32 @@ def status_summary(session: Session) -> dict[str, Any]:
             .order_by(Label.source)
         )
     ]
+    splits = [
+        {"split": split or "not yet", "source": source, "patches": n_patches, "background": int(bg or 0),
+         "clean_ice": int(clean or 0), "debris": int(debris or 0), "glacier": int(glacier or 0)}
+        for split, source, n_patches, bg, clean, debris, glacier in session.execute(
+            select(
+                Patch.split, Label.source, func.count(func.distinct(Label.patch_id)),
+                func.sum(Label.n_background), func.sum(Label.n_clean_ice),
+                func.sum(Label.n_debris), func.sum(Label.n_glacier),
+            )
+            .join(Patch, Patch.id == Label.patch_id)
+            .where(Label.status == "accepted")
+            .group_by(Patch.split, Label.source)
+            .order_by(Patch.split, Label.source)
+        )
+    ]
+    reserved = session.scalar(
+        select(func.count(Patch.id)).where(Patch.split == "val", Patch.id.in_(open_round_patch_ids()),
+                                           Patch.id.not_in(labelled_patch_ids()))
+    ) or 0
     models = dict(
         session.execute(
             select(ModelVersion.status, func.count(ModelVersion.id)).group_by(ModelVersion.status)
         ).all()
     )
+    newest = session.scalar(select(ModelVersion).order_by(ModelVersion.id.desc()).limit(1))
+    champion = session.scalar(select(ModelVersion).where(ModelVersion.status == "champion"))
     jobs = dict(
         session.execute(
             select(TrainingJob.status, func.count(TrainingJob.id)).group_by(TrainingJob.status)
@@ -172,6 +292,22 @@ def status_summary(session: Session) -> dict[str, Any]:
         "scenes": scenes,
         "labels": labels,
         "rounds": session.scalar(select(func.count(Round.id))) or 0,
+        "splits": splits,
+        "validation_reserved": reserved,
         "models": models,
+        "champion": champion.name if champion else None,
+        "newest": None if newest is None else {
+            "name": newest.name, "status": newest.status,
+            "gate": gate_summary(newest.metrics),
+        },
         "jobs": jobs,
     }
+
+
+def gate_summary(metrics: dict[str, Any]) -> str:
+    """The gate's decision on a version in words (also for versions from before the gate
+    recorded its figures)."""
+    gate = metrics.get("gate")
+    if isinstance(gate, dict):
+        return str(gate.get("summary", ""))
+    return str(gate or "")

@@ -10,7 +10,9 @@ from typing import Any
 
 import torch
 
+from al_loop.config import Workspace
 from al_loop.model.network import UNet
+from db.models import ModelVersion
 
 FORMAT = "al-loop-unet/1"
 
@@ -82,3 +84,8 @@ def load_model(path: Path, channels: list[str] | None = None,
         raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({exc})") from None
     model.eval()
     return model, data
+
+
+def load_version(workspace: Workspace, version: ModelVersion) -> tuple[UNet, dict[str, Any]]:
+    """The model of a registered version, checked against its recorded channels and classes."""
+    return load_model(workspace.resolve(version.checkpoint_path), version.channels, version.classes)

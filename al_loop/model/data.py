@@ -1,36 +1,46 @@
-"""Training and evaluation data from the store: labelled patches as arrays, the fixed
-spatial-block validation split, and label-mask to model-target conversion."""
+"""Training and evaluation data from the store: labelled patches as arrays (their labels
+combined), the channels a model uses, and label-mask to model-target conversion."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, GLACIER
+from al_loop import bands
+from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, GLACIER, combine_masks
 from al_loop.config import Workspace
+from al_loop.model.metrics import CountOnce
 from al_loop.patches import read_patch
-from db.models import Label, Patch
+from al_loop.validation import SplitReport, assign_splits
+from db.models import Label, Patch, Scene
 from db.queries import unpack_mask
 
 IGNORE = 255
+UNKNOWN_GLACIER = 254
+"""Multiclass target of "glacier of unknown type": clean ice or debris, the loss does not say
+which (it scores the two classes' summed probability), the metrics' glacier row counts it."""
 CLASS_SETS = {
     "multiclass": ("background", "clean_ice", "debris"),
     "binary": ("background", "glacier"),
 }
-# Label code -> model target. In a multiclass model an untyped "glacier" label could be either
-# glacier class, so it is ignored; a binary model folds every glacier kind into one class.
+# Label code -> model target. A binary model folds every glacier kind into one class.
 _TARGETS = {
-    "multiclass": {BACKGROUND: 0, CLEAN_ICE: 1, DEBRIS: 2},
+    "multiclass": {BACKGROUND: 0, CLEAN_ICE: 1, DEBRIS: 2, GLACIER: UNKNOWN_GLACIER},
     "binary": {BACKGROUND: 0, CLEAN_ICE: 1, DEBRIS: 1, GLACIER: 1},
 }
-SOURCE_PRIORITY = {"annotation": 0, "oracle": 1, "inventory": 2}
-"""When a patch has accepted labels from several sources, an expert's annotation wins."""
+SOURCE_PRIORITY = ("inventory", "oracle", "annotation")
+"""Label sources from weakest to strongest: where labels of one patch disagree, the stronger
+says what the pixel is (see :func:`al_loop.classes.combine_masks`); an expert's annotation wins."""
+AUTO_EXCLUDED = ("BQA",)
+"""Channels automatic channel choice leaves out: quality flags are no surface property, and each
+Landsat collection codes them differently."""
 
 
 class TrainingDataError(ValueError):
@@ -41,10 +51,11 @@ class TrainingDataError(ValueError):
 class Sample:
     patch_id: int
     scene_id: int
-    label_id: int
+    label_ids: tuple[int, ...]  # the labels combined into the target
     pixels: np.ndarray  # (C, H, W) float32, raw values
     valid: np.ndarray  # (H, W) bool, the valid-pixel mask
     target: np.ndarray  # (H, W) uint8 model classes, IGNORE where unlabeled or invalid
+    window: tuple[int, int] | None = None  # (row, col) in the scene grid, for counting pixels once
 
 
 def class_names(classes: str) -> tuple[str, ...]:
@@ -52,6 +63,11 @@ def class_names(classes: str) -> tuple[str, ...]:
         return CLASS_SETS[classes]
     except KeyError:
         raise TrainingDataError(f"unknown class set {classes!r}; choose {', '.join(CLASS_SETS)}") from None
+
+
+def class_set(classes: list[str] | tuple[str, ...]) -> str:
+    """``binary`` or ``multiclass`` from a model's class list."""
+    return "binary" if len(classes) == 2 else "multiclass"
 
 
 def to_target(mask: np.ndarray, valid: np.ndarray, classes: str) -> np.ndarray:
@@ -64,90 +80,141 @@ def to_target(mask: np.ndarray, valid: np.ndarray, classes: str) -> np.ndarray:
     return target
 
 
-def best_labels(session: Session, patch_ids: list[int] | None = None) -> dict[int, Label]:
-    """The one accepted label per patch that training uses (see ``SOURCE_PRIORITY``)."""
+@dataclass
+class LabelledPatch:
+    """A patch and its accepted labels, weakest first."""
+
+    patch: Patch
+    labels: list[Label] = field(default_factory=list)
+
+    @property
+    def label_ids(self) -> tuple[int, ...]:
+        return tuple(label.id for label in self.labels)
+
+    def mask(self) -> np.ndarray:
+        p = self.patch
+        return combine_masks([unpack_mask(label.mask, p.height, p.width) for label in self.labels])
+
+
+def _strength(label: Label) -> tuple:
+    rank = SOURCE_PRIORITY.index(label.source) if label.source in SOURCE_PRIORITY else -1
+    return (rank, label.created_at.timestamp(), label.id)
+
+
+def labelled_patches(session: Session, patch_ids: list[int] | None = None) -> dict[int, LabelledPatch]:
+    """Every patch with an accepted label, with its labels in the order they combine."""
     query = select(Label).where(Label.status == "accepted")
     if patch_ids is not None:
         query = query.where(Label.patch_id.in_(patch_ids))
-    chosen: dict[int, Label] = {}
+    found: dict[int, LabelledPatch] = {}
     for label in session.scalars(query.options(selectinload(Label.patch).selectinload(Patch.scene))):
-        current = chosen.get(label.patch_id)
-        key = (SOURCE_PRIORITY.get(label.source, 9), -label.created_at.timestamp(), -label.id)
-        if current is None or key < (
-            SOURCE_PRIORITY.get(current.source, 9), -current.created_at.timestamp(), -current.id
-        ):
-            chosen[label.patch_id] = label
-    return chosen
+        found.setdefault(label.patch_id, LabelledPatch(label.patch)).labels.append(label)
+    for item in found.values():
+        item.labels.sort(key=_strength)
+    return dict(sorted(found.items()))
 
 
 def label_set_hash(label_ids: list[int]) -> str:
     return hashlib.sha256(json.dumps(sorted(label_ids)).encode()).hexdigest()
 
 
-def assign_splits(session: Session, fraction: float, block: int, seed: int) -> None:
-    """Give every patch without one a fixed split, ``val`` or ``train``, by spatial block.
-
-    Blocks are ``block`` x ``block`` pixels of a scene (slices: of the footprint, at 30 m), and
-    a block goes to validation as a whole, so neighbouring patches never sit on both sides. Of
-    the new blocks, the ``fraction`` with the lowest seeded hash (at least one, when there are
-    two or more) are held out. Once set, a patch's split never changes: the validation set stays
-    fixed as labels arrive, and models stay comparable.
-    """
-    blocks: dict[tuple, list[Patch]] = defaultdict(list)
-    for patch in session.scalars(select(Patch).where(Patch.split.is_(None))):
-        if patch.data_path:  # a slice: blocks on its footprint
-            key = (patch.scene_id, int((patch.minx or 0) // (block * 30)), int((patch.maxy or 0) // (block * 30)))
-        else:
-            key = (patch.scene_id, patch.row_off // block, patch.col_off // block)
-        blocks[key].append(patch)
-    ranked = sorted(blocks, key=lambda key: hashlib.sha256(f"{seed}:{key}".encode()).digest())
-    n_val = min(len(ranked) - 1, max(1, round(fraction * len(ranked)))) if len(ranked) > 1 else 0
-    for rank, key in enumerate(ranked):
-        for patch in blocks[key]:
-            patch.split = "val" if rank < n_val else "train"
-    session.flush()
+def validation_set_id(patches: Iterable[tuple[int, tuple[int, ...]]]) -> str:
+    """Names a validation set by its (patch id, label ids) pairs: the same name means the same
+    pixels and the same truth."""
+    content = sorted((patch_id, sorted(label_ids)) for patch_id, label_ids in patches)
+    return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:32]
 
 
-def load_samples(
-    workspace: Workspace, labels: list[Label], channels: list[str], classes: str
-) -> list[Sample]:
+def training_channels(session: Session, wanted: list[str], scene_ids: set[int]) -> list[str]:
+    """The channels a new model uses: ``wanted`` (``model.channels``), which every labelled
+    scene must have, or, when empty, every channel the labelled scenes share except BQA."""
+    scenes = list(session.scalars(select(Scene).where(Scene.id.in_(scene_ids)).order_by(Scene.id)))
+    if wanted:
+        for scene in scenes:
+            bands.require_channels(wanted, scene.available_channels,
+                                   where=f"labelled scene {scene.id} ({scene.name}), asked for by model.channels,")
+        return list(wanted)
+    shared = [c for c in bands.CHANNELS if c not in AUTO_EXCLUDED and all(c in s.available_channels for s in scenes)]
+    if not any(c in bands.REFLECTIVE_BANDS for c in shared):
+        have = "; ".join(f"scene {s.id}: {', '.join(s.available_channels)}" for s in scenes)
+        raise TrainingDataError(f"the labelled scenes share no reflective band ({have}): set model.channels")
+    return shared
+
+
+def load_samples(workspace: Workspace, labelled: list[LabelledPatch], channels: list[str], classes: str) -> list[Sample]:
     """Pixels and targets of labelled patches (a missing channel is a clear error)."""
     samples = []
-    for label in labels:
-        patch = label.patch
+    for item in labelled:
+        patch = item.patch
         pixels, valid = read_patch(workspace, patch, channels)
-        mask = unpack_mask(label.mask, patch.height, patch.width)
-        samples.append(Sample(patch.id, patch.scene_id, label.id, pixels, valid, to_target(mask, valid, classes)))
+        window = None if patch.data_path else (patch.row_off, patch.col_off)
+        samples.append(Sample(patch.id, patch.scene_id, item.label_ids, pixels, valid,
+                              to_target(item.mask(), valid, classes), window))
     return samples
 
 
-def split_samples(session: Session, workspace: Workspace, channels: list[str], classes: str):
-    """Training and validation samples from every accepted label, splits fixed by block."""
-    cfg = workspace.config.training
-    assign_splits(session, cfg.validation_fraction, cfg.validation_block, cfg.seed)
-    chosen = best_labels(session)
+@dataclass
+class TrainingData:
+    train: list[Sample]
+    val: list[Sample]
+    channels: list[str]
+    split: SplitReport
+
+    @property
+    def validation_set(self) -> str:
+        return validation_set_id((s.patch_id, s.label_ids) for s in self.val)
+
+    @property
+    def label_ids(self) -> list[int]:
+        return sorted({i for s in self.train for i in s.label_ids})
+
+
+def validation_patches(session: Session, workspace: Workspace) -> tuple[list[LabelledPatch], SplitReport]:
+    """The labelled patches of the validation set (splits assigned first)."""
+    report = assign_splits(session, workspace.config.training)
+    return [p for p in labelled_patches(session).values() if p.patch.split == "val"], report
+
+
+def split_samples(session: Session, workspace: Workspace, channels: list[str] | None, classes: str) -> TrainingData:
+    """Training and validation samples from every accepted label, with their splits; channels
+    as given (a parent's), else chosen by :func:`training_channels`."""
+    report = assign_splits(session, workspace.config.training)
+    chosen = labelled_patches(session)
     if not chosen:
-        raise TrainingDataError("no accepted labels in the store: ingest labels or annotate patches first")
-    by_split: dict[str, list[Label]] = defaultdict(list)
-    for label in chosen.values():
-        by_split[label.patch.split].append(label)
+        raise TrainingDataError("no accepted labels in the store: ingest labels (al-loop ingest labels) "
+                                "or annotate patches first")
+    if channels is None:
+        channels = training_channels(session, list(workspace.config.model.channels),
+                                     {p.patch.scene_id for p in chosen.values()})
+    by_split: dict[str, list[LabelledPatch]] = defaultdict(list)
+    for item in chosen.values():
+        by_split[item.patch.split].append(item)
     if not by_split["train"] or not by_split["val"]:
-        have = {k: len(v) for k, v in by_split.items()}
         raise TrainingDataError(
-            f"labelled patches fall in one split only ({have}): training needs labelled patches in "
-            "both training and validation blocks; label patches in more places, or lower "
-            "training.validation_block"
-        )
+            f"{len(chosen)} labelled patch(es): training needs at least two, one to learn from and one to "
+            "validate on; label more patches")
     train = load_samples(workspace, by_split["train"], channels, classes)
     val = load_samples(workspace, by_split["val"], channels, classes)
+    _exclude_validation_pixels(train, val)
     present = set(np.unique(np.concatenate([s.target.ravel() for s in train]))) - {IGNORE}
-    if len(present) < 2:
+    if len(present | ({1} if UNKNOWN_GLACIER in present else set())) < 2:
         names = class_names(classes)
+        shown = [names[c] if c < len(names) else "glacier" for c in sorted(present)]
         raise TrainingDataError(
-            f"training labels hold only class(es) {[names[c] for c in sorted(present)]}: a "
-            "segmentation model needs at least two classes with labelled valid pixels"
-        )
-    return train, val
+            f"training labels hold only class(es) {shown}: a segmentation model needs at least two classes "
+            "with labelled valid pixels")
+    return TrainingData(train, val, channels, report)
+
+
+def _exclude_validation_pixels(train: list[Sample], val: list[Sample]) -> None:
+    """Training never sees a validation pixel, also where patches overlap (``patch_overlap``)."""
+    covered = CountOnce()
+    for s in val:
+        if s.window is not None:
+            covered.fresh(s.scene_id, *s.window, *s.target.shape)
+    for s in train:
+        if s.window is not None:
+            s.target[covered.seen(s.scene_id, *s.window, *s.target.shape)] = IGNORE
 
 
 def normalization(samples: list[Sample], channels: list[str]) -> dict[str, list[float]]:

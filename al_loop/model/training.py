@@ -9,6 +9,7 @@ IoU averaged over batches (here one confusion matrix over the whole set).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,9 @@ from rich.progress import Progress
 
 from al_loop.config import ModelConfig, TrainingConfig
 from al_loop.model.checkpoints import atomic_save, safe_load
-from al_loop.model.data import IGNORE, Sample
+from al_loop.model.data import IGNORE, UNKNOWN_GLACIER, Sample
 from al_loop.model.inference import autocast_for, pick_device
-from al_loop.model.metrics import ConfusionMatrix
+from al_loop.model.metrics import CountOnce, SegmentationScores, validation_score
 from al_loop.model.network import UNet
 
 
@@ -53,26 +54,45 @@ def normalize(pixels: np.ndarray, valid: np.ndarray, norm: dict[str, list[float]
     return out.astype(np.float32)
 
 
-def glacier_score(matrix: ConfusionMatrix) -> float:
-    """Mean IoU of the glacier classes (all but background): the early-stopping criterion."""
-    iou = matrix.iou()[1:]
-    return float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0
-
-
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
             dice_weight: float, ce_weight: float) -> torch.Tensor:
     """Class-weighted soft Dice (over the whole batch, per class) plus weighted cross-entropy,
-    both on labelled valid pixels only (target != IGNORE)."""
-    keep = target != IGNORE
-    ce = F.cross_entropy(logits, target.long(), weight=weights, ignore_index=IGNORE, reduction="sum")
-    ce = ce / (weights[target[keep].long()].sum() + 1e-6)
-    probs = logits.float().softmax(1)
-    onehot = F.one_hot(torch.where(keep, target, 0).long(), logits.shape[1]).permute(0, 3, 1, 2).float()
-    mask = keep[:, None].float()
+    on labelled valid pixels only.
+
+    Pixels of "glacier of unknown type" (``UNKNOWN_GLACIER``, multiclass only) say that the pixel
+    is clean ice or debris, not which: their cross-entropy is that of the summed glacier
+    probability, ``-log(p_clean + p_debris)``, and they enter a glacier-versus-background Dice
+    term, both weighted by the mean weight of the glacier classes. So outline inventories train
+    the glacier extent of a 3-class model without pushing either glacier class.
+    """
+    n_classes = logits.shape[1]
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    typed = target < n_classes
+    unknown = target == UNKNOWN_GLACIER
+    classes = torch.where(typed, target, 0).long()
+    pixel_weight = weights[classes] * typed
+    ce_sum = -(log_p.gather(1, classes[:, None])[:, 0] * pixel_weight).sum()
+    weight_sum = pixel_weight.sum()
+    glacier_weight = weights[1:].mean()
+    if unknown.any():
+        ce_sum = ce_sum - glacier_weight * (torch.logsumexp(log_p[:, 1:], dim=1) * unknown).sum()
+        weight_sum = weight_sum + glacier_weight * unknown.sum()
+    ce = ce_sum / (weight_sum + 1e-6)
+    probs = log_p.exp()
+    onehot = F.one_hot(classes, n_classes).permute(0, 3, 1, 2).float()
+    mask = typed[:, None].float()
     intersection = (probs * onehot * mask).sum((0, 2, 3))
     total = ((probs + onehot) * mask).sum((0, 2, 3))
-    dice = 1 - (2 * intersection + 1.0) / (total + 1.0)
-    dice = (weights * dice).sum() / weights.sum()
+    dice_terms = weights * (1 - (2 * intersection + 1.0) / (total + 1.0))
+    dice_weights = weights.sum()
+    if unknown.any():
+        labelled = (typed | unknown).float()
+        glacier_target = ((target != 0) & (typed | unknown)).float()
+        glacier_prob = (1 - probs[:, 0]) * labelled
+        glacier_dice = 1 - (2 * (glacier_prob * glacier_target).sum() + 1.0) / ((glacier_prob + glacier_target).sum() + 1.0)
+        dice_terms = torch.cat([dice_terms, (glacier_weight * glacier_dice)[None]])
+        dice_weights = dice_weights + glacier_weight
+    dice = dice_terms.sum() / dice_weights
     return dice_weight * dice + ce_weight * ce
 
 
@@ -99,21 +119,29 @@ def _crop(sample_x: np.ndarray, sample_y: np.ndarray, size: int, rng: np.random.
     return sample_x[:, r : r + size, c : c + size], sample_y[r : r + size, c : c + size]
 
 
-def evaluate_samples(model: UNet, samples: list[Sample], norm: dict, n_classes: int,
-                     device: torch.device, batch_size: int = 4) -> tuple[ConfusionMatrix, dict[int, ConfusionMatrix]]:
-    """One confusion matrix over the whole set, and one per scene (labelled valid pixels)."""
+def evaluate_samples(model: UNet, samples: list[Sample], norm: dict, class_names: list[str] | tuple[str, ...],
+                     device: torch.device, batch_size: int = 4) -> tuple[SegmentationScores, dict[int, SegmentationScores]]:
+    """Scores over the whole set, and per scene, on labelled valid pixels; a scene pixel that
+    two samples share (overlapping patches) is counted once."""
     model.eval()
-    overall = ConfusionMatrix(n_classes)
-    per_scene: dict[int, ConfusionMatrix] = {}
+    overall = SegmentationScores(class_names, UNKNOWN_GLACIER)
+    per_scene: dict[int, SegmentationScores] = {}
+    once = CountOnce()
     with torch.inference_mode(), autocast_for(device):
         for start in range(0, len(samples), batch_size):
             batch = samples[start : start + batch_size]
             x = torch.from_numpy(np.stack([normalize(s.pixels, s.valid, norm) for s in batch])).to(device)
             pred = model(x).argmax(1).cpu().numpy()
             for sample, p in zip(batch, pred):
-                overall.update(p, sample.target)
-                per_scene.setdefault(sample.scene_id, ConfusionMatrix(n_classes)).update(p, sample.target)
+                fresh = None if sample.window is None else once.fresh(sample.scene_id, *sample.window, *p.shape)
+                overall.update(p, sample.target, fresh)
+                per_scene.setdefault(sample.scene_id, SegmentationScores(class_names, UNKNOWN_GLACIER)).update(
+                    p, sample.target, fresh)
     return overall, per_scene
+
+
+def _jsonable_iou(rows: dict[str, dict[str, float]]) -> dict[str, float | None]:
+    return {name: None if np.isnan(v["iou"]) else round(float(v["iou"]), 4) for name, v in rows.items()}
 
 
 def train(
@@ -122,7 +150,7 @@ def train(
     *,
     arch: dict[str, Any],
     train_cfg: TrainingConfig,
-    n_classes: int,
+    class_names: list[str] | tuple[str, ...],
     norm: dict[str, list[float]],
     parent: UNet | None = None,
     checkpoint: Path | None = None,
@@ -135,6 +163,7 @@ def train(
     the model of the best validation epoch. With ``checkpoint``, state is saved after every
     epoch and a run finding a checkpoint there resumes from it."""
     device = device or pick_device()
+    n_classes = len(class_names)
     weights = torch.tensor(train_cfg.class_weights[:n_classes], dtype=torch.float32, device=device)
     if len(weights) != n_classes:
         raise ValueError(f"training.class_weights has {len(train_cfg.class_weights)} values, the model has {n_classes} classes")
@@ -163,12 +192,15 @@ def train(
             # Each epoch's randomness depends only on (seed, epoch): a resumed run is the same run.
             rng = np.random.default_rng([train_cfg.seed, state["epoch"]])
             torch.manual_seed(train_cfg.seed * 100_003 + state["epoch"])
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(train_cfg, state["epoch"])
             train_loss = _epoch(model, optimizer, inputs, targets, weights, train_cfg, crop, rng, device)
-            matrix, _ = evaluate_samples(model, val_samples, norm, n_classes, device)
-            score = glacier_score(matrix)
+            scores, _ = evaluate_samples(model, val_samples, norm, class_names, device)
+            rows = scores.as_dict()
+            score = validation_score(rows)
             state["epoch"] += 1
             record = {"epoch": state["epoch"], "train_loss": train_loss, "val_score": score,
-                      "val_iou": [None if np.isnan(v) else float(v) for v in matrix.iou()]}
+                      "val_iou": _jsonable_iou(rows)}
             state["history"].append(record)
             if score > state["best_score"]:
                 state.update(best_score=score, best_epoch=state["epoch"],
@@ -177,9 +209,19 @@ def train(
                 atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, checkpoint)
             on_epoch(record)
             progress.update(task, completed=state["epoch"],
-                            description=f"training: epoch {state['epoch']} loss {train_loss:.3f} val glacier IoU {score:.3f}")
+                            description=f"training: epoch {state['epoch']} loss {train_loss:.3f} val IoU {score:.3f}")
     model.load_state_dict(state["best_state"])
     return TrainResult(model.cpu().eval(), state["best_epoch"], state["epoch"], state["best_score"], state["history"])
+
+
+def learning_rate(cfg: TrainingConfig, epoch: int) -> float:
+    """The learning rate of an epoch: constant, or cosine-annealed from ``learning_rate`` to
+    a hundredth of it over ``max_epochs``. A function of the epoch alone, so a resumed run
+    continues the same schedule."""
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    progress = epoch / max(cfg.max_epochs - 1, 1)
+    return cfg.learning_rate * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _warm_start(model: UNet, parent: UNet, shrink: float, perturb: float) -> None:
@@ -199,7 +241,7 @@ def _warm_start(model: UNet, parent: UNet, shrink: float, perturb: float) -> Non
 def _epoch(model, optimizer, inputs, targets, weights, cfg: TrainingConfig, crop: int,
            rng: np.random.Generator, device: torch.device) -> float:
     model.train()
-    order = rng.permutation(len(inputs))
+    order = rng.permutation(np.repeat(np.arange(len(inputs)), max(1, cfg.crops_per_patch) if crop else 1))
     losses = []
     for start in range(0, len(order), cfg.batch_size):
         xs, ys = [], []
