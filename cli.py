@@ -60,11 +60,22 @@ def init(
     database_url: Annotated[
         Optional[str], typer.Option(help="SQLAlchemy URL of the database (default: SQLite in the workspace).")
     ] = None,
+    profile: Annotated[
+        Optional[str], typer.Option(help="Size patches, model and training for 'cpu' or 'cuda' (default: cuda when a GPU is seen).")
+    ] = None,
 ) -> None:
     """Create a workspace (configuration, database) or bring an existing one up to date."""
+    from al_loop.config import CONFIG_FILE, PROFILES
+
     with _clear_errors():
-        ws = init_workspace(directory or workspace, database_url)
+        if profile is not None and profile not in PROFILES:
+            raise ValueError(f"--profile must be one of {', '.join(PROFILES)}, found {profile!r}")
+        folder = open_workspace(directory or workspace).root
+        existed = (folder / CONFIG_FILE).exists()
+        ws = init_workspace(folder, database_url, profile)
         console.print(f"workspace ready: {ws.root} (database: {_safe_url(ws.database_url)})")
+        if existed and profile:
+            console.print(f"[yellow]note:[/] {CONFIG_FILE} exists and was kept: --profile sizes a new workspace only")
 
 
 @db_app.command("upgrade")
@@ -92,18 +103,33 @@ def ingest_scene(
     bands: Annotated[
         Optional[str], typer.Option(help="Band mapping of a multi-band file, in file order, e.g. B1,B2,B3,B4,B5,B7.")
     ] = None,
+    sensor: Annotated[
+        Optional[str], typer.Option(help="Sensor when the file names cannot tell it (renamed bands): LE07 (Landsat 7 ETM+).")
+    ] = None,
+    date: Annotated[
+        Optional[str], typer.Option(help="Acquisition date YYYY-MM-DD when the file names cannot tell it.")
+    ] = None,
     workspace: WorkspaceOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Ingest a scene and cut it into patches."""
+    import datetime as dt
+
     from al_loop.ingest import ingest_hkh_tile, ingest_landsat
 
     with _clear_errors(), _store(workspace) as (ws, store):
+        try:
+            acquired = dt.date.fromisoformat(date) if date else None
+        except ValueError:
+            raise ValueError(f"--date {date!r}: expected YYYY-MM-DD") from None
         if path.is_dir() or bands:
             mapping = [b.strip() for b in bands.split(",")] if bands else None
-            result = ingest_landsat(ws, store, path, dem=dem, band_mapping=mapping, quiet=quiet)
-        elif dem is not None:
-            raise ValueError(f"{path}: an HKH fused tile already has elevation and slope; --dem is for Level-1 folders and band stacks")
+            result = ingest_landsat(ws, store, path, dem=dem, band_mapping=mapping, sensor=sensor, acquired=acquired,
+                                    quiet=quiet)
+        elif dem is not None or sensor or date:
+            used = ", ".join(o for o, v in (("--dem", dem), ("--sensor", sensor), ("--date", date)) if v)
+            raise ValueError(f"{path}: an HKH fused tile names its bands, sensor and date, and has elevation and slope; "
+                             f"{used} is for Level-1 folders and band stacks")
         else:
             result = ingest_hkh_tile(ws, store, path, quiet=quiet)
         _report(result)
@@ -144,7 +170,7 @@ def ingest_labels(
     attribute: Annotated[Optional[str], typer.Option(help="Attribute whose values map to classes.")] = None,
     map_: Annotated[
         Optional[list[str]],
-        typer.Option("--map", help="VALUE=CLASS (classes: background, clean_ice, debris, glacier); repeat it. For rasters, the pixel value."),
+        typer.Option("--map", help="VALUE=CLASS (classes: background, clean_ice, debris, glacier, or unlabeled to ignore those pixels); repeat it. For rasters, the pixel value."),
     ] = None,
     default_class: Annotated[str, typer.Option(help="Class of every polygon when no attribute is given.")] = "glacier",
     scene: Annotated[Optional[list[int]], typer.Option(help="Scene id to label (repeat; default: every raster scene).")] = None,
@@ -162,7 +188,8 @@ def ingest_labels(
                 raster_values = {int(k): v for k, v in pairs.items()} or None
             except ValueError:
                 raise ValueError(f"--map for a label raster takes integer pixel values, found {list(pairs)}") from None
-            result = ingest(ws, store, path, scene_ids=scene, raster_values=raster_values, quiet=quiet)
+            result = ingest(ws, store, path, scene_ids=scene, attribute=attribute, raster_values=raster_values,
+                            quiet=quiet)
         else:
             result = ingest(
                 ws, store, path, scene_ids=scene, attribute=attribute, mapping=pairs or None,
@@ -184,16 +211,19 @@ def ingest_labels(
 def ingest_synthetic(
     workspace: WorkspaceOption = None,
     size: Annotated[Optional[int], typer.Option(help="Scene side in pixels (config synthetic.size).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Generator seed (config synthetic.seed).")] = None,
+    seed: Annotated[
+        Optional[int], typer.Option(help="Generator seed (config synthetic.seed; with --unlabelled one more: another place).")
+    ] = None,
+    unlabelled: Annotated[bool, typer.Option("--unlabelled", help="Without its labels: a pool for next-round.")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Generate the built-in synthetic scene (with exact labels) and ingest it."""
+    """Generate a built-in synthetic scene (with exact labels, or none) and ingest it."""
     from al_loop.ingest import ingest_synthetic_scene
 
     with _clear_errors(), _store(workspace) as (ws, store):
         size = size or ws.config.synthetic.size
-        seed = ws.config.synthetic.seed if seed is None else seed
-        _report(ingest_synthetic_scene(ws, store, size=size, seed=seed, quiet=quiet))
+        seed = ws.config.synthetic.seed + int(unlabelled) if seed is None else seed
+        _report(ingest_synthetic_scene(ws, store, size=size, seed=seed, labelled=not unlabelled, quiet=quiet))
 
 
 @app.command()
@@ -221,9 +251,23 @@ def status(workspace: WorkspaceOption = None) -> None:
             *(f"{row[k]:,}" for k in ("background", "clean_ice", "debris", "glacier")),
         )
     console.print(labels)
+    splits = Table(title="validation: labelled patches by split (the model never trains on validation)")
+    for column in ("split", "source", "patches", "background", "clean ice", "debris", "glacier, type unknown"):
+        splits.add_column(column, justify="left" if column in ("split", "source") else "right")
+    for row in summary["splits"]:
+        name = {"val": "validation", "train": "training"}.get(row["split"], row["split"])
+        splits.add_row(name, row["source"], str(row["patches"]),
+                       *(f"{row[k]:,}" for k in ("background", "clean_ice", "debris", "glacier")))
+    console.print(splits)
+    if summary["validation_reserved"]:
+        console.print(f"  {summary['validation_reserved']} patch(es) handed out in open rounds will validate once labelled")
     models = ", ".join(f"{n} {s}" for s, n in summary["models"].items()) or "none"
     jobs = ", ".join(f"{n} {s}" for s, n in summary["jobs"].items()) or "none"
     console.print(f"rounds: {summary['rounds']}   models: {models}   training jobs: {jobs}")
+    if summary["newest"]:
+        newest = summary["newest"]
+        console.print(f"champion: {summary['champion'] or 'none'}; newest version {newest['name']} ({newest['status']}): "
+                      f"{newest['gate']}", highlight=False)
 
 
 models_app = typer.Typer(help="The model registry.", invoke_without_command=True)
@@ -247,13 +291,15 @@ def train(
             console.print(f"job {cancel} will stop after its current epoch; resume it with --resume {cancel}")
             return
         report = run_training(ws, store, parent_name=from_, job_id=resume, quiet=quiet)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
     console.print(
         f"model {report.version} ({report.status}) from job {report.job_id}: "
         f"{report.metrics['train_patches']} training / {report.metrics['val_patches']} validation patches, "
         f"best epoch {report.metrics['best_epoch']} of {report.metrics['epochs']}"
     )
     _metrics_table(report.metrics["val"], f"validation metrics of {report.version}")
-    console.print(f"promotion gate: {report.gate}")
+    console.print(f"promotion gate: {report.gate}", highlight=False)
 
 
 @app.command()
@@ -272,31 +318,49 @@ def evaluate(
         console.print(f"  {what}: {path}")
 
 
+def _score(value) -> str:
+    """A score for a table: n/a when undefined (a class absent from the labels)."""
+    return "n/a" if value is None or value != value else f"{value:.3f}"
+
+
 def _metrics_table(metrics: dict, title: str) -> None:
-    table = Table(title=title)
+    table = Table(title=title, caption="n/a: no pixels of that class in the labels; glacier: clean ice and debris "
+                                       "together (also scores 'glacier, type unknown' labels)")
     for column in ("class", "IoU", "precision", "recall", "F1", "pixels"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for name, values in metrics.items():
-        table.add_row(name, *(f"{values[k]:.3f}" for k in ("iou", "precision", "recall", "f1")), f"{int(values['support']):,}")
+        table.add_row(name, *(_score(values[k]) for k in ("iou", "precision", "recall", "f1")), f"{int(values['support']):,}")
     console.print(table)
 
 
 @models_app.callback()
 def models(ctx: typer.Context, workspace: WorkspaceOption = None) -> None:
-    """List model versions (subcommands: promote, rollback)."""
+    """List model versions, each scored on the current validation set (subcommands: promote, rollback)."""
     if ctx.invoked_subcommand is not None:
         return
+    from al_loop.evaluation import current_validation_set, version_scores
+    from db.queries import gate_summary
     from db.registry import versions
 
     with _clear_errors(), _store(workspace) as (ws, store):
         with store.session() as session:
-            rows = [(v.name, v.status, v.parent_id, v.metrics.get("val", {}), len(v.labels), v.created_at) for v in versions(session)]
-    table = Table(title="model versions")
-    for column in ("version", "status", "parent", "clean ice IoU", "debris IoU", "labels", "created"):
-        table.add_column(column)
-    for name, status, parent, val, n_labels, created in rows:
-        iou = lambda c: f"{val[c]['iou']:.3f}" if c in val else "-"  # noqa: E731
-        table.add_row(name, status, str(parent or "-"), iou("clean_ice"), iou("debris"), str(n_labels), f"{created:%Y-%m-%d %H:%M}")
+            found = versions(session)
+            labels = {v.id: len(v.labels) for v in found}
+        vset = current_validation_set(ws, store)
+        with console.status("scoring versions on the current validation set") as spinner:
+            scores = version_scores(ws, store, found, vset, progress=spinner.update)
+    table = Table(title=f"model versions, IoU on the current validation set ({len(vset.patches)} patches, "
+                        f"set {vset.id[:8]})",
+                  caption="n/a: no pixels of that class in validation; -: the version cannot run on it "
+                          "(a validation scene lacks one of its channels)")
+    for column in ("version", "status", "parent", "clean ice", "debris", "glacier", "labels", "channels", "gate, when trained"):
+        table.add_column(column, overflow="fold")
+    names = {v.id: v.name for v in found}
+    for v in found:
+        rows = scores.get(v.name)
+        iou = (lambda c: "-") if rows is None else (lambda c: _score((rows.get(c) or {}).get("iou")))  # noqa: E731
+        table.add_row(v.name, v.status, names.get(v.parent_id, "-"), iou("clean_ice"), iou("debris"), iou("glacier"),
+                      str(labels[v.id]), str(len(v.channels)), gate_summary(v.metrics))
     console.print(table)
 
 
@@ -373,14 +437,20 @@ def simulate(
     strategies: Annotated[Optional[str], typer.Option(help="Comma-separated strategies (random is always included).")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds.")] = None,
     rounds: Annotated[Optional[int], typer.Option(help="Rounds after the seed set.")] = None,
+    round_size: Annotated[Optional[int], typer.Option(help="Patches labelled per round.")] = None,
+    seed_set: Annotated[Optional[int], typer.Option(help="Randomly chosen patches labelled before the first model.")] = None,
+    patch_size: Annotated[Optional[int], typer.Option(help="Patch side in pixels (default: 128; --scene: ingest.patch_size).")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="multiclass or binary (default: model.classes with --scene).")] = None,
     scene: Annotated[
         Optional[int], typer.Option(help="Simulate on this ingested scene's labels (of --workspace) instead of synthetic scenes.")
     ] = None,
+    holdout: Annotated[str, typer.Option(help="With --scene: the side held out as the test region: east, west, north or south.")] = "east",
+    holdout_fraction: Annotated[float, typer.Option(help="With --scene: the share of the scene held out.")] = 0.25,
     workspace: WorkspaceOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Compare strategies against random with an oracle: learning curves, normalised AULC,
-    labels to reach 95% of the full-pool model."""
+    """Compare strategies against random with an oracle: learning curves, normalised AULC and
+    its paired difference from random, labels to reach 95% of the full-pool model."""
     from al_loop.sampling.acquisition import strategy_components
     from al_loop.simulate import SimulationConfig, run_simulation
 
@@ -393,22 +463,37 @@ def simulate(
         for name in cfg.strategies:
             strategy_components(name)
         if seeds:
-            cfg.seeds = [int(s) for s in seeds.split(",")]
-        if rounds is not None:
-            cfg.rounds = rounds
+            try:
+                cfg.seeds = [int(s) for s in seeds.split(",")]
+            except ValueError:
+                raise ValueError(f"--seeds takes comma-separated integers, found {seeds!r}") from None
+        for attribute, value in (("rounds", rounds), ("round_size", round_size), ("seed_set", seed_set),
+                                 ("patch_size", patch_size), ("classes", classes)):
+            if value is not None:
+                setattr(cfg, attribute, value)
+        cfg.holdout, cfg.holdout_fraction = holdout, holdout_fraction
         if scene is None:
+            cfg.check()
             result = run_simulation(out, cfg, quiet=quiet)
         else:
             with _store(workspace) as (ws, store):
-                cfg.patch_size = ws.config.ingest.patch_size
+                cfg.patch_size = patch_size or ws.config.ingest.patch_size
+                cfg.classes = classes or ws.config.model.classes
+                cfg.check()
                 result = run_simulation(out, cfg, quiet=quiet, source=(ws, store, scene))
-    table = Table(title=f"simulation: {len(cfg.seeds)} seeds, {cfg.rounds} rounds of {cfg.round_size}")
-    for column in ("strategy", "AULC (glacier IoU)", "labels to 95% of full pool", "final clean IoU", "final debris IoU"):
+    table = Table(title=f"simulation: {len(cfg.seeds)} seeds, seed set {cfg.seed_set}, {cfg.rounds} rounds of "
+                        f"{cfg.round_size}; full-pool glacier IoU {result['full_pool_glacier']:.3f}",
+                  caption="AULC: mean glacier IoU (clean ice and debris together) over the labels; gain: paired by seed")
+    for column in ("strategy", "AULC glacier", "gain over random", "AULC debris", "labels to 95% of full pool",
+                   "final glacier IoU", "final debris IoU"):
         table.add_column(column, justify="left" if column == "strategy" else "right")
     for row in result["rows"]:
         reach = ", ".join("-" if r is None else str(r) for r in row["labels_to_95pct"])
-        table.add_row(row["strategy"], f"{row['aulc_mean']:.3f} ± {row['aulc_std']:.3f}", reach,
-                      f"{row['final_clean_iou']:.3f}", f"{row['final_debris_iou']:.3f}")
+        gain = "-" if row["strategy"] == "random" else (
+            f"{row['gain_over_random_mean']:+.3f} ± {_score(row['gain_over_random_sd'])}")
+        table.add_row(row["strategy"], f"{row['aulc_mean']:.3f} ± {row['aulc_std']:.3f}", gain,
+                      _score(row["aulc_debris_mean"]), reach, _score(row["final_glacier_iou"]),
+                      _score(row["final_debris_iou"]))
     console.print(table)
     for what in ("csv", "summary", "png"):
         console.print(f"  {what}: {result[what]}")
@@ -514,6 +599,12 @@ def _report(result) -> None:
         f"ingested scene {result.scene_id} ({result.name}): {result.patches} patches, "
         f"{result.low_valid} below the valid-pixel threshold"
     )
+    missing = result.details.get("missing_channels") or []
+    if missing:
+        console.print(
+            f"[yellow]note:[/] the scene lacks {len(missing)} of the 15 channels: {', '.join(missing)}. A model that "
+            "uses any of them cannot run on it (its patches are left out of rounds); training uses the channels "
+            "every labelled scene has (model.channels empty) or the ones model.channels names.", highlight=False)
     for what, count in result.labels.items():
         console.print(f"  labels {what}: {count}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +29,13 @@ class ConfigError(ValueError):
     """The configuration file or an override is wrong."""
 
 
-def setting(default: Any, doc: str) -> Any:
-    """A configuration key with its default and the one-line documentation written to the file."""
+def setting(default: Any, doc: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A configuration key with its default, the one-line documentation written to the file
+    and, for a word, the values it may take (checked when the configuration is loaded)."""
+    metadata = {"doc": doc, "choices": choices}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -46,7 +49,7 @@ class DatabaseConfig:
 
 @dataclass
 class IngestConfig:
-    patch_size: int = setting(512, "patch side in pixels (the HKH slices are 512)")
+    patch_size: int = setting(256, "patch side in pixels (the HKH slices are 512)")
     patch_overlap: int = setting(0, "pixels shared by neighbouring patches")
     min_valid_fraction: float = setting(
         0.2, "patches with fewer valid pixels are kept but marked low_valid"
@@ -68,16 +71,17 @@ class SyntheticConfig:
 @dataclass
 class ModelConfig:
     channels: list[str] = setting(
-        ["B1", "B2", "B3", "B4", "B5", "B6_VCID_1", "B6_VCID_2", "B7", "B8", "BQA",
-         "ndvi", "ndsi", "ndwi", "elevation", "slope"],
-        "input channels by name (any subset of the 15 HKH channels)",
+        [],
+        "input channels by name (any subset of the 15 HKH channels); empty: every channel the labelled "
+        "scenes share, except BQA (quality flags, coded differently by each collection)",
     )
-    classes: str = setting("multiclass", "multiclass (background, clean_ice, debris) or binary (background, glacier)")
-    depth: int = setting(5, "U-Net levels (the paper: 5)")
+    classes: str = setting("multiclass", "multiclass (background, clean_ice, debris) or binary (background, glacier)",
+                           ("multiclass", "binary"))
+    depth: int = setting(4, "U-Net levels (the paper: 5)")
     base_filters: int = setting(16, "filters of the first level, doubling per level (the paper: 16)")
-    max_filters: int = setting(512, "cap on filters per level (the paper: 512)")
+    max_filters: int = setting(256, "cap on filters per level (the paper: 512)")
     dropout: float = setting(0.3, "spatial dropout rate, kept active for Monte Carlo sampling")
-    mc_samples: int = setting(20, "Monte Carlo dropout samples for uncertainty")
+    mc_samples: int = setting(10, "Monte Carlo dropout samples for uncertainty")
 
 
 @dataclass
@@ -87,26 +91,40 @@ class TrainingConfig:
     )
     dice_weight: float = setting(1.0, "weight of the class-weighted soft Dice term")
     cross_entropy_weight: float = setting(1.0, "weight of the class-weighted cross-entropy term")
-    learning_rate: float = setting(1e-4, "Adam learning rate (the paper: 1e-4)")
-    batch_size: int = setting(8, "patches per gradient step")
-    crop_size: int = setting(256, "random training crop side in pixels (0: whole patches)")
-    max_epochs: int = setting(40, "upper bound on epochs")
-    patience: int = setting(6, "stop after this many epochs without a better validation score")
-    validation_fraction: float = setting(0.2, "share of spatial blocks held out for validation")
-    validation_block: int = setting(1024, "side in pixels of the spatial blocks that are held out whole")
+    learning_rate: float = setting(3e-3, "Adam learning rate at the start (the paper: 1e-4, constant)")
+    lr_schedule: str = setting("cosine", "constant, or cosine: annealed to 1/100 of learning_rate over max_epochs",
+                               ("constant", "cosine"))
+    batch_size: int = setting(4, "patches per gradient step")
+    crop_size: int = setting(0, "random training crop side in pixels (0: whole patches)")
+    crops_per_patch: int = setting(1, "random crops taken from each patch per epoch (with crop_size)")
+    max_epochs: int = setting(60, "upper bound on epochs")
+    patience: int = setting(15, "stop after this many epochs without a better validation score")
+    validation_fraction: float = setting(
+        0.2, "share of the labelled patches held out for validation, as whole spatial blocks"
+    )
+    validation_block: int = setting(512, "side in pixels of the spatial blocks that are held out whole")
+    validation_seed: int = setting(0, "seed of the validation draw (changing it re-draws only while no model exists)")
+    validation_routing: str = setting(
+        "share",
+        "where labels in new blocks go: share (validation while it holds less than validation_fraction, "
+        "or when they show a class it lacks) or train (validation stays the first draw)",
+        ("share", "train"),
+    )
     augment: bool = setting(True, "random flips and 90-degree rotations")
     shrink: float = setting(1.0, "fine-tuning: parent weights are multiplied by this (1: plain warm start)")
     perturb: float = setting(0.0, "fine-tuning: std of noise added to shrunk parent weights")
     seed: int = setting(0, "seed of initialisation, sampling and augmentation")
     promotion_margin: float = setting(
-        0.02, "a candidate is promoted unless its clean-ice or debris IoU is this much below the champion's"
+        0.02,
+        "a candidate is promoted unless an IoU (clean ice, debris, glacier) falls more than this below the best "
+        "any served version reached on the same validation set",
     )
 
 
 @dataclass
 class SamplingConfig:
     strategy: str = setting("combined", "random, entropy, margin, bald, debris, cloud or combined")
-    round_size: int = setting(20, "patches per round")
+    round_size: int = setting(10, "patches per round (fewer when the pool holds fewer)")
     top_q: float = setting(0.1, "a patch scores the mean of its top q fraction of valid pixels")
     per_scene_cap: int = setting(0, "at most this many patches of one scene per round (0: no cap)")
     exclusion_radius: float = setting(1000.0, "metres: no two patches of a round closer than this")
@@ -140,7 +158,7 @@ class BackendConfig:
     username: str = setting("al-loop", "HTTP Basic auth user Label Studio sends to the backend")
     password: str = setting("", "HTTP Basic auth password (a random one is written at init)")
     webhook_secret: str = setting("", "shared secret expected in the X-Al-Loop-Secret header of webhooks (random at init)")
-    prediction_format: str = setting("brush", "predictions as brush (RLE masks, exact) or polygons")
+    prediction_format: str = setting("brush", "predictions as brush (RLE masks, exact) or polygons", ("brush", "polygons"))
     batch_size: int = setting(4, "patches per inference batch in /predict")
     worker: bool = setting(True, "run the training worker inside `al-loop serve`")
 
@@ -167,6 +185,33 @@ class Config:
     retraining: RetrainingConfig = field(default_factory=RetrainingConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     label_studio: LabelStudioConfig = field(default_factory=LabelStudioConfig)
+
+
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    # Sized for 2 CPU cores: the built-in scene's first model trains in minutes.
+    "cpu": {},
+    # The paper's sizes, for a CUDA GPU.
+    "cuda": {
+        "ingest": {"patch_size": 512},
+        "model": {"depth": 5, "max_filters": 512, "mc_samples": 20},
+        "training": {"learning_rate": 1e-3, "batch_size": 8, "crop_size": 256, "validation_block": 1024},
+    },
+}
+"""Compute profiles chosen at ``al-loop init``: overrides of the defaults (which are ``cpu``)."""
+
+
+def detect_profile() -> str:
+    """``cuda`` when torch sees a GPU, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def apply_profile(config: Config, profile: str) -> Config:
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown compute profile {profile!r}; choose {', '.join(PROFILES)}")
+    _apply(config, PROFILES[profile], f"profile {profile}")
+    return config
 
 
 @dataclass
@@ -237,14 +282,18 @@ def _apply(config: Config, values: dict[str, dict[str, Any]], origin: str) -> No
         if not isinstance(section_values, dict):
             raise ConfigError(f"{origin}: [{section_name}] must be a table")
         section = getattr(config, section_name)
+        fields = {f.name: f for f in dataclasses.fields(section)}
         for key, value in section_values.items():
-            if not hasattr(section, key):
-                known = ", ".join(f.name for f in dataclasses.fields(section))
+            if key not in fields:
                 raise ConfigError(
-                    f"{origin}: unknown key {section_name}.{key}; known keys: {known}"
+                    f"{origin}: unknown key {section_name}.{key}; known keys: {', '.join(fields)}"
                 )
             where = f"{origin}: {section_name}.{key}"
-            setattr(section, key, _coerce(value, getattr(section, key), where))
+            value = _coerce(value, getattr(section, key), where)
+            choices = fields[key].metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{where}: expected one of {', '.join(choices)}, found {value!r}")
+            setattr(section, key, value)
 
 
 def _environment_values(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -277,13 +326,23 @@ def load_config(
     return config
 
 
-def write_config(root: Path, config: Config) -> Path:
+PROFILE_NOTE = "# Sizes were set for the {0} compute profile (al-loop init --profile {0})."
+_PROFILE_NOTE = re.compile(r"^# Sizes were set for the (\w+) compute profile", re.MULTILINE)
+
+
+def write_config(root: Path, config: Config, profile: str | None = None) -> Path:
     """Write the configuration with every key and its documentation, so users see what can
     be set."""
     lines = [
         "# al-loop workspace configuration. Every key has a default; environment variables",
         "# AL_LOOP_<SECTION>_<KEY> override this file, command-line options override both.",
     ]
+    path = Path(root) / CONFIG_FILE
+    if profile is None and path.exists():  # rewriting keeps the note of the profile it was made for
+        found = _PROFILE_NOTE.search(path.read_text())
+        profile = found[1] if found else None
+    if profile:
+        lines.append(PROFILE_NOTE.format(profile))
     for section_field in dataclasses.fields(config):
         section = getattr(config, section_field.name)
         lines += ["", f"[{section_field.name}]"]
@@ -291,7 +350,6 @@ def write_config(root: Path, config: Config) -> Path:
             value = getattr(section, key_field.name)
             lines.append(f"# {key_field.metadata['doc']}")
             lines.append(tomli_w.dumps({key_field.name: value}).strip())
-    path = Path(root) / CONFIG_FILE
     path.write_text("\n".join(lines) + "\n")
     return path
 

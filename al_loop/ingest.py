@@ -254,6 +254,7 @@ def ingest_hkh_tile(workspace: Workspace, store: Store, path: Path, *, quiet: bo
             name=path.stem,
             sensor=sensor,
             acquired=acquired,
+            details={"missing_channels": [c for c in bands.CHANNELS if c not in channels]},
             quiet=quiet,
         )
 
@@ -265,25 +266,38 @@ def ingest_landsat(
     *,
     dem: Path | None = None,
     band_mapping: list[str] | None = None,
+    sensor: str | None = None,
+    acquired: dt.date | None = None,
     quiet: bool = False,
 ) -> IngestResult:
-    """A raw USGS Level-1 folder (one GeoTIFF per band) or a multi-band file with a band
-    mapping, plus an optional DEM on any grid: built into the 15-channel HKH layout inside the
-    workspace (indices with the dataset's conventions, DEM warped onto the scene grid, slope
-    with the real pixel size), then cut into patches. Missing bands are recorded."""
+    """A raw USGS Level-1 folder (one GeoTIFF per band, as USGS names them or renamed
+    ``<name>_B<n>.TIF``) or a multi-band file with a band mapping, plus an optional DEM on any
+    grid: built into the 15-channel HKH layout inside the workspace (indices with the dataset's
+    conventions, DEM warped onto the scene grid, slope with the real pixel size), then cut into
+    patches. Missing bands are recorded. ``sensor`` and ``acquired`` tell what the file names
+    cannot (renamed files must say the sensor)."""
     path = Path(path).resolve()
+    sensor = landsat.sensor_name(sensor) if sensor else None
     if path.is_dir():
-        sources, kind = landsat.band_files_from_folder(path), "usgs_l1"
+        scene = landsat.find_level1_scene(path)
+        sources, kind = [landsat.BandSource(n, p) for n, p in scene.bands.items()], "usgs_l1"
+        named_sensor, named_date = scene.sensor, scene.acquired
+        if named_sensor is None and sensor is None:
+            raise ValueError(f"{path}: the band file names ({scene.naming}) do not tell the sensor: give it with "
+                             "--sensor LE07 (only Landsat 7 ETM+ fits), and the date with --date YYYY-MM-DD")
     elif band_mapping:
         sources, kind = landsat.band_files_from_stack(path, band_mapping), "band_stack"
+        named_sensor, named_date = _scene_id_metadata(path.name)
     else:
         raise ValueError(f"{path}: a single file needs a band mapping (e.g. --bands B1,B2,B3,B4,B5,B7)")
+    if acquired is not None and named_date is not None and acquired != named_date:
+        raise ValueError(f"{path}: the file names say the scene was acquired on {named_date}, --date says {acquired}")
+    sensor, acquired = named_sensor or sensor, named_date or acquired
     inputs = sorted({s.path.resolve() for s in sources}) + ([Path(dem).resolve()] if dem else [])
     fingerprint = quick_fingerprint(*inputs, extra=f"{kind}:{[(s.name, s.band_index) for s in sources]}")
     existing = _existing(store, fingerprint)
     if existing:
         return existing
-    sensor, acquired = _scene_id_metadata(path.name)
     with staged_scene_dir(workspace, path.stem, fingerprint) as staging:
         with Progress(disable=quiet, transient=True) as bar:
             task = bar.add_task(f"building the 15-channel stack of {path.name}")
@@ -323,18 +337,19 @@ def _scene_id_metadata(name: str) -> tuple[str | None, dt.date | None]:
 
 
 def ingest_synthetic_scene(
-    workspace: Workspace, store: Store, *, size: int, seed: int, quiet: bool = False
+    workspace: Workspace, store: Store, *, size: int, seed: int, labelled: bool = True, quiet: bool = False
 ) -> IngestResult:
-    """Generate the built-in synthetic scene inside the workspace and ingest it with its
-    exact labels (source ``inventory``)."""
+    """Generate the built-in synthetic scene inside the workspace and ingest it, with its
+    exact labels (source ``inventory``) or, not ``labelled``, without: a pool to choose from."""
     from al_loop.label_ingest import LabelIngestResult, label_scene_from_raster
     from al_loop.synthetic import make_scene
 
-    fingerprint = hashlib.sha256(f"synthetic:{SYNTHETIC_VERSION}:{size}:{seed}".encode()).hexdigest()
+    marker = "" if labelled else ":unlabelled"
+    fingerprint = hashlib.sha256(f"synthetic:{SYNTHETIC_VERSION}:{size}:{seed}{marker}".encode()).hexdigest()
     existing = _existing(store, fingerprint)
     if existing:
         return existing
-    name = f"synthetic-{size}-seed{seed}"
+    name = f"synthetic-{size}-seed{seed}" + ("" if labelled else "-unlabelled")
     with staged_scene_dir(workspace, name, fingerprint) as staging:
         scene_files = make_scene(staging.path, height=size, seed=seed, name=name)
         origin = workspace.relative(staging.stored(scene_files.label_raster))
@@ -356,8 +371,9 @@ def ingest_synthetic_scene(
             fingerprint=fingerprint,
             name=name,
             sensor="synthetic Landsat 7 ETM+",
-            details={"size": size, "seed": seed, "label_vector": workspace.relative(staging.stored(scene_files.label_vector))},
-            after_patches=add_labels,
+            details={"size": size, "seed": seed, "labelled": labelled,
+                     "label_vector": workspace.relative(staging.stored(scene_files.label_vector))},
+            after_patches=add_labels if labelled else None,
             quiet=quiet,
         )
 

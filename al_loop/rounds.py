@@ -26,9 +26,10 @@ from al_loop.io.rasters import read_decimated
 from al_loop.model.inference import mc_predict, pick_device
 from al_loop.model.training import normalize
 from al_loop.patches import read_patch
-from al_loop.retrain import load_version
+from al_loop.model.checkpoints import load_version
 from al_loop.sampling import acquisition
 from al_loop.sampling.selection import select_batch
+from al_loop.validation import route_patches
 from db import queries, registry
 from db.models import ModelVersion, Patch, PatchScore, Round, RoundPatch, Scene
 from db.session import Store
@@ -47,16 +48,26 @@ class RoundResult:
     notes: list[str]
 
 
-def pool_patches(session: Session) -> list[Patch]:
+def pool_patches(session: Session, version: ModelVersion | None = None) -> list[Patch]:
     """Unlabeled patches worth an expert's time: no accepted label, not in an open round, not
-    mostly nodata."""
+    mostly nodata, and (with a model) in a scene that has every channel the model uses."""
+    lacking = [s.id for s in scenes_lacking(session, version)]
     return list(session.scalars(
         select(Patch)
         .where(Patch.id.not_in(queries.labelled_patch_ids()))
         .where(Patch.id.not_in(queries.open_round_patch_ids()))
         .where(Patch.low_valid.is_(False))
+        .where(Patch.scene_id.not_in(lacking))
         .order_by(Patch.id)
     ))
+
+
+def scenes_lacking(session: Session, version: ModelVersion | None) -> list[Scene]:
+    """Scenes without every channel ``version`` uses: the model cannot score their patches."""
+    if version is None:
+        return []
+    scenes = session.scalars(select(Scene).order_by(Scene.id))
+    return [s for s in scenes if not set(version.channels) <= set(s.available_channels)]
 
 
 def _scored_by(version_id: int | None):
@@ -84,7 +95,7 @@ def score_pool(workspace: Workspace, store: Store, version: ModelVersion | None,
     with store.session() as session:
         version_id = version.id if version else None
         done = set(session.scalars(select(PatchScore.patch_id).where(_scored_by(version_id))))
-        todo = [p for p in pool_patches(session) if p.id not in done]
+        todo = [p for p in pool_patches(session, version) if p.id not in done]
         scenes = {p.scene_id: p.scene for p in todo}
     thresholds = {sid: scene_cloud_thresholds(workspace, scene) for sid, scene in scenes.items()}
     model = load_version(workspace, version)[0] if version else None
@@ -138,15 +149,26 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
     notes = []
     with store.session() as session:
         version = registry.champion(session)
+        for scene in scenes_lacking(session, version):
+            missing = [c for c in version.channels if c not in scene.available_channels]
+            notes.append(f"scene {scene.id} ({scene.name}) lacks {', '.join(missing)}, which model {version.name} "
+                         "uses: its patches are left out of the pool")
     if version is None and strategy != "random":
         notes.append(f"no champion model yet: cold start from spectral and terrain priors instead of {strategy!r}")
     scored = score_pool(workspace, store, version, quiet) if strategy != "random" or version else 0
     with store.session() as session:
-        pool = pool_patches(session)
+        pool = pool_patches(session, version)
         if not pool:
-            raise LookupError("the pool is empty: every usable patch is labelled or handed out in an open round")
-        if size < 1 or size > len(pool):
-            raise ValueError(f"round size must be between 1 and the pool's {len(pool)} patches, found {size}")
+            raise LookupError("the pool is empty: every usable patch is labelled, handed out in an open round"
+                              + (", or in a scene the model cannot read (see the notes)" if notes else "")
+                              + (f"; notes: {'; '.join(notes)}" if notes else "")
+                              + ". Ingest an unlabelled scene to choose from (e.g. al-loop ingest synthetic "
+                              "--unlabelled, or al-loop ingest scene FILE)")
+        if size < 1:
+            raise ValueError(f"round size (--size, sampling.round_size) must be at least 1, found {size}")
+        if size > len(pool):
+            notes.append(f"the pool holds {len(pool)} patches, fewer than the round size {size}: all of them are handed out")
+            size = len(pool)
         scores, components, embeddings = _pool_scores(session, pool, version, strategy, cfg.seed)
         centers = np.array([[(p.minx + p.maxx) / 2, (p.miny + p.maxy) / 2] if p.minx is not None else [np.nan, np.nan]
                             for p in pool])
@@ -166,6 +188,7 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
         round_ = Round(number=number, strategy=used, model_version_id=version.id if version else None,
                        config={"size": size, "asked_strategy": strategy, **vars(cfg)})
         session.add(round_)
+        route_patches(session, [pool[i] for i in chosen], workspace.config.training)
         handout = []
         for rank, index in enumerate(chosen, start=1):
             patch = pool[index]
@@ -175,7 +198,7 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
             handout.append(HandoutPatch(rank, patch.id, patch.scene.name, patch.row_off, patch.col_off,
                                         float(scores[index]), parts,
                                         (patch.minx, patch.miny, patch.maxx, patch.maxy) if has_centers else None,
-                                        patch.scene.crs, looks))
+                                        patch.scene.crs, looks, patch.split))
         folder = write_handout(workspace.root / "rounds" / f"round-{number:03d}", number, used,
                                version.name if version else None, handout)
     return RoundResult(number, used, version.name if version else None, handout, folder, scored, notes)

@@ -1,13 +1,18 @@
 """`al-loop simulate`: the whole loop with an oracle that answers from ground truth, no Label
 Studio, to compare strategies against random.
 
-For each seed: a pool scene and a test scene (synthetic, at disjoint locations: the test set
-never shares ground with the pool) are generated once; the pool is ingested unlabelled into a
-template workspace, and the oracle labels the fixed validation blocks and a random seed set
-(the same for every strategy). Each strategy then runs in its own copy of that workspace, as
-the product would: train, then rounds of ``next_round`` -> oracle labels -> fine-tune from
-the champion (promotion gate included), evaluating the champion on the test scene after every
-training. A model trained on the whole labelled pool gives the reference IoU.
+For each seed: a pool scene and a test region (synthetic scenes at disjoint locations, or an
+ingested scene with labels split into a pool and a held-out strip: the test set never shares
+ground with the pool) are prepared once; the pool is ingested unlabelled into a template
+workspace, and the oracle labels validation blocks (not counted as labels: the same for every
+strategy) and a random seed set (the same for every strategy). Each strategy then runs in its own
+copy of that workspace, as the product would: train, then rounds of ``next_round`` -> oracle
+labels -> fine-tune from the champion (promotion gate included), evaluating the champion on the
+test region after every training. A model trained on the whole labelled pool gives the reference.
+
+Any labelled scene works: any channel subset (the model uses the channels the scene has), labels
+that are partial (unlabelled pixels stay unlabelled for the oracle too) or untyped ("glacier":
+the 3-class model learns glacier extent from it, and the glacier row scores it).
 """
 
 from __future__ import annotations
@@ -27,19 +32,22 @@ from sqlalchemy import select
 from al_loop import bands
 from al_loop.config import Workspace, open_workspace
 from al_loop.ingest import ingest_hkh_tile
-from al_loop.model.data import Sample, assign_splits, best_labels, to_target
+from al_loop.model.checkpoints import load_version
+from al_loop.model.data import Sample, class_names, labelled_patches, to_target
 from al_loop.model.inference import pick_device
 from al_loop.model.training import evaluate_samples
-from al_loop.retrain import load_version, run_training
+from al_loop.retrain import run_training
 from al_loop.rounds import next_round
 from al_loop.synthetic import make_scene
 from al_loop.tiling import patch_windows
+from al_loop.validation import Block, block_key, choose_validation_blocks
 from al_loop.workspace import init_workspace, open_store
 from db import queries, registry
 from db.models import Patch, Scene
 from db.session import Store
 
-CLASSES = ("background", "clean_ice", "debris")
+ROWS = ("clean_ice", "debris", "glacier")
+HOLDOUTS = ("east", "west", "north", "south")
 
 
 @dataclass
@@ -55,6 +63,9 @@ class SimulationConfig:
     base_filters: int = 8
     epochs: int = 6
     mc_samples: int = 8
+    classes: str = "multiclass"
+    holdout: str = "east"  # scenes: the side held out as the test region
+    holdout_fraction: float = 0.25
 
     @classmethod
     def small(cls) -> SimulationConfig:
@@ -67,13 +78,27 @@ class SimulationConfig:
                    seeds=[0, 1, 2, 3, 4], scene_size=2048, rounds=6, round_size=8, depth=4,
                    base_filters=16, epochs=12, mc_samples=20)
 
+    def check(self) -> None:
+        """Clear errors, by option name, before any work."""
+        if self.holdout not in HOLDOUTS:
+            raise ValueError(f"--holdout must be one of {', '.join(HOLDOUTS)}, found {self.holdout!r}")
+        if not 0.05 <= self.holdout_fraction <= 0.5:
+            raise ValueError(f"--holdout-fraction must be between 0.05 and 0.5, found {self.holdout_fraction}")
+        for option, value in (("--seed-set", self.seed_set), ("--round-size", self.round_size),
+                              ("--rounds", self.rounds)):
+            if value < 1:
+                raise ValueError(f"{option} must be at least 1, found {value}")
+        if not self.seeds:
+            raise ValueError("--seeds: give at least one seed")
+        class_names(self.classes)
+
 
 @dataclass
 class Curve:
     strategy: str
     seed: int
     labels: list[int] = field(default_factory=list)
-    iou: list[list[float]] = field(default_factory=list)  # per point: background, clean, debris
+    iou: list[dict[str, float]] = field(default_factory=list)  # per point: clean_ice, debris, glacier
 
 
 class Oracle:
@@ -82,43 +107,62 @@ class Oracle:
     def __init__(self, truth: np.ndarray) -> None:
         self.truth = truth
 
+    def window(self, patch: Patch) -> np.ndarray:
+        """The truth under a patch; past the pool's edge nothing is known."""
+        out = np.full((patch.height, patch.width), 255, dtype=np.uint8)
+        part = self.truth[patch.row_off : patch.row_off + patch.height, patch.col_off : patch.col_off + patch.width]
+        out[: part.shape[0], : part.shape[1]] = part
+        return out
+
     def label(self, store: Store, patch_ids: list[int]) -> None:
         with store.session() as session:
             for patch in session.scalars(select(Patch).where(Patch.id.in_(patch_ids))):
-                mask = self.truth[patch.row_off : patch.row_off + patch.height, patch.col_off : patch.col_off + patch.width]
-                queries.save_label(session, patch, np.ascontiguousarray(mask), source="oracle", origin="simulation")
+                queries.save_label(session, patch, self.window(patch), source="oracle", origin="simulation")
 
 
 def _configure(workspace: Workspace, cfg: SimulationConfig) -> Workspace:
     c = workspace.config
     c.ingest.patch_size, c.ingest.quicklooks = cfg.patch_size, False
     c.model.depth, c.model.base_filters, c.model.mc_samples = cfg.depth, cfg.base_filters, cfg.mc_samples
+    c.model.classes, c.model.channels = cfg.classes, []
     c.training.crop_size, c.training.max_epochs, c.training.learning_rate = 0, cfg.epochs, 3e-3
     c.training.validation_block = cfg.patch_size * 2
+    c.training.validation_routing = "train"  # every oracle label trains: validation is the template's
     c.sampling.exclusion_radius, c.sampling.round_size = 0.0, cfg.round_size
     return workspace
 
 
-def _samples(pixels: np.ndarray, truth: np.ndarray, size: int) -> list[Sample]:
-    """Patches of an image and its truth with at least one labelled pixel, as test samples."""
-    samples = []
-    for i, (r, c) in enumerate(patch_windows(*truth.shape, size)):
-        p = pixels[:, r : r + size, c : c + size]
-        valid = bands.valid_mask(p)
-        target = to_target(truth[r : r + size, c : c + size], valid, "multiclass")
-        if (target != 255).any():
-            samples.append(Sample(i, -1, i, p, valid, target))
-    return samples
-
-
 @dataclass
 class Ground:
-    """What a seed simulates on: the pool image, its truth, and test samples from ground the
-    pool does not cover."""
+    """What a seed simulates on: the pool image, its truth, and a test region (pixels of the
+    channels the scene has, and truth) on ground the pool does not cover."""
 
     pool_image: Path
     truth: np.ndarray
-    test: list[Sample]
+    test_pixels: np.ndarray
+    test_channels: list[str]
+    test_truth: np.ndarray
+
+    def test_samples(self, channels: list[str], classes: str, size: int) -> list[Sample]:
+        """Patches of the test region with at least one labelled pixel, for a model's channels."""
+        pixels = self.test_pixels[[self.test_channels.index(c) for c in channels]]
+        reflective = [c for c in self.test_channels if c in bands.REFLECTIVE_BANDS]
+        samples = []
+        height, width = self.test_truth.shape
+        for i, (r, c) in enumerate(patch_windows(height, width, size)):
+            truth = np.full((size, size), 255, dtype=np.uint8)
+            part = self.test_truth[r : r + size, c : c + size]
+            truth[: part.shape[0], : part.shape[1]] = part
+            p = np.zeros((len(channels), size, size), dtype=np.float32)
+            p[:, : part.shape[0], : part.shape[1]] = pixels[:, r : r + size, c : c + size]
+            refl = np.zeros((len(reflective), size, size), dtype=np.float32)
+            refl[:, : part.shape[0], : part.shape[1]] = self.test_pixels[
+                [self.test_channels.index(n) for n in reflective], r : r + size, c : c + size]
+            valid = bands.valid_mask(refl, reflective)
+            target = to_target(truth, valid, classes)
+            if (target != 255).any():
+                samples.append(Sample(i, -1, (i,), p, valid, target, (r, c)))
+        return samples
 
 
 def synthetic_ground(folder: Path, cfg: SimulationConfig, seed: int) -> Ground:
@@ -128,53 +172,75 @@ def synthetic_ground(folder: Path, cfg: SimulationConfig, seed: int) -> Ground:
     with rasterio.open(pool.label_raster) as lab:
         truth = lab.read(1)
     with rasterio.open(test.image) as src, rasterio.open(test.label_raster) as lab:
-        return Ground(pool.image, truth, _samples(src.read(), lab.read(1), cfg.patch_size))
+        return Ground(pool.image, truth, src.read(), list(bands.CHANNELS), lab.read(1))
 
 
 def scene_ground(folder: Path, workspace: Workspace, store: Store, scene_id: int, cfg: SimulationConfig) -> Ground:
-    """An ingested raster scene with labels: its accepted labels are the truth (unlabelled
-    pixels stay unlabelled), its eastern quarter (whole patch columns) is the test set and
-    the rest, written as a new GeoTIFF, the pool."""
+    """An ingested raster scene with labels: its accepted labels (combined as training combines
+    them) are the truth, unlabelled pixels stay unlabelled; a strip on one side of the labelled
+    extent (``holdout``, whole patch widths) is the test region and the scene beyond it, written
+    as a GeoTIFF of the channels the scene has, the pool."""
     with store.session() as session:
         scene = session.get(Scene, scene_id)
         if scene is None or not scene.data_path:
             raise LookupError(f"no raster scene with id {scene_id} in the store")
-        missing = [c for c in bands.CHANNELS if c not in scene.available_channels]
-        if missing:
-            raise ValueError(f"scene {scene_id} lacks channel(s) {missing}: the simulation uses all 15")
         truth = np.full((scene.height, scene.width), 255, dtype=np.uint8)
-        labels = [l for l in best_labels(session).values() if l.patch.scene_id == scene_id]
-        if not labels:
+        items = [p for p in labelled_patches(session).values() if p.patch.scene_id == scene_id]
+        if not items:
             raise LookupError(f"scene {scene_id} has no accepted labels to simulate with")
-        for label in labels:
-            p = label.patch
-            mask = queries.unpack_mask(label.mask, p.height, p.width)
+        for item in items:
+            p = item.patch
             h, w = min(p.height, scene.height - p.row_off), min(p.width, scene.width - p.col_off)
-            truth[p.row_off : p.row_off + h, p.col_off : p.col_off + w] = mask[:h, :w]
+            truth[p.row_off : p.row_off + h, p.col_off : p.col_off + w] = item.mask()[:h, :w]
         source = workspace.resolve(scene.data_path)
-    split = cfg.patch_size * max(1, int(0.75 * scene.width) // cfg.patch_size)
-    if split >= scene.width:
-        raise ValueError(f"scene {scene_id} is too narrow ({scene.width} px) to hold out a test strip of {cfg.patch_size}-px patches")
+        channels = list(scene.available_channels)
+        indexes = [scene.channels.index(c) + 1 for c in channels]
+    rows, cols = np.nonzero(truth != 255)
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    horizontal = cfg.holdout in ("east", "west")
+    extent = (c1 - c0) if horizontal else (r1 - r0)
+    strip = cfg.patch_size * max(1, round(cfg.holdout_fraction * extent / cfg.patch_size))
+    if strip >= extent - cfg.patch_size:
+        raise ValueError(f"the labels of scene {scene_id} span {c1 - c0}x{r1 - r0} px: too little to hold out a "
+                         f"{cfg.holdout} strip of {cfg.patch_size}-px patches and keep a pool; lower --patch-size or "
+                         "--holdout-fraction")
+    # The test strip lies on the labelled extent's side; the pool is the scene on the other side of it.
+    cut = {"east": c1 - strip, "west": c0 + strip, "south": r1 - strip, "north": r0 + strip}[cfg.holdout]
+    test_slice = {"east": np.s_[r0:r1, cut:c1], "west": np.s_[r0:r1, c0:cut],
+                  "south": np.s_[cut:r1, c0:c1], "north": np.s_[r0:cut, c0:c1]}[cfg.holdout]
+    pool_slice = {"east": np.s_[:, :cut], "west": np.s_[:, cut:],
+                  "south": np.s_[:cut, :], "north": np.s_[cut:, :]}[cfg.holdout]
+    if not (truth[test_slice] != 255).any():
+        raise ValueError(f"the {cfg.holdout} strip of scene {scene_id}'s labels holds no labelled pixel: choose "
+                         "another --holdout")
     folder.mkdir(parents=True, exist_ok=True)
     pool_image = folder / "pool.tif"
     with rasterio.open(source) as src:
-        profile = {**src.profile, "width": split, "tiled": True, "blockxsize": 256, "blockysize": 256}
+        pixels = src.read(indexes)
+        pool_rows, pool_cols = pool_slice
+        transform = src.transform * rasterio.Affine.translation(pool_cols.start or 0, pool_rows.start or 0)
+        pool = pixels[(slice(None), *pool_slice)]
+        profile = {**src.profile, "count": len(channels), "width": pool.shape[2], "height": pool.shape[1],
+                   "transform": transform, "tiled": True, "blockxsize": 256, "blockysize": 256}
         with rasterio.open(pool_image, "w", **profile) as dst:
-            for row in range(0, scene.height, 1024):
-                window = Window(0, row, split, min(1024, scene.height - row))
-                dst.write(src.read(window=window), window=window)
-            dst.descriptions = src.descriptions
-        test_pixels = src.read(window=Window(split, 0, scene.width - split, scene.height))
-    return Ground(pool_image, truth[:, :split], _samples(test_pixels, truth[:, split:], cfg.patch_size))
+            dst.write(pool)
+            dst.descriptions = tuple(channels)
+    return Ground(pool_image, truth[pool_slice], pixels[(slice(None), *test_slice)], channels, truth[test_slice])
 
 
-def _test_iou(workspace: Workspace, store: Store, test: list[Sample]) -> list[float]:
+def _test_iou(workspace: Workspace, store: Store, ground: Ground, cfg: SimulationConfig,
+              cache: dict[tuple, list[Sample]]) -> dict[str, float]:
+    """The champion's IoU on the test region: clean ice, debris and glacier (NaN: n/a)."""
     with store.session() as session:
         version = registry.champion(session)
         model, _ = load_version(workspace, version)
-        norm = version.normalization
-    matrix, _ = evaluate_samples(model, test, norm, len(CLASSES), pick_device())
-    return [float(v) for v in np.nan_to_num(matrix.iou())]
+        norm, channels, classes = version.normalization, list(version.channels), list(version.classes)
+    key = (tuple(channels), tuple(classes))
+    if key not in cache:
+        cache[key] = ground.test_samples(channels, cfg.classes, cfg.patch_size)
+    scores, _ = evaluate_samples(model, cache[key], norm, classes, pick_device())
+    rows = scores.as_dict()
+    return {name: float(rows[name]["iou"]) if name in rows else float("nan") for name in ROWS}
 
 
 def _template(root: Path, cfg: SimulationConfig, seed: int, ground: Ground) -> tuple[Path, Oracle, list[int], list[int]]:
@@ -186,20 +252,32 @@ def _template(root: Path, cfg: SimulationConfig, seed: int, ground: Ground) -> t
     store = open_store(ws)
     ingest_hkh_tile(ws, store, ground.pool_image, quiet=True)
     with store.session() as session:
-        tc = ws.config.training
-        assign_splits(session, tc.validation_fraction, tc.validation_block, tc.seed)
-        for patch in session.scalars(select(Patch)):
-            window = ground.truth[patch.row_off : patch.row_off + patch.height, patch.col_off : patch.col_off + patch.width]
-            if not (window != 255).any():
+        patches = []
+        for patch in session.scalars(select(Patch).order_by(Patch.id)):
+            if not (oracle.window(patch) != 255).any():
                 patch.low_valid = True
+            if not patch.low_valid:
+                patches.append(patch)
+        blocks: dict[tuple, Block] = {}
+        for patch in patches:
+            counts = np.bincount(oracle.window(patch).ravel(), minlength=256)
+            pixels = {"background": int(counts[0]), "clean_ice": int(counts[1]), "debris": int(counts[2]),
+                      "glacier": int(counts[3])}
+            blocks.setdefault(block_key(patch, ws.config.training.validation_block), Block()).add(patch, pixels)
+        held_out = choose_validation_blocks(blocks, ws.config.training.validation_fraction, seed)
+        val = [p.id for key in held_out for p in blocks[key].patches]
+        train = [p.id for p in patches if p.id not in set(val)]
+        for patch in patches:
+            patch.split = "val" if patch.id in set(val) else None
         session.flush()
-        patches = session.scalars(select(Patch).where(Patch.low_valid.is_(False)).order_by(Patch.id)).all()
-        val = [p.id for p in patches if p.split == "val"]
-        train = [p.id for p in patches if p.split == "train"]
     if not val or len(train) < cfg.seed_set + cfg.rounds * cfg.round_size:
         raise ValueError(f"the pool has {len(train)} labelled training and {len(val)} validation patches: too few for "
-                         f"a seed set of {cfg.seed_set} and {cfg.rounds} rounds of {cfg.round_size}")
+                         f"a seed set of {cfg.seed_set} and {cfg.rounds} rounds of {cfg.round_size} "
+                         "(lower --seed-set, --rounds or --round-size, or the patch size)")
     seed_set = _seed_set(store, oracle, train, cfg.seed_set, seed)
+    with store.session() as session:
+        for patch in session.scalars(select(Patch).where(Patch.id.in_(seed_set))):
+            patch.split = "train"
     oracle.label(store, val + seed_set)
     store.dispose()
     return root / "template", oracle, train, seed_set
@@ -209,27 +287,28 @@ def _seed_set(store: Store, oracle: Oracle, train: list[int], size: int, seed: i
     """A random seed set the first model can learn from: it must show at least two classes
     (a random draw of a few patches can be all background)."""
     with store.session() as session:
-        windows = {p.id: (p.row_off, p.col_off, p.height, p.width) for p in session.scalars(select(Patch).where(Patch.id.in_(train)))}
+        windows = {p.id: oracle.window(p) for p in session.scalars(select(Patch).where(Patch.id.in_(train)))}
     rng = np.random.default_rng(seed)
     for _ in range(1000):
         chosen = sorted(rng.choice(train, size=size, replace=False).tolist())
         classes = set()
-        for r, c, h, w in (windows[i] for i in chosen):
-            classes |= set(np.unique(oracle.truth[r : r + h, c : c + w]).tolist()) - {255}
+        for i in chosen:
+            classes |= set(np.unique(windows[i]).tolist()) - {255}
         if len(classes) >= 2:
             return chosen
     raise ValueError(f"no random seed set of {size} patches shows two classes: the pool is (nearly) all one class")
 
 
 def run_simulation(out: Path, cfg: SimulationConfig, quiet: bool = False,
-                   source: tuple[Workspace, Store, int] | None = None) -> dict[str, Path]:
+                   source: tuple[Workspace, Store, int] | None = None) -> dict:
     """Run every strategy for every seed; write the CSV, the learning-curve PNG and a summary.
     ``source`` (workspace, store, scene id) simulates on an ingested scene with labels instead
     of synthetic scenes."""
+    cfg.check()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     curves: list[Curve] = []
-    reference: dict[int, list[float]] = {}
+    reference: dict[int, dict[str, float]] = {}
     steps = len(cfg.seeds) * (len(cfg.strategies) * (cfg.rounds + 1) + 1)
     scene = scene_ground(out / "ground", *source, cfg) if source else None
     with Progress(disable=quiet) as progress:
@@ -239,11 +318,11 @@ def run_simulation(out: Path, cfg: SimulationConfig, quiet: bool = False,
             shutil.rmtree(work, ignore_errors=True)
             ground = scene or synthetic_ground(work / "scenes", cfg, seed)
             template, oracle, train_ids, seed_set = _template(work, cfg, seed, ground)
-            test = ground.test
-            reference[seed] = _full_pool(work, template, oracle, train_ids, test, cfg)
+            cache: dict[tuple, list[Sample]] = {}
+            reference[seed] = _full_pool(work, template, oracle, train_ids, ground, cfg, cache)
             progress.advance(task)
             for strategy in cfg.strategies:
-                curves.append(_run_strategy(work, template, oracle, strategy, seed, len(seed_set), test, cfg,
+                curves.append(_run_strategy(work, template, oracle, strategy, seed, len(seed_set), ground, cfg, cache,
                                             lambda: progress.advance(task)))
             shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(out / "ground", ignore_errors=True)
@@ -257,13 +336,13 @@ def _copy(template: Path, target: Path, cfg: SimulationConfig) -> tuple[Workspac
     return ws, open_store(ws)
 
 
-def _run_strategy(work, template, oracle, strategy, seed, n_seed, test, cfg, advance) -> Curve:
+def _run_strategy(work, template, oracle, strategy, seed, n_seed, ground, cfg, cache, advance) -> Curve:
     ws, store = _copy(template, work / strategy, cfg)
     ws.config.sampling.seed = seed
     curve = Curve(strategy, seed)
     run_training(ws, store, quiet=True, trigger="simulation")
     curve.labels.append(n_seed)
-    curve.iou.append(_test_iou(ws, store, test))
+    curve.iou.append(_test_iou(ws, store, ground, cfg, cache))
     advance()
     for _ in range(cfg.rounds):
         chosen = next_round(ws, store, size=cfg.round_size, strategy=strategy, quiet=True)
@@ -272,24 +351,19 @@ def _run_strategy(work, template, oracle, strategy, seed, n_seed, test, cfg, adv
             parent = registry.champion(session).name
         run_training(ws, store, parent_name=parent, quiet=True, trigger="simulation")
         curve.labels.append(curve.labels[-1] + len(chosen.patches))
-        curve.iou.append(_test_iou(ws, store, test))
+        curve.iou.append(_test_iou(ws, store, ground, cfg, cache))
         advance()
     store.dispose()
     return curve
 
 
-def _full_pool(work, template, oracle, train_ids, test, cfg) -> list[float]:
+def _full_pool(work, template, oracle, train_ids, ground, cfg, cache) -> dict[str, float]:
     ws, store = _copy(template, work / "full-pool", cfg)
     oracle.label(store, train_ids)
     run_training(ws, store, quiet=True, trigger="simulation")
-    iou = _test_iou(ws, store, test)
+    iou = _test_iou(ws, store, ground, cfg, cache)
     store.dispose()
     return iou
-
-
-def glacier_iou(iou: list[float]) -> float:
-    """Mean IoU of clean ice and debris: the figure curves are compared on."""
-    return float(np.mean(iou[1:]))
 
 
 def normalised_aulc(labels: list[int], values: list[float]) -> float:
@@ -303,26 +377,43 @@ def labels_to_reach(labels: list[int], values: list[float], target: float) -> in
     return next((n for n, v in zip(labels, values) if v >= target), None)
 
 
-def _report(out: Path, curves: list[Curve], reference: dict[int, list[float]], cfg: SimulationConfig) -> dict[str, Path]:
+def _mean(values: list[float]) -> float:
+    """Mean of the defined values (NaN: n/a); NaN when none is."""
+    defined = [v for v in values if not np.isnan(v)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
+def _aulc(curve: Curve, row: str) -> float:
+    return normalised_aulc(curve.labels, [i[row] for i in curve.iou])
+
+
+def _report(out: Path, curves: list[Curve], reference: dict[int, dict[str, float]], cfg: SimulationConfig) -> dict:
     csv_path = out / "simulation.csv"
     with open(csv_path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["strategy", "seed", "labels", *(f"iou_{c}" for c in CLASSES), "iou_glacier", "full_pool_iou_glacier"])
+        writer.writerow(["strategy", "seed", "labels", *(f"iou_{r}" for r in ROWS), "full_pool_iou_glacier"])
         for curve in curves:
             for n, iou in zip(curve.labels, curve.iou):
-                writer.writerow([curve.strategy, curve.seed, n, *(f"{v:.4f}" for v in iou),
-                                 f"{glacier_iou(iou):.4f}", f"{glacier_iou(reference[curve.seed]):.4f}"])
+                writer.writerow([curve.strategy, curve.seed, n, *(f"{iou[r]:.4f}" for r in ROWS),
+                                 f"{reference[curve.seed]['glacier']:.4f}"])
     summary = []
+    random_aulc = {c.seed: _aulc(c, "glacier") for c in curves if c.strategy == "random"}
     for strategy in cfg.strategies:
         mine = [c for c in curves if c.strategy == strategy]
-        aulc = [normalised_aulc(c.labels, [glacier_iou(i) for i in c.iou]) for c in mine]
-        reach = [labels_to_reach(c.labels, [glacier_iou(i) for i in c.iou], 0.95 * glacier_iou(reference[c.seed])) for c in mine]
+        aulc = [_aulc(c, "glacier") for c in mine]
+        paired = [_aulc(c, "glacier") - random_aulc[c.seed] for c in mine if c.seed in random_aulc]
+        reach = [labels_to_reach(c.labels, [i["glacier"] for i in c.iou], 0.95 * reference[c.seed]["glacier"])
+                 for c in mine]
         summary.append({
             "strategy": strategy,
             "aulc_mean": float(np.mean(aulc)), "aulc_std": float(np.std(aulc)),
-            "labels_to_95pct": [r for r in reach],
-            "final_debris_iou": float(np.mean([c.iou[-1][2] for c in mine])),
-            "final_clean_iou": float(np.mean([c.iou[-1][1] for c in mine])),
+            "aulc_debris_mean": _mean([_aulc(c, "debris") for c in mine]),
+            "gain_over_random_mean": float(np.mean(paired)) if paired else float("nan"),
+            "gain_over_random_sd": float(np.std(paired, ddof=1)) if len(paired) > 1 else float("nan"),
+            "labels_to_95pct": reach,
+            "final_glacier_iou": float(np.mean([c.iou[-1]["glacier"] for c in mine])),
+            "final_clean_iou": _mean([c.iou[-1]["clean_ice"] for c in mine]),
+            "final_debris_iou": _mean([c.iou[-1]["debris"] for c in mine]),
         })
     summary_path = out / "summary.csv"
     with open(summary_path, "w", newline="") as handle:
@@ -331,22 +422,25 @@ def _report(out: Path, curves: list[Curve], reference: dict[int, list[float]], c
         writer.writerows(summary)
     png = out / "learning_curves.png"
     _plot(curves, reference, cfg, png)
-    return {"csv": csv_path, "summary": summary_path, "png": png, "rows": summary}
+    return {"csv": csv_path, "summary": summary_path, "png": png, "rows": summary,
+            "full_pool_glacier": float(np.mean([r["glacier"] for r in reference.values()]))}
 
 
-def _plot(curves: list[Curve], reference: dict[int, list[float]], cfg: SimulationConfig, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+def _plot(curves: list[Curve], reference: dict[int, dict[str, float]], cfg: SimulationConfig, path: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharex=True)
     for strategy in cfg.strategies:
         mine = [c for c in curves if c.strategy == strategy]
         labels = np.array(mine[0].labels)
-        for ax, k in zip(axes, (1, 2)):
-            values = np.array([[i[k] for i in c.iou] for c in mine])
+        for ax, row in zip(axes, ROWS):
+            values = np.array([[i[row] for i in c.iou] for c in mine])
             mean, std = values.mean(0), values.std(0)
             ax.plot(labels, mean, marker="o", label=strategy, linestyle="--" if strategy == "random" else "-")
             ax.fill_between(labels, mean - std, mean + std, alpha=0.15)
-    for ax, k in zip(axes, (1, 2)):
-        ax.axhline(np.mean([r[k] for r in reference.values()]), color="black", linewidth=0.8, label="full pool")
-        ax.set_title(f"{CLASSES[k]} IoU on the held-out scene (mean ± std, {len(cfg.seeds)} seeds)")
+    for ax, row in zip(axes, ROWS):
+        ref = [r[row] for r in reference.values() if not np.isnan(r[row])]
+        if ref:
+            ax.axhline(np.mean(ref), color="black", linewidth=0.8, label="full pool")
+        ax.set_title(f"{row} IoU, held-out region (mean ± std, {len(cfg.seeds)} seeds)", fontsize=10)
         ax.set_xlabel("labelled training patches")
         ax.set_ylabel("IoU")
     axes[0].legend()

@@ -34,7 +34,7 @@ import numpy as np
 import rasterio
 from fiona.transform import transform_geom
 from rasterio import features
-from rasterio.transform import from_origin
+from rasterio.transform import Affine, from_origin
 from scipy import ndimage
 
 from al_loop import bands
@@ -656,3 +656,53 @@ def _write_label_vector(path: Path, labels: np.ndarray, transform, crs: str) -> 
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# --- data as people have it --------------------------------------------------------------------
+
+
+@dataclass
+class Level1Folder:
+    """A synthetic scene delivered the way real ones are: band files, partial inventories."""
+
+    folder: Path  # one uint8 GeoTIFF per band, named <scene id>_B<n>.TIF
+    outlines: Path  # glacier outlines (no type), complete over the western part of the scene
+    glacier_map: Path  # clean ice 1 / debris 2 / 0 elsewhere around one glacier (0 is no label)
+    truth: np.ndarray  # the full label mask, for checking
+    transform: object
+
+
+def make_level1_folder(out_dir: Path, height: int = 655, width: int = 800, seed: int = 3,
+                       band_names: tuple[str, ...] = ("B1", "B2", "B3", "B4"),
+                       scene_id: str = "LE71400412000304SGS00", outline_fraction: float = 0.6) -> Level1Folder:
+    """A small scene as a glaciologist may have it: a Landsat 7 Level-1 folder with some bands
+    only (pre-collection names by default), no DEM, glacier outlines of a public inventory over
+    part of it (a shapefile, "glacier" without type) and a clean-ice/debris map of one glacier
+    (a GeoTIFF whose 0 means "not mapped", not background)."""
+    out_dir = Path(out_dir)
+    folder = out_dir / scene_id
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels, labels, _ = generate(height, width, seed)
+    transform = _scene_transform(seed)
+    for name in band_names:
+        band = pixels[bands.CHANNELS.index(name)][None].astype(np.uint8)
+        _write_geotiff(folder / f"{scene_id}_{name}.TIF", band, transform, (name,), seed)
+    glacier = (labels != BACKGROUND).astype(np.uint8)
+    glacier[:, int(outline_fraction * width) :] = 0
+    outlines = out_dir / "outlines.shp"
+    schema = {"geometry": "Polygon", "properties": {"GLIMS_ID": "str"}}
+    with fiona.open(outlines, "w", driver="ESRI Shapefile", crs=CRS, schema=schema) as dst:
+        for i, (geometry, _) in enumerate(features.shapes(glacier, mask=glacier > 0, transform=transform)):
+            dst.write(fiona.Feature(geometry=fiona.Geometry.from_dict(geometry),
+                                    properties=fiona.Properties(GLIMS_ID=f"G{i:05d}")))
+    # The glacier map: the glacier with the most debris, in its bounding box and a margin.
+    parts, n = ndimage.label(labels != BACKGROUND)
+    debris = ndimage.sum(labels == DEBRIS, parts, index=np.arange(1, n + 1))
+    chosen = parts == int(np.argmax(debris)) + 1
+    rows, cols = np.nonzero(chosen)
+    r0, r1 = max(rows.min() - 10, 0), min(rows.max() + 11, height)
+    c0, c1 = max(cols.min() - 10, 0), min(cols.max() + 11, width)
+    mapped = np.where(chosen, labels, 0)[r0:r1, c0:c1].astype(np.uint8)
+    glacier_map = out_dir / "glacier_map.tif"
+    _write_geotiff(glacier_map, mapped[None], transform * Affine.translation(c0, r0), ("class",), seed)
+    return Level1Folder(folder, outlines, glacier_map, labels, transform)

@@ -40,7 +40,6 @@ from db.models import Patch
 
 SPLIT_SETTING = "validation_split"
 PIXEL_M = 30.0  # slices have no common grid: their blocks are measured on the footprint
-ROUTINGS = ("share", "train")
 
 
 class SplitSettingsChanged(ValueError):
@@ -110,7 +109,8 @@ def choose_validation_blocks(blocks: dict[tuple, Block], fraction: float, seed: 
         chosen = order[: min(taken, len(keys) - 1)]
         val = pixels[chosen].sum(axis=0)
         share = np.divide(val, totals, out=np.zeros_like(val), where=totals > 0)
-        cost = abs(sizes[chosen].sum() - target) / target + np.abs(share - fraction)[shared].sum()
+        # Shares as ratios: holding a tenth of the wanted share is as bad as holding ten times it.
+        cost = abs(sizes[chosen].sum() - target) / target + np.abs(np.log((share + 0.01) / (fraction + 0.01)))[shared].sum()
         cost += ((val == 0) & shared).sum()  # a class that could validate but does not
         cost += 100 * ((totals - val == 0) & (totals > 0)).sum()  # training loses a class: only if unavoidable
         draws.append((cost, chosen))
@@ -142,9 +142,6 @@ def check_settings(session: Session, cfg: TrainingConfig) -> None:
     """Remember the split settings; re-draw when they changed and no model depends on the split,
     else refuse with what to do."""
     current = settings_of(cfg)
-    if cfg.validation_routing not in ROUTINGS:
-        raise ValueError(f"training.validation_routing must be one of {', '.join(ROUTINGS)}, "
-                         f"found {cfg.validation_routing!r}")
     if not 0 < cfg.validation_fraction < 1:
         raise ValueError(f"training.validation_fraction must be between 0 and 1, found {cfg.validation_fraction}")
     if cfg.validation_block < 1:

@@ -5,23 +5,26 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from al_loop.config import CONFIG_FILE, Config, Workspace, open_workspace, write_config
+from al_loop.config import CONFIG_FILE, Config, Workspace, apply_profile, detect_profile, open_workspace, write_config
 from db.session import Store, check_schema, upgrade
 
 
-def init_workspace(root: Path | str | None = None, database_url: str | None = None) -> Workspace:
+def init_workspace(root: Path | str | None = None, database_url: str | None = None,
+                   profile: str | None = None) -> Workspace:
     """Create the folder and its configuration (kept if present), then bring the database
-    schema to head. Safe to run again."""
+    schema to head. Safe to run again. A new configuration is sized for ``profile`` (``cpu``
+    or ``cuda``; default: ``cuda`` when torch sees a GPU)."""
     workspace = open_workspace(root)
     workspace.root.mkdir(parents=True, exist_ok=True)
     if not (workspace.root / CONFIG_FILE).exists():
-        config = Config()
+        profile = profile or detect_profile()
+        config = apply_profile(Config(), profile)
         if database_url:
             config.database.url = database_url
         # Secrets the backend checks; generated here so that no two workspaces share them.
         config.backend.password = secrets.token_urlsafe(18)
         config.backend.webhook_secret = secrets.token_urlsafe(24)
-        write_config(workspace.root, config)
+        write_config(workspace.root, config, profile)
         workspace = open_workspace(workspace.root)
     store = Store(workspace.database_url)
     try:

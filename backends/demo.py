@@ -2,10 +2,11 @@
 whose first round waits with predictions.
 
 The workspace gets two synthetic scenes: one with a complete glacier inventory (the labels the
-first model is trained on) and one without labels (the pool experts annotate). The model is
-smaller than the paper's so that the first training takes minutes on a laptop CPU; the
-workspace's al-loop.toml says so and can be changed. Each step is skipped when already done, so
-running the demo again resumes it.
+first model is trained on) and one without labels (the pool experts annotate). Sizes are the
+compute profile's that `al-loop init` picks (on a CPU: the first training takes about two
+minutes on two cores); the demo only makes rounds and the retraining threshold smaller, in the
+workspace's al-loop.toml. Each step is skipped when already done, so running the demo again
+resumes it.
 """
 
 from __future__ import annotations
@@ -30,11 +31,8 @@ POOL_SCENE = "LE07_145039_20081012_pool"
 
 
 def demo_settings(workspace: Workspace) -> None:
-    """A model and schedule sized for a CPU demo (the defaults are the paper's)."""
+    """Rounds of 8 patches, and a fine-tuning after every 8 labels: a demo's pace."""
     cfg = workspace.config
-    cfg.ingest.patch_size = 256
-    cfg.model.depth, cfg.model.base_filters, cfg.model.mc_samples = 4, 8, 8
-    cfg.training.max_epochs, cfg.training.patience, cfg.training.validation_block = 8, 3, 512
     cfg.sampling.round_size = 8
     cfg.retraining.label_threshold = 8
 

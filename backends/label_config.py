@@ -1,7 +1,8 @@
 """The Label Studio labeling config of al-loop projects, the one place naming its tags and labels.
 
-A task shows one patch quicklook (``data.image``); experts paint it with brushes (exact, pixel
-masks) and, optionally, draw polygons. Both controls offer the same three labels, mapped to the
+A task shows one patch quicklook (``data.image``) under a line saying what its label will be used
+for (``data.label_use``: validation, which the model never trains on, or training); experts paint
+it with brushes (exact, pixel masks) and, optionally, draw polygons. Both controls offer the same three labels, mapped to the
 :mod:`al_loop.classes` codes by :data:`LABEL_CODES`. There is no "glacier of unknown type" label:
 an expert always says which glacier class a pixel is.
 """
@@ -14,6 +15,7 @@ from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS
 
 IMAGE_NAME = "image"  # the Image tag's name: the ``to_name`` of every result
 IMAGE_DATA_KEY = "image"  # the task data field holding the quicklook URL
+LABEL_USE_KEY = "label_use"  # the task data field saying whether the label will validate or train
 BRUSH_NAME = "brush"  # the BrushLabels tag's name: ``from_name`` of brush results
 POLYGON_NAME = "polygon"  # the PolygonLabels tag's name: ``from_name`` of polygon results
 
@@ -43,6 +45,7 @@ def label_config(polygons: bool = False) -> str:
     """The labeling config XML: the image with BrushLabels, and PolygonLabels if ``polygons``."""
     parts = [
         "<View>",
+        f'  <Header value="${LABEL_USE_KEY}" size="6"/>',
         f'  <Image name="{IMAGE_NAME}" value="${IMAGE_DATA_KEY}" zoom="true" zoomControl="true"/>',
         f'  <BrushLabels name="{BRUSH_NAME}" toName="{IMAGE_NAME}">',
         _labels_xml(),

@@ -6,8 +6,8 @@ Decisions:
 * The project is found by its title (``label_studio.project_title``); ``connect`` creates it or
   brings its settings up to date, so running it again is safe.
 * Task data: ``image`` (the patch's natural-colour quicklook through the project's local-files
-  storage), ``patch_id``, ``round``, ``rank``, ``acquisition`` (the round's score) and each score
-  component. A task's id is kept on its round patch as ``<project>:<task>``.
+  storage), ``label_use`` (whether the label will validate or train, shown above the image),
+  ``patch_id``, ``round``, ``rank``, ``acquisition`` (the round's score) and each score component. A task's id is kept on its round patch as ``<project>:<task>``.
 * Order: predictions carry the round rank as score (see :mod:`backends.predictor`), the project
   uses "Uncertainty sampling" on the served model version, and a Data Manager view "al-loop
   rank" sorts by round and rank, so experts get the sampler's order either way.
@@ -28,7 +28,7 @@ from al_loop.config import Workspace
 from backends import annotations
 from backends.annotations import AnnotationError
 from backends.app import SECRET_HEADER
-from backends.label_config import IMAGE_DATA_KEY, label_config
+from backends.label_config import IMAGE_DATA_KEY, LABEL_USE_KEY, label_config
 from backends.label_writer import after_labels, write
 from backends.predictor import ModelHolder, predict_patch_ids
 from db import queries
@@ -36,6 +36,11 @@ from db.models import Patch, Round, RoundPatch
 from db.session import Store
 
 STORAGE_TITLE = "al-loop quicklooks"
+LABEL_USE = {
+    "val": "Validation patch: your label tests the model (it never trains on it)",
+    "train": "Training patch: your label teaches the model",
+    None: "Your label will teach or test the model (decided with the first training)",
+}
 VIEW_TITLE = "al-loop rank"
 PREDICTION_BATCH = 8
 
@@ -180,6 +185,7 @@ def import_round(ls, workspace: Workspace, store: Store, project_id: int, number
             image = workspace.resolve(patch.quicklook_rgb)
             tasks.append({
                 IMAGE_DATA_KEY: "/data/local-files/?d=" + quote(document_path(workspace, image)),
+                LABEL_USE_KEY: LABEL_USE[patch.split],
                 annotations.PATCH_ID_KEY: patch.id,
                 "scene": patch.scene.name,
                 "round": number,

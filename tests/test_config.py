@@ -38,6 +38,7 @@ def test_written_file_documents_and_round_trips_every_key(tmp_path):
         ("[nope]\nx = 1\n", "unknown section [nope]"),
         ("[ingest\n", "not valid TOML"),
         ("[ingest]\nquicklooks = 'maybe'\n", "ingest.quicklooks: expected bool"),
+        ("[training]\nvalidation_routing = 'sometimes'\n", "training.validation_routing: expected one of share, train"),
     ],
 )
 def test_bad_configuration_names_the_file_and_key(tmp_path, text, message):
@@ -61,3 +62,25 @@ def test_workspace_from_environment_and_relative_paths(tmp_path):
     assert ws.relative(inside) == "scenes/a.tif"
     assert ws.resolve("scenes/a.tif") == inside
     assert ws.relative(tmp_path.parent / "elsewhere.tif") == str((tmp_path.parent / "elsewhere.tif").resolve())
+
+
+def test_init_sizes_a_new_workspace_for_a_compute_profile(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["init", str(tmp_path / "gpu"), "--profile", "cuda"]).exit_code == 0
+    gpu = load_config(tmp_path / "gpu", environ={})
+    assert (gpu.ingest.patch_size, gpu.model.depth, gpu.model.max_filters, gpu.training.crop_size) == (512, 5, 512, 256)
+    assert "Sizes were set for the cuda compute profile" in (tmp_path / "gpu" / CONFIG_FILE).read_text()
+    assert runner.invoke(app, ["init", str(tmp_path / "cpu"), "--profile", "cpu"]).exit_code == 0
+    cpu = load_config(tmp_path / "cpu", environ={})
+    for section in ("ingest", "model", "training", "sampling"):  # the defaults are the cpu profile
+        assert getattr(cpu, section) == getattr(Config(), section)
+    again = runner.invoke(app, ["init", str(tmp_path / "cpu"), "--profile", "cuda"])
+    assert again.exit_code == 0 and "was kept" in again.output
+    assert load_config(tmp_path / "cpu", environ={}).ingest.patch_size == 256
+    bad = runner.invoke(app, ["init", str(tmp_path / "x"), "--profile", "tpu"])
+    assert bad.exit_code == 2 and "--profile must be one of cpu, cuda, found 'tpu'" in bad.output
+    assert not (tmp_path / "x").exists()

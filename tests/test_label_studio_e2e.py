@@ -27,7 +27,7 @@ from backends.app import SECRET_HEADER
 from backends.results import mask_to_brush_results
 from backends.service import Backend, ThreadedServer
 from backends.studio_process import free_port
-from db.models import Label, Round
+from db.models import Label, Patch, Round
 from tests.test_rounds import labelled_and_pool
 
 
@@ -105,6 +105,12 @@ def test_the_live_loop_from_connect_to_a_new_champion_and_the_next_round(live):
         assert [h.headers.get(SECRET_HEADER) for h in hooks] == [ws.config.backend.webhook_secret]
         tasks = sorted(_tasks(ls, project.id), key=lambda t: t.data["rank"])
         assert [t.data["round"] for t in tasks] == [1] * 4
+        # Each task says whether its label will validate or train, as the store routed it.
+        with store.session() as session:
+            splits = {p.id: p.split for p in session.scalars(select(Patch).where(
+                Patch.id.in_([t.data["patch_id"] for t in tasks])))}
+        assert [t.data["label_use"] for t in tasks] == [studio.LABEL_USE[splits[t.data["patch_id"]]] for t in tasks]
+        assert all(t.data["label_use"] != studio.LABEL_USE[None] for t in tasks)  # decided at hand-out
         # The quicklook is served by Label Studio from the local-files storage.
         image = httpx.get(ws.config.label_studio.url + tasks[0].data["image"],
                           headers={"Authorization": f"Token {ws.config.label_studio.api_key}"})

@@ -16,6 +16,7 @@ from al_loop.io.landsat import (
     band_files_from_stack,
     build_stack,
     find_level1_bands,
+    find_level1_scene,
     parse_scene_id,
 )
 from tests.conftest import SHARED_DATA
@@ -134,9 +135,46 @@ def test_find_level1_bands_refuses_other_sensors(tmp_path):
         find_level1_bands(tmp_path)
 
 
+def test_pre_collection_names_are_recognised_with_their_sensor_and_date(tmp_path):
+    scene = "LE71400412000304SGS00"
+    for band in ("B1", "B2", "B3", "B4", "B61", "B62", "B8", "BQA"):
+        (tmp_path / f"{scene}_{band}.TIF").touch()
+    (tmp_path / f"{scene}_MTL.txt").touch()
+    found = find_level1_scene(tmp_path)
+    assert found.naming == "pre-collection"
+    assert list(found.bands) == ["B1", "B2", "B3", "B4", "B6_VCID_1", "B6_VCID_2", "B8", "BQA"]
+    assert (found.sensor, found.acquired) == ("Landsat 7 ETM+", date(2000, 10, 30))  # day 304 of 2000
+
+
+def test_renamed_band_files_are_recognised_and_level_2_products_ignored(tmp_path):
+    for name in ("kangchenjunga_B1.TIF", "kangchenjunga_B2.tif", "kangchenjunga_B6_VCID_1.TIF",
+                 "kangchenjunga_SR_B3.TIF", "LE07_L2SP_134040_20070922_20200913_02_T1_SR_B4.TIF"):
+        (tmp_path / name).touch()
+    found = find_level1_scene(tmp_path)
+    assert found.naming == "renamed" and list(found.bands) == ["B1", "B2", "B6_VCID_1"]
+    assert found.sensor is None and found.acquired is None  # the names cannot tell: options must
+    named = tmp_path / "LE07_L1TP_134040_20070922_20161231_01_T1"
+    named.mkdir()
+    (named / "scene_B1.TIF").touch()
+    assert find_level1_scene(named).acquired == date(2007, 9, 22)  # the folder's name tells
+
+
+def test_band_files_of_two_scenes_or_another_sensor_are_refused(tmp_path):
+    (tmp_path / "LE71400412000304SGS00_B1.TIF").touch()
+    (tmp_path / "LE71400412000320SGS00_B2.TIF").touch()
+    with pytest.raises(RasterInputError, match="more than one scene"):
+        find_level1_scene(tmp_path)
+    other = tmp_path / "tm"
+    other.mkdir()
+    (other / "LT51400412000304SGS00_B1.TIF").touch()
+    with pytest.raises(RasterInputError, match="Landsat 5 TM"):
+        find_level1_scene(other)
+
+
 def test_parse_scene_id():
     assert parse_scene_id(f"{SCENE}_B6_VCID_2.TIF") == ("Landsat 7 ETM+", date(2007, 9, 22))
     assert parse_scene_id("LT05_L1TP_134040_19980901_20161220_01_T1")[0] == "Landsat 5 TM"
+    assert parse_scene_id("LE71340402007265SGS00_B1.TIF") == ("Landsat 7 ETM+", date(2007, 9, 22))
     with pytest.raises(ValueError, match="not a USGS"):
         parse_scene_id("L7_ETMs.tif")
 

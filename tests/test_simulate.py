@@ -44,3 +44,34 @@ def test_simulation_on_an_ingested_scene_uses_its_labels_and_holds_out_its_east(
     assert {r["strategy"] for r in rows} == {"random", "entropy"} and len(rows) == 4
     missing = runner.invoke(app, ["simulate", "--scene", "9", "--out", str(tmp_path / "x"), "-q"], env=env)
     assert missing.exit_code == 2 and "no raster scene with id 9" in missing.output
+
+
+def test_the_summary_pairs_each_strategy_with_random_by_seed(tmp_path):
+    import numpy as np
+
+    cfg = SimulationConfig(strategies=["random", "entropy"], seeds=[0, 1], scene_size=512, patch_size=128,
+                           seed_set=2, rounds=1, round_size=2, depth=2, base_filters=4, epochs=2, mc_samples=2)
+    result = run_simulation(tmp_path / "sim", cfg, quiet=True)
+    curves = {}
+    for r in csv.DictReader(open(result["csv"])):
+        curves.setdefault((r["strategy"], int(r["seed"])), []).append((int(r["labels"]), float(r["iou_glacier"])))
+    aulc = {k: normalised_aulc([n for n, _ in v], [x for _, x in v]) for k, v in curves.items()}
+    gains = [aulc[("entropy", s)] - aulc[("random", s)] for s in (0, 1)]
+    entropy = next(row for row in result["rows"] if row["strategy"] == "entropy")
+    assert entropy["gain_over_random_mean"] == pytest.approx(np.mean(gains), abs=1e-4)
+    assert entropy["gain_over_random_sd"] == pytest.approx(np.std(gains, ddof=1), abs=1e-4)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--holdout", "up"], "--holdout must be one of east, west, north, south, found 'up'"),
+    (["--seed-set", "0"], "--seed-set must be at least 1, found 0"),
+    (["--classes", "ternary"], "unknown class set 'ternary'"),
+])
+def test_bad_simulation_options_are_named(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, ["simulate", "--out", str(tmp_path / "s"), "-q", *args], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "s").exists()

@@ -27,6 +27,10 @@ class HandoutPatch:
     bounds: tuple[float, float, float, float] | None  # in the scene CRS
     crs: str | None
     quicklooks: list[Path]
+    split: str | None = None  # val: the label will validate, never train; None: decided when labelled
+
+
+SPLIT_WORDS = {"val": "validation", "train": "training", None: "decided when labelled"}
 
 
 def write_handout(folder: Path, round_number: int, strategy: str, model: str | None,
@@ -38,14 +42,15 @@ def write_handout(folder: Path, round_number: int, strategy: str, model: str | N
     names = sorted({name for p in patches for name in p.components})
     with open(tmp / "manifest.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["rank", "patch_id", "scene", "row_off", "col_off", "score", *names, "quicklooks"])
+        writer.writerow(["rank", "patch_id", "scene", "row_off", "col_off", "label_used_for", "score", *names,
+                         "quicklooks"])
         for p in patches:
             copied = []
             for look in p.quicklooks:
                 target = tmp / "quicklooks" / f"{p.rank:03d}_patch{p.patch_id}_{look.name}"
                 shutil.copyfile(look, target)
                 copied.append(f"quicklooks/{target.name}")
-            writer.writerow([p.rank, p.patch_id, p.scene, p.row_off, p.col_off, f"{p.score:.6f}",
+            writer.writerow([p.rank, p.patch_id, p.scene, p.row_off, p.col_off, SPLIT_WORDS[p.split], f"{p.score:.6f}",
                              *(f"{p.components.get(n, float('nan')):.6f}" for n in names), ";".join(copied)])
     features = [_feature(p, round_number) for p in patches if p.bounds and p.crs]
     (tmp / "footprints.geojson").write_text(json.dumps(
@@ -62,4 +67,4 @@ def _feature(p: HandoutPatch, round_number: int) -> dict[str, Any]:
     geometry = transform_geom(CRS.from_wkt(p.crs), "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})
     return {"type": "Feature", "geometry": geometry,
             "properties": {"round": round_number, "rank": p.rank, "patch_id": p.patch_id, "scene": p.scene,
-                           "score": p.score, **p.components}}
+                           "label_used_for": SPLIT_WORDS[p.split], "score": p.score, **p.components}}

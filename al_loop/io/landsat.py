@@ -67,9 +67,17 @@ SENSORS = {
 _SCENE_ID = r"(?P<sensor>L[A-Z]\d{2})_L1[A-Z]{2}_\d{6}_(?P<date>\d{8})_\d{8}_\d{2}_(?:T1|T2|RT)"
 # The sensor and date part alone, also found in HKH fused tile names (LE07_134040_20070922).
 _SENSOR_DATE = r"(?P<sensor>L[A-Z]\d{2})_(?:L1[A-Z]{2}_)?\d{6}_(?P<date>\d{8})"
-_BAND_FILE = re.compile(
-    _SCENE_ID + r"_(?P<band>B[1-578]|B6_VCID_[12]|BQA|QA_PIXEL)\.tif", re.IGNORECASE
-)
+# Pre-collection ids (before 2017): LE71400412000304SGS00 = sensor E, Landsat 7, path 140, row
+# 041, year 2000, day of year 304, ground station SGS, archive version 00.
+_PRE_COLLECTION = r"(?P<pre>L[A-Z]\d)\d{6}(?P<year>\d{4})(?P<doy>\d{3})[A-Z]{3}\d{2}"
+_BAND = r"(?P<band>B[1-578]|B6_VCID_[12]|B6[12]|BQA|QA_PIXEL)"
+_BAND_FILES = {
+    "collection": re.compile(_SCENE_ID + "_" + _BAND + r"\.tif", re.IGNORECASE),
+    "pre-collection": re.compile(_PRE_COLLECTION + "_" + _BAND + r"\.tif", re.IGNORECASE),
+    # Renamed files: anything, then the band. Level-2 products (SR_/ST_ bands) are not DN.
+    "renamed": re.compile(r"(?P<prefix>.+)_" + _BAND + r"\.tif", re.IGNORECASE),
+}
+_BAND_ALIASES = {"QA_PIXEL": "BQA", "B61": "B6_VCID_1", "B62": "B6_VCID_2"}
 
 # Resampling onto the 30 m grid when a band's grid differs: the 15 m panchromatic band is
 # averaged, the quality band's bit flags cannot be interpolated, the rest is bilinear.
@@ -110,53 +118,114 @@ def parse_scene_id(name: str) -> tuple[str, date]:
     """Sensor and acquisition date from a USGS scene id, band file name or HKH tile name.
 
     ``LE07_L1TP_134040_20070922_20161231_01_T1_B1.TIF`` -> ``("Landsat 7 ETM+", 2007-09-22)``;
-    so does ``LE07_134040_20070922.tif``.
+    so does ``LE07_134040_20070922.tif`` and the pre-collection ``LE71340402007265SGS00_B1.TIF``.
     """
-    match = re.search(_SENSOR_DATE, Path(name).name, re.IGNORECASE)
-    if match is None:
-        raise ValueError(
-            f"{name!r} is not a USGS Landsat Level-1 scene id "
-            "(like LE07_L1TP_134040_20070922_20161231_01_T1)"
-        )
-    code = match["sensor"].upper()
+    base = Path(name).name
+    match = re.search(_SENSOR_DATE, base, re.IGNORECASE)
+    if match is not None:
+        code, acquired = match["sensor"].upper(), datetime.strptime(match["date"], "%Y%m%d").date()
+    else:
+        match = re.search(_PRE_COLLECTION, base, re.IGNORECASE)
+        if match is None:
+            raise ValueError(
+                f"{name!r} is not a USGS Landsat Level-1 scene id "
+                "(like LE07_L1TP_134040_20070922_20161231_01_T1 or LE71340402007265SGS00)"
+            )
+        pre = match["pre"].upper()
+        code = f"{pre[:2]}0{pre[2]}"
+        acquired = datetime.strptime(f"{match['year']}{match['doy']}", "%Y%j").date()
     if code not in SENSORS:
         raise ValueError(f"{name!r}: unknown sensor code {code}; known: {', '.join(SENSORS)}")
-    return SENSORS[code], datetime.strptime(match["date"], "%Y%m%d").date()
+    return SENSORS[code], acquired
 
 
-def find_level1_bands(folder: Path) -> dict[str, Path]:
-    """Band files of one Landsat 7 Level-1 scene in ``folder``, keyed by channel name.
+def sensor_name(given: str) -> str:
+    """A sensor named by the user (``LE07``, ``L7``, ``ETM+``, ``Landsat 7 ETM+``) as al-loop
+    names it; only Landsat 7 ETM+ fits the HKH channel layout."""
+    key = given.strip().upper().replace(" ", "")
+    if key in {"LE07", "LE7", "L7", "ETM+", "ETM", "LANDSAT7", "LANDSAT7ETM+"}:
+        return SENSORS["LE07"]
+    known = {code: name for code, name in SENSORS.items()}
+    for code, name in known.items():
+        if key in {code, name.upper().replace(" ", "")}:
+            raise RasterInputError(f"--sensor {given}: {name} bands do not fit the HKH channel layout; only "
+                                   "Landsat 7 ETM+ (LE07) scenes can be ingested")
+    raise RasterInputError(f"--sensor {given!r}: not a Landsat sensor; give LE07 (Landsat 7 ETM+)")
 
-    Collection 1 and 2 names are recognised (``*_B1.TIF`` ... ``*_B6_VCID_2.TIF``,
-    ``*_BQA.TIF``; Collection 2's ``*_QA_PIXEL.TIF`` counts as BQA), any case of ``.tif``.
-    Other files (metadata, Level-2 products) are ignored.
+
+@dataclass(frozen=True)
+class Level1Scene:
+    """The band files of a Level-1 folder and what their names tell."""
+
+    bands: dict[str, Path]  # channel name -> file, in RAW_BANDS order
+    naming: str  # collection, pre-collection or renamed
+    sensor: str | None
+    acquired: date | None
+
+
+def find_level1_scene(folder: Path) -> Level1Scene:
+    """Band files of one Landsat 7 Level-1 scene in ``folder``.
+
+    Collection 1 and 2 names (``*_B1.TIF`` ... ``*_B6_VCID_2.TIF``, ``*_BQA.TIF``; Collection 2's
+    ``*_QA_PIXEL.TIF`` counts as BQA), pre-collection names (``LE71400412000304SGS00_B1.TIF``,
+    thermal ``_B61``/``_B62`` too) and renamed files (``<anything>_B1.TIF``) are recognised, any
+    case of ``.tif``. Other files (metadata, Level-2 ``_SR_``/``_ST_`` products) are ignored.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise RasterInputError(f"{folder}: not a folder")
     found: dict[str, Path] = {}
+    namings, ids = set(), set()
     for path in sorted(folder.iterdir()):
-        match = _BAND_FILE.fullmatch(path.name)
-        if match is None:
+        for naming, pattern in _BAND_FILES.items():
+            match = pattern.fullmatch(path.name)
+            if match is not None:
+                break
+        else:
             continue
-        sensor = match["sensor"].upper()
-        if sensor != "LE07":
-            raise RasterInputError(
-                f"{path}: a {SENSORS.get(sensor, sensor)} file; only Landsat 7 ETM+ bands "
-                "fit the HKH channel layout"
-            )
-        name = match["band"].upper().replace("QA_PIXEL", "BQA")
+        if naming == "renamed" and (re.search(r"_(?:SR|ST)$", match["prefix"], re.IGNORECASE)
+                                    or re.search(r"L[A-Z]\d{2}_L2", path.name, re.IGNORECASE)):
+            continue  # a Level-2 product (surface reflectance or temperature), not Level-1 DN
+        if naming != "renamed":
+            sensor = match["sensor"].upper() if naming == "collection" else f"{match['pre'][:2].upper()}0{match['pre'][2]}"
+            if sensor != "LE07":
+                raise RasterInputError(
+                    f"{path}: a {SENSORS.get(sensor, sensor)} file; only Landsat 7 ETM+ bands "
+                    "fit the HKH channel layout"
+                )
+        name = match["band"].upper()
+        name = _BAND_ALIASES.get(name, name)
         if name in found:
             raise RasterInputError(
                 f"{folder}: two files for band {name}: {found[name].name} and {path.name}"
             )
         found[name] = path
+        namings.add(naming)
+        ids.add(path.name[: match.start("band") - 1])
     if not found:
         raise RasterInputError(
-            f"{folder}: no Landsat Level-1 band files "
-            "(like LE07_L1TP_134040_20070922_20161231_01_T1_B1.TIF)"
+            f"{folder}: no Landsat Level-1 band files (like LE07_L1TP_134040_20070922_20161231_01_T1_B1.TIF, "
+            "LE71340402007265SGS00_B1.TIF or <name>_B1.TIF)"
         )
-    return {name: found[name] for name in RAW_BANDS if name in found}
+    if len(ids) > 1:
+        raise RasterInputError(f"{folder}: band files of more than one scene ({', '.join(sorted(ids))}); "
+                               "put each scene in its own folder")
+    scene_id = ids.pop()
+    try:
+        sensor, acquired = parse_scene_id(scene_id)
+    except ValueError:
+        try:
+            sensor, acquired = parse_scene_id(folder.name)
+        except ValueError:
+            sensor, acquired = None, None
+    naming = "renamed" if "renamed" in namings else namings.pop()
+    return Level1Scene({name: found[name] for name in RAW_BANDS if name in found}, naming, sensor, acquired)
+
+
+def find_level1_bands(folder: Path) -> dict[str, Path]:
+    """Band files of one Landsat 7 Level-1 scene in ``folder``, keyed by channel name (see
+    :func:`find_level1_scene`)."""
+    return find_level1_scene(folder).bands
 
 
 def band_files_from_folder(folder: Path) -> list[BandSource]:
