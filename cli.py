@@ -349,8 +349,9 @@ def models(ctx: typer.Context, workspace: WorkspaceOption = None) -> None:
         vset = current_validation_set(ws, store)
         with console.status("scoring versions on the current validation set") as spinner:
             scores = version_scores(ws, store, found, vset, progress=spinner.update)
-    table = Table(title=f"model versions, IoU on the current validation set ({len(vset.patches)} patches, "
-                        f"set {vset.id[:8]})",
+    sources = ", ".join(f"{n} {source}" for source, n in vset.sources().items()) or "none"
+    table = Table(title=f"model versions, IoU on the current validation set (set {vset.id[:8]}: {len(vset.patches)} "
+                        f"patches, by label source {sources})",
                   caption="n/a: no pixels of that class in validation; -: the version cannot run on it "
                           "(a validation scene lacks one of its channels)")
     for column in ("version", "status", "parent", "clean ice", "debris", "glacier", "labels", "channels", "gate, when trained"):

@@ -46,6 +46,15 @@ class ValidationSet:
     patches: list[LabelledPatch]
     notes: list[str] = field(default_factory=list)
 
+    def sources(self) -> dict[str, int]:
+        """Validation patches by the strongest source of their labels (expert annotations count
+        as such even over an inventory)."""
+        counts: dict[str, int] = {}
+        for item in self.patches:
+            source = item.labels[-1].source
+            counts[source] = counts.get(source, 0) + 1
+        return counts
+
     def samples_for(self, workspace: Workspace, channels: list[str], classes: list[str]) -> list[Sample]:
         return load_samples(workspace, self.patches, channels, class_set(classes))
 

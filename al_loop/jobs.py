@@ -159,7 +159,7 @@ class Worker:
                 self.log(f"training job failed: {exc}")
                 report = None
             if report is not None:
-                self.log(f"job {report.job_id}: version {report.version} {report.status} ({report.gate})")
+                self.log(f"job {report.job_id}: version {report.version} {report.gate}")
                 if self.on_trained is not None:
                     try:
                         self.on_trained(report)

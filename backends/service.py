@@ -71,6 +71,8 @@ class Backend:
             self.worker.wake.set()
 
     def after_training(self, report: TrainingReport) -> None:
+        if self.connected:  # the experts see what their labels did, promoted or not
+            studio.describe_models(studio.client(self.workspace), self.workspace, self.store)
         if report.status != "champion" or not self.holder.refresh():
             return
         self.log(f"serving {self.holder.version_name}")

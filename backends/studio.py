@@ -31,7 +31,7 @@ from backends.app import SECRET_HEADER
 from backends.label_config import IMAGE_DATA_KEY, LABEL_USE_KEY, label_config
 from backends.label_writer import after_labels, write
 from backends.predictor import ModelHolder, predict_patch_ids
-from db import queries
+from db import queries, registry
 from db.models import Patch, Round, RoundPatch
 from db.session import Store
 
@@ -95,10 +95,9 @@ def connect(workspace: Workspace, store: Store, holder: ModelHolder | None = Non
     project = find_project(ls, cfg.label_studio.project_title)
     created = project is None
     if created:
-        project = ls.projects.create(title=cfg.label_studio.project_title, label_config=config_xml,
-                                     description="Glacier patches chosen by al-loop's uncertainty sampler")
+        project = ls.projects.create(title=cfg.label_studio.project_title, label_config=config_xml)
     ls.projects.update(id=project.id, label_config=config_xml, sampling="Uncertainty sampling",
-                       show_collab_predictions=True)
+                       show_collab_predictions=True, description=project_description(store))
     _ensure_storage(ls, workspace, project.id)
     _ensure_ml_backend(ls, workspace, project.id)
     _ensure_webhook(ls, workspace, project.id)
@@ -114,6 +113,33 @@ def connect(workspace: Workspace, store: Store, holder: ModelHolder | None = Non
     unpredicted = {patch: task for patch, task in open_tasks(store, project.id).items() if task not in predicted}
     report.predictions = push_predictions(ls, workspace, store, holder, project.id, unpredicted)
     return report
+
+
+def project_description(store: Store) -> str:
+    """What the experts' labels did, for the project's description: the model served, its
+    validation figures, and the newest candidate's gate decision in words."""
+    lines = ["Glacier patches chosen by al-loop's uncertainty sampler."]
+    with store.session() as session:
+        summary = queries.status_summary(session)
+        champion = registry.champion(session)
+        figures = champion.metrics.get("val", {}) if champion else {}
+        patches = champion.metrics.get("val_patches") if champion else None
+    if champion is not None:
+        iou = ", ".join(f"{name.replace('_', ' ')} {values['iou']:.2f}" for name, values in figures.items()
+                        if name != "background" and values.get("iou") is not None)
+        lines.append(f"Model served: {champion.name} (IoU on {patches} validation patches when trained: {iou or 'n/a'}).")
+    newest = summary["newest"]
+    if newest and (champion is None or newest["name"] != champion.name):
+        lines.append(f"Newest candidate {newest['name']}: {newest['gate']}.")
+    elif newest:
+        lines.append(f"Gate: {newest['gate']}.")
+    return "\n".join(lines)
+
+
+def describe_models(ls, workspace: Workspace, store: Store) -> None:
+    """Bring the project's description up to date after a training."""
+    project = project_or_fail(ls, workspace)
+    ls.projects.update(id=project.id, description=project_description(store))
 
 
 def document_path(workspace: Workspace, path: Path) -> str:

@@ -101,6 +101,7 @@ def test_the_live_loop_from_connect_to_a_new_champion_and_the_next_round(live):
         assert (again.project_id, again.created, again.imported, again.predictions) == (report.project_id, False, {1: 0}, 0)
         project = ls.projects.get(id=report.project_id)
         assert project.model_version == "v1" and project.sampling == "Uncertainty sampling"
+        assert "Model served: v1 (IoU on" in project.description
         hooks = ls.webhooks.list(project=project.id)
         assert [h.headers.get(SECRET_HEADER) for h in hooks] == [ws.config.backend.webhook_secret]
         tasks = sorted(_tasks(ls, project.id), key=lambda t: t.data["rank"])
@@ -143,6 +144,8 @@ def test_the_live_loop_from_connect_to_a_new_champion_and_the_next_round(live):
         fresh = ls.predictions.list(task=tasks[3].id)  # the open task of round 1 was re-predicted
         assert {p.model_version for p in fresh} == {"v1", "v2"}
         assert ls.projects.get(id=project.id).model_version == "v2"
+        description = ls.projects.get(id=project.id).description  # the experts see what their labels did
+        assert "Model served: v2" in description and "Gate: promoted" in description
         ls.predictions.delete(id=[p for p in fresh if p.model_version == "v2"][0].id)
         ls.actions.create(id="retrieve_tasks_predictions", project=project.id,
                           selected_items={"all": False, "included": [tasks[3].id]})

@@ -14,7 +14,7 @@ from al_loop.validation import Block, SplitSettingsChanged, assign_splits, choos
 from al_loop.workspace import open_store
 from cli import app
 from db.models import Label, Patch
-from tests.test_rounds import labelled_and_pool
+from tests.test_rounds import pool_ws  # noqa: F401 (a fixture)
 
 
 def _block(n, **pixels):
@@ -45,15 +45,8 @@ def test_a_class_in_one_block_stays_in_training_and_one_block_is_never_split():
     assert choose_validation_blocks({("a",): _block(5)}, 0.2, 0) == set()
 
 
-@pytest.fixture
-def two_scenes(tmp_path, database_url):
-    ws, store = labelled_and_pool(tmp_path / "ws", tmp_path / "pool", database_url)
-    yield ws, store
-    store.dispose()
-
-
-def test_validation_comes_only_from_labelled_patches_and_holds_every_class(two_scenes):
-    ws, store = two_scenes
+def test_validation_comes_only_from_labelled_patches_and_holds_every_class(pool_ws):
+    ws, store = pool_ws
     with store.session() as session:
         report = assign_splits(session, ws.config.training)
         labelled = set(session.scalars(select(Label.patch_id)))
@@ -65,8 +58,8 @@ def test_validation_comes_only_from_labelled_patches_and_holds_every_class(two_s
         assert sum(l.n_clean_ice for l in val_labels) > 0 and sum(l.n_debris for l in val_labels) > 0
 
 
-def test_handed_out_patches_are_routed_and_the_handout_says_which_validate(two_scenes):
-    ws, store = two_scenes
+def test_handed_out_patches_are_routed_and_the_handout_says_which_validate(pool_ws):
+    ws, store = pool_ws
     run_training(ws, store, quiet=True)
     ws.config.training.validation_fraction = 0.5  # so that some new blocks go to validation
     chosen = next_round(ws, store, size=16, strategy="random", quiet=True)
@@ -81,8 +74,8 @@ def test_handed_out_patches_are_routed_and_the_handout_says_which_validate(two_s
     assert all(len(v) == 1 for v in by_block.values())
 
 
-def test_with_train_routing_new_labels_never_validate(two_scenes):
-    ws, store = two_scenes
+def test_with_train_routing_new_labels_never_validate(pool_ws):
+    ws, store = pool_ws
     run_training(ws, store, quiet=True)
     ws.config.training.validation_routing = "train"
     chosen = next_round(ws, store, size=16, strategy="random", quiet=True)
@@ -90,8 +83,8 @@ def test_with_train_routing_new_labels_never_validate(two_scenes):
         assert {p.split for p in session.scalars(select(Patch).where(Patch.id.in_([c.patch_id for c in chosen.patches])))} == {"train"}
 
 
-def test_a_changed_seed_redraws_before_any_model_and_is_refused_after(two_scenes):
-    ws, store = two_scenes
+def test_a_changed_seed_redraws_before_any_model_and_is_refused_after(pool_ws):
+    ws, store = pool_ws
     ws.config.training.validation_block = 128  # one patch per block: many equally good splits
     with store.session() as session:
         assign_splits(session, ws.config.training)
@@ -125,8 +118,8 @@ def test_labels_in_one_block_hold_out_single_patches_and_say_so(tmp_path):
     store.dispose()
 
 
-def test_status_and_models_show_which_labels_validate(two_scenes):
-    ws, store = two_scenes
+def test_status_and_models_show_which_labels_validate(pool_ws):
+    ws, store = pool_ws
     run_training(ws, store, quiet=True)
     env = {"AL_LOOP_WORKSPACE": str(ws.root), "COLUMNS": "200", "AL_LOOP_DATABASE_URL": ws.database_url,
            "AL_LOOP_TRAINING_VALIDATION_BLOCK": str(ws.config.training.validation_block)}
