@@ -31,7 +31,7 @@ def _child(tile: str, workspace: str) -> None:
     from al_loop.ingest import ingest_hkh_tile
     from al_loop.workspace import init_workspace, open_store
 
-    ws = init_workspace(workspace)
+    ws = init_workspace(workspace, profile="cuda")  # 512-px patches, as the HKH slices
     store = open_store(ws)
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
     base = _memory_mb("VmRSS")

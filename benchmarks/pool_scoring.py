@@ -20,7 +20,7 @@ import rasterio
 import torch
 
 from al_loop import bands
-from al_loop.config import Config
+from al_loop.config import Config, apply_profile
 from al_loop.model.inference import mc_predict, predict_proba
 from al_loop.model.network import UNet
 from al_loop.sampling import acquisition
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--T", type=int, default=20)
     args = parser.parse_args()
-    cfg = Config()
+    cfg = apply_profile(Config(), "cuda")  # the paper's U-Net
     side = args.size * int(np.ceil(np.sqrt(args.patches)))
     with tempfile.TemporaryDirectory() as tmp:
         scene = make_scene(Path(tmp), height=side, seed=7)

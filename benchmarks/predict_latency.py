@@ -1,6 +1,6 @@
 """/predict latency per task on CPU through a real HTTP server, against the bare forward pass.
 
-The model users get: the workspace's default U-Net (depth 5, 16-512 filters), trained for one
+The model of the cuda profile (the paper's U-Net: depth 5, 16-512 filters), trained for one
 epoch (crop 256) on a 1024x1024 synthetic scene (its speed does not depend on its weights). A
 pool scene of 2x4 patches is handed out as a round of 8, the app is served by uvicorn in a
 thread and asked for 1, 4 and 8 of those tasks in one POST (the backend infers
@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        ws = init_workspace(Path(tmp) / "ws")
+        ws = init_workspace(Path(tmp) / "ws", profile="cuda")
         ws.config.ingest.quicklooks = False
         ws.config.training.max_epochs = 1
         ws.config.training.validation_block = 512  # the scene holds one 1024 block: split it

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from al_loop import bands
-from al_loop.config import Config
+from al_loop.config import Config, apply_profile
 from al_loop.model.data import Sample, normalization, to_target
 from al_loop.model.inference import mc_predict, predict_proba
 from al_loop.model.metrics import ConfusionMatrix
@@ -32,9 +32,13 @@ def patches(seed: int, side: int, size: int) -> list[Sample]:
     pixels, labels, _ = generate(side, side, seed)
     out = []
     for i, (r, c) in enumerate(patch_windows(side, side, size)):
-        p = pixels[:, r : r + size, c : c + size]
-        valid = bands.valid_mask(p)
-        out.append(Sample(i, seed, i, p, valid, to_target(labels[r : r + size, c : c + size], valid, "multiclass")))
+        truth = np.zeros((size, size), np.uint8)
+        part = labels[r : r + size, c : c + size]
+        truth[: part.shape[0], : part.shape[1]] = part
+        window = np.zeros((pixels.shape[0], size, size), np.float32)  # edge patches reach past the scene
+        window[:, : part.shape[0], : part.shape[1]] = pixels[:, r : r + size, c : c + size]
+        valid = bands.valid_mask(window)
+        out.append(Sample(i, seed, (i,), window, valid, to_target(truth, valid, "multiclass"), (r, c)))
     return out
 
 
@@ -62,7 +66,7 @@ def main() -> None:
     train_samples = patches(seed=1, side=args.side, size=args.patch)
     val_samples = patches(seed=2, side=args.side // 2, size=args.patch)  # early stopping
     test_samples = patches(seed=3, side=args.side, size=args.patch)  # held out, never seen
-    config = Config()
+    config = apply_profile(Config(), "cuda")  # the paper's U-Net
     config.training.crop_size = 0
     config.training.max_epochs = args.epochs
     config.training.learning_rate = 1e-3
@@ -74,7 +78,7 @@ def main() -> None:
     for design, everywhere in (("head-only dropout", False), ("dropout everywhere", True)):
         arch = {**architecture(config.model), "dropout_everywhere": everywhere}
         start = time.perf_counter()
-        result = train(train_samples, val_samples, arch=arch, train_cfg=config.training, n_classes=3, norm=norm)
+        result = train(train_samples, val_samples, arch=arch, train_cfg=config.training, class_names=CLASSES, norm=norm)
         minutes = (time.perf_counter() - start) / 60
         matrix, deterministic, mc = score(result.model, test_samples, norm, args.T)
         iou = matrix.iou()
