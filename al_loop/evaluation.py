@@ -30,7 +30,7 @@ from al_loop.model.data import (
 from al_loop.model.inference import pick_device
 from al_loop.model.metrics import SegmentationScores, jsonable
 from al_loop.model.training import evaluate_samples, normalize
-from al_loop.model.checkpoints import load_version
+from al_loop.model.checkpoints import CheckpointError, load_version
 from db import queries, registry
 from db.models import ModelVersion
 from db.session import Store
@@ -69,8 +69,8 @@ def version_scores(workspace: Workspace, store: Store, versions: list[ModelVersi
                    loaded: dict[tuple, list[Sample]] | None = None,
                    progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any] | None]:
     """Each version's rows on ``vset`` (evaluated once, then read from the store); None for a
-    version that cannot run on it (a validation scene lacks one of its channels). ``loaded``
-    holds samples of ``vset`` already read, by (channels, classes)."""
+    version that cannot run on it (a validation scene lacks one of its channels, or its model
+    file is damaged). ``loaded`` holds samples of ``vset`` already read, by (channels, classes)."""
     out: dict[str, dict[str, Any] | None] = {}
     todo = []
     with store.session() as session:
@@ -93,7 +93,11 @@ def version_scores(workspace: Workspace, store: Store, versions: list[ModelVersi
             samples[key] = vset.samples_for(workspace, list(version.channels), list(version.classes))
         if progress:
             progress(f"evaluating {version.name} on the current validation set ({len(vset.patches)} patches)")
-        model, _ = load_version(workspace, version)
+        try:
+            model, _ = load_version(workspace, version)
+        except CheckpointError:  # its file is gone or damaged: it can be neither served nor compared
+            out[version.name] = None
+            continue
         overall, per_scene = evaluate_samples(model, samples[key], version.normalization, version.classes, device)
         metrics = scores_record(overall, per_scene)
         with store.session() as session:
