@@ -11,13 +11,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from al_loop import logs
 from al_loop.config import WORKSPACE_ENV, open_workspace
+from al_loop.jobs import JobLost
 from al_loop.model.training import TrainingCancelled
 from al_loop.workspace import init_workspace, open_store
 from db.queries import status_summary
 from db.session import SchemaError, upgrade
 
 app = typer.Typer(help="Active-learning annotation loop for glacier mapping.", no_args_is_help=True)
+_log_level: str | None = None  # --log-level, which beats the workspace's logging.level
 ingest_app = typer.Typer(help="Bring scenes, slices and labels into the store.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
@@ -33,12 +36,25 @@ WorkspaceOption = Annotated[
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
+@app.callback()
+def main(
+    log_level: Annotated[
+        Optional[str], typer.Option("--log-level", help="debug, info, warning or error (config logging.level).")
+    ] = None,
+) -> None:
+    """Active-learning annotation loop for glacier mapping."""
+    global _log_level
+    with _clear_errors():
+        _log_level = log_level
+        logs.configure(log_level or "info")
+
+
 @contextmanager
 def _clear_errors():
     """Input problems end the command with one clear message and exit code 2, no traceback."""
     try:
         yield
-    except (ValueError, LookupError, SchemaError, FileNotFoundError, TrainingCancelled) as exc:
+    except (ValueError, LookupError, SchemaError, FileNotFoundError, TrainingCancelled, JobLost) as exc:
         errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
@@ -46,6 +62,8 @@ def _clear_errors():
 @contextmanager
 def _store(workspace: Path | None):
     ws = open_workspace(workspace)
+    if _log_level is None:
+        logs.configure(ws.config.logging.level)
     store = open_store(ws)
     try:
         yield ws, store
@@ -283,14 +301,18 @@ def train(
     quiet: QuietOption = False,
 ) -> None:
     """Train a model version on the accepted labels; promote it if it passes the gate."""
-    from al_loop.retrain import request_cancel, run_training
+    from al_loop.jobs import request_cancel
+    from al_loop.retrain import run_training
 
     with _clear_errors(), _store(workspace) as (ws, store):
         if cancel is not None:
             request_cancel(store, cancel)
-            console.print(f"job {cancel} will stop after its current epoch; resume it with --resume {cancel}")
+            console.print(f"job {cancel} will stop (a running one after its current epoch); "
+                          f"resume it with --resume {cancel}")
             return
-        report = run_training(ws, store, parent_name=from_, job_id=resume, quiet=quiet)
+        if resume is not None and from_ is not None:
+            raise ValueError("--resume N goes on with job N's own parent: leave out --from")
+        report = run_training(ws, store, parent_name=from_, resume=resume, quiet=quiet)
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(
@@ -526,7 +548,7 @@ def worker(
     from al_loop.jobs import Worker
 
     with _clear_errors(), _store(workspace) as (ws, store):
-        job_worker = Worker(ws, store, log=console.print)
+        job_worker = Worker(ws, store)
         console.print(f"worker {job_worker.name} waiting for training jobs" + (" (once)" if once else ""))
         try:
             job_worker.run(once=once)
@@ -557,7 +579,7 @@ def sync(workspace: WorkspaceOption = None) -> None:
     from backends.studio import sync as run
 
     with _clear_errors(), _store(workspace) as (ws, store):
-        report = run(ws, store, log=lambda m: errors.print(f"[yellow]{m}[/]"))
+        report = run(ws, store)
     console.print(f"project {report.project_id}: {report.tasks} tasks; labels {dict(report.outcomes) or 'unchanged'}")
     if report.closed_rounds:
         console.print(f"  closed round(s) {', '.join(map(str, report.closed_rounds))}")

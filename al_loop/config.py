@@ -123,12 +123,14 @@ class TrainingConfig:
 
 @dataclass
 class SamplingConfig:
-    strategy: str = setting("combined", "random, entropy, margin, bald, debris, cloud or combined")
+    strategy: str = setting("combined", "random, entropy, margin, bald, debris, cloud or combined",
+                            ("random", "entropy", "margin", "bald", "debris", "cloud", "combined"))
     round_size: int = setting(10, "patches per round (fewer when the pool holds fewer)")
     top_q: float = setting(0.1, "a patch scores the mean of its top q fraction of valid pixels")
     per_scene_cap: int = setting(0, "at most this many patches of one scene per round (0: no cap)")
     exclusion_radius: float = setting(1000.0, "metres: no two patches of a round closer than this")
-    method: str = setting("", "diversity: kcenter (on bottleneck features), power or greedy; empty: kcenter with a model, greedy cold")
+    method: str = setting("", "diversity: kcenter (on bottleneck features), power or greedy; empty: kcenter with a model, greedy cold",
+                          ("", "kcenter", "power", "greedy"))
     batch_size: int = setting(4, "patches scored per Monte Carlo batch")
     seed: int = setting(0, "seed of Monte Carlo masks and random choices")
 
@@ -175,6 +177,12 @@ class LabelStudioConfig:
 
 
 @dataclass
+class LoggingConfig:
+    level: str = setting("info", "what the backend, worker and commands log: debug, info, warning or error",
+                         ("debug", "info", "warning", "error"))
+
+
+@dataclass
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -185,6 +193,7 @@ class Config:
     retraining: RetrainingConfig = field(default_factory=RetrainingConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     label_studio: LabelStudioConfig = field(default_factory=LabelStudioConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
@@ -306,12 +315,40 @@ def _environment_values(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
     return values
 
 
+def check(config: Config, origin: str) -> Config:
+    """Values that are wrong together or out of range, named by key (words are checked against
+    their choices as they are read)."""
+    c = config
+    problems = []
+    if not 0 < c.training.validation_fraction < 1:
+        problems.append(f"training.validation_fraction must be between 0 and 1, found {c.training.validation_fraction}")
+    for key, value in (("ingest.patch_size", c.ingest.patch_size), ("model.depth", c.model.depth),
+                       ("model.base_filters", c.model.base_filters), ("training.batch_size", c.training.batch_size),
+                       ("training.max_epochs", c.training.max_epochs), ("training.validation_block",
+                                                                        c.training.validation_block)):
+        if value < 1:
+            problems.append(f"{key} must be at least 1, found {value}")
+    multiple = 2 ** max(c.model.depth, 0)
+    for key, value in (("ingest.patch_size", c.ingest.patch_size), ("training.crop_size", c.training.crop_size)):
+        if value > 0 and value % multiple:
+            problems.append(f"{key} {value} must be a multiple of {multiple} (2**model.depth, model.depth "
+                            f"{c.model.depth})")
+    if not 0 <= c.ingest.patch_overlap < max(c.ingest.patch_size, 1):
+        problems.append(f"ingest.patch_overlap must be in [0, ingest.patch_size), found {c.ingest.patch_overlap}")
+    if not 0 <= c.model.dropout < 1:
+        problems.append(f"model.dropout must be in [0, 1), found {c.model.dropout}")
+    if problems:
+        raise ConfigError(f"{origin}: " + "; ".join(problems))
+    return config
+
+
 def load_config(
     root: Path,
     overrides: dict[str, dict[str, Any]] | None = None,
     environ: dict[str, str] | None = None,
 ) -> Config:
-    """Defaults, then the workspace's TOML file, then the environment, then ``overrides``."""
+    """Defaults, then the workspace's TOML file, then the environment, then ``overrides``;
+    checked as a whole."""
     config = Config()
     path = Path(root) / CONFIG_FILE
     if path.exists():
@@ -323,7 +360,7 @@ def load_config(
     _apply(config, _environment_values(dict(os.environ if environ is None else environ)), "environment")
     if overrides:
         _apply(config, overrides, "option")
-    return config
+    return check(config, str(path) if path.exists() else "configuration")
 
 
 PROFILE_NOTE = "# Sizes were set for the {0} compute profile (al-loop init --profile {0})."

@@ -5,8 +5,6 @@ always complete."""
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from al_loop import gate
+from al_loop import gate, jobs
 from al_loop.config import Workspace
 from al_loop.evaluation import ValidationSet, scores_record, version_scores
 from al_loop.model.checkpoints import load_version, save_model
@@ -31,7 +29,7 @@ from al_loop.model.inference import pick_device
 from al_loop.model.metrics import validation_score
 from al_loop.model.training import TrainingCancelled, architecture, evaluate_samples, train
 from db import queries, registry
-from db.models import Label, ModelVersion, TrainingJob, utcnow
+from db.models import Label, ModelVersion
 from db.session import Store
 
 
@@ -54,48 +52,71 @@ def run_training(
     store: Store,
     *,
     parent_name: str | None = None,
-    job_id: int | None = None,
+    resume: int | None = None,
+    claimed: jobs.Claimed | None = None,
+    worker: str | None = None,
     trigger: str = "manual",
     should_stop: Callable[[], bool] | None = None,
     quiet: bool = False,
 ) -> TrainingReport:
-    """Train a new version (from scratch, or fine-tuned from ``parent_name``), or resume job
-    ``job_id`` from its last epoch checkpoint, then judge it with the promotion gate against
-    every served version on the current validation set. The job stops after its current epoch
-    when ``should_stop()`` says so, by default when :func:`request_cancel` was called for it."""
+    """Train a new version (from scratch, or fine-tuned from ``parent_name``), resume job
+    ``resume`` from its last epoch checkpoint, or run a job a worker ``claimed``; then judge the
+    candidate with the promotion gate against every served version on the current validation
+    set. Jobs start through :func:`al_loop.jobs.claim` only; while one runs, its heartbeat is
+    beaten and it stops after its current epoch when cancelled (or ``should_stop()``)."""
     cfg = workspace.config
-    resumed_norm = None
-    if job_id is not None:
-        parent_name, resumed_norm = _resumable_job(store, job_id)
-    # Everything that can be wrong with the inputs is found before a job is recorded.
-    with store.session() as session:
-        parent = registry.version(session, parent_name) if parent_name else None
-        classes = list(parent.classes) if parent else list(class_names(cfg.model.classes))
-        data = split_samples(session, workspace, list(parent.channels) if parent else None, class_set(classes))
-        channels = data.channels
-        parent_model = load_version(workspace, parent)[0] if parent else None
-        norm = resumed_norm or (parent.normalization if parent else normalization(data.train, channels))
-        arch = parent.config["architecture"] if parent else architecture(cfg.model)
-        # Labels up to here are the ones this run could see (retraining counts those after it).
-        watermark = session.scalar(select(func.max(Label.id))) or 0
-    job_id = _claim_job(store, job_id, parent, trigger, norm)
-    should_stop = should_stop or (lambda: _cancel_requested(store, job_id))
+    worker = worker or jobs.worker_name()
+    if claimed is None and resume is not None:
+        claimed = jobs.claim(store, worker, cfg.retraining.stale_seconds, job_id=resume)
+    if claimed is not None:
+        parent_name, trigger = claimed.parent, claimed.trigger
+    try:
+        # Everything that can be wrong with the inputs is found before a new job is recorded.
+        with store.session() as session:
+            parent = registry.version(session, parent_name) if parent_name else None
+            classes = list(parent.classes) if parent else list(class_names(cfg.model.classes))
+            data = split_samples(session, workspace, list(parent.channels) if parent else None, class_set(classes))
+            channels = data.channels
+            parent_model = load_version(workspace, parent)[0] if parent else None
+            norm = (claimed.normalization if claimed and claimed.normalization else None) or (
+                parent.normalization if parent else normalization(data.train, channels))
+            arch = parent.config["architecture"] if parent else architecture(cfg.model)
+            # Labels up to here are the ones this run could see (retraining counts those after it).
+            watermark = session.scalar(select(func.max(Label.id))) or 0
+    except Exception as exc:
+        if claimed is not None:
+            jobs.finish(store, claimed.id, worker, jobs.JobState.FAILED, error=str(exc))
+        raise
+    if claimed is None:
+        claimed = jobs.claim(store, worker, cfg.retraining.stale_seconds, new={
+            "trigger": trigger, "parent": parent.name if parent else None, "parent_id": parent.id if parent else None,
+            "normalization": norm})
+    elif not claimed.normalization:
+        jobs.record_normalization(store, claimed.id, norm)
+    job_id = claimed.id
     checkpoint = models_dir(workspace) / "jobs" / f"job-{job_id}.pt"
     device = pick_device()
+    interval = min(60.0, cfg.retraining.stale_seconds / 4)
     try:
-        result = train(
-            data.train, data.val, arch=arch, train_cfg=cfg.training,
-            class_names=classes, norm=norm, parent=parent_model, checkpoint=checkpoint,
-            should_stop=should_stop, quiet=quiet, device=device,
-        )
-        overall, per_scene = evaluate_samples(result.model, data.val, norm, classes, device)
-        scores = scores_record(overall, per_scene)
-        decision, champion_name = _judge(workspace, store, scores["val"], data, channels, classes)
+        with jobs.Heartbeat(store, job_id, worker, interval) as heart:
+            stop = (lambda: heart.should_stop() or should_stop()) if should_stop else heart.should_stop
+            result = train(
+                data.train, data.val, arch=arch, train_cfg=cfg.training,
+                class_names=classes, norm=norm, parent=parent_model, checkpoint=checkpoint,
+                should_stop=stop, quiet=quiet, device=device,
+            )
+            overall, per_scene = evaluate_samples(result.model, data.val, norm, classes, device)
+            scores = scores_record(overall, per_scene)
+            decision, champion_name = _judge(workspace, store, scores["val"], data, channels, classes)
+            heart.should_stop()  # still ours? (raises JobLost if another runner took it over)
+    except jobs.JobLost:
+        raise  # the job is someone else's now: record nothing
     except (TrainingCancelled, KeyboardInterrupt) as exc:
-        _finish_job(store, job_id, "cancelled", error=f"{exc or 'interrupted'}; resume with --resume {job_id}")
+        jobs.finish(store, job_id, worker, jobs.JobState.CANCELLED,
+                    error=f"{exc or 'interrupted'}; resume with --resume {job_id}")
         raise
     except Exception as exc:
-        _finish_job(store, job_id, "failed", error=str(exc))
+        jobs.finish(store, job_id, worker, jobs.JobState.FAILED, error=str(exc))
         raise
     metrics = {
         **scores,
@@ -135,9 +156,9 @@ def run_training(
             registry.promote(session, version)
         else:
             version.status = "rejected"
-        job = session.get(TrainingJob, job_id)
-        job.status, job.result_model_id, job.finished_at = "done", version.id, utcnow()
-        job.progress = {"epochs": result.epochs_run, "best_epoch": result.best_epoch}
+        # In the same transaction: a job taken over meanwhile registers nothing (JobLost).
+        jobs.finish(store, job_id, worker, jobs.JobState.DONE, result_model_id=version.id, session=session,
+                    progress={"epochs": result.epochs_run, "best_epoch": result.best_epoch})
         report = TrainingReport(job_id, name, version.status, metrics, decision.summary, list(data.split.notes))
     checkpoint.unlink(missing_ok=True)
     return report
@@ -157,52 +178,3 @@ def _judge(workspace: Workspace, store: Store, candidate: dict[str, Any], data: 
     decision = gate.decide(candidate, references, workspace.config.training.promotion_margin,
                            data.validation_set, champion.name if champion else None)
     return decision, champion.name if champion else None
-
-
-def _resumable_job(store: Store, job_id: int) -> tuple[str | None, dict | None]:
-    """The parent and normalisation of a job that can be resumed (cancelled, failed or
-    interrupted): a resumed job normalises exactly as it started."""
-    with store.session() as session:
-        job = session.get(TrainingJob, job_id)
-        if job is None or job.status not in ("cancelled", "cancelling", "failed", "running"):
-            raise LookupError(f"no resumable training job {job_id} (a cancelled, failed or interrupted one)")
-        return job.progress.get("parent"), job.progress.get("normalization")
-
-
-def _claim_job(store: Store, job_id: int | None, parent: ModelVersion | None, trigger: str, norm: dict) -> int:
-    with store.session() as session:
-        if job_id is None:
-            queries.lock_job_queue(session)
-            running = session.scalar(select(TrainingJob).where(TrainingJob.status.in_(("running", "cancelling"))))
-            if running is not None:  # never two trainings at once
-                raise LookupError(f"training job {running.id} is running ({running.claimed_by}): wait for it, stop it "
-                                  f"with --cancel {running.id}, or, if its process died, --resume {running.id}")
-            job = TrainingJob(trigger=trigger, parent_model_id=parent.id if parent else None,
-                              progress={"parent": parent.name if parent else None, "normalization": norm})
-            session.add(job)
-        else:
-            job = session.get(TrainingJob, job_id)
-        job.status, job.claimed_by, job.claimed_at = "running", f"{socket.gethostname()}:{os.getpid()}", utcnow()
-        job.error = None
-        session.flush()
-        return job.id
-
-
-def request_cancel(store: Store, job_id: int) -> None:
-    """Ask a running job to stop after its current epoch (from any process)."""
-    with store.session() as session:
-        job = session.get(TrainingJob, job_id)
-        if job is None or job.status != "running":
-            raise LookupError(f"no running training job {job_id}")
-        job.status = "cancelling"
-
-
-def _cancel_requested(store: Store, job_id: int) -> bool:
-    with store.session() as session:
-        return session.get(TrainingJob, job_id).status == "cancelling"
-
-
-def _finish_job(store: Store, job_id: int, status: str, error: str | None = None) -> None:
-    with store.session() as session:
-        job = session.get(TrainingJob, job_id)
-        job.status, job.error, job.finished_at = status, error, utcnow()

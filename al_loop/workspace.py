@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from al_loop.config import CONFIG_FILE, Config, Workspace, apply_profile, detect_profile, open_workspace, write_config
 from db.session import Store, check_schema, upgrade
 
@@ -40,6 +42,10 @@ def open_store(workspace: Workspace) -> Store:
         raise FileNotFoundError(
             f"{workspace.root} is not an al-loop workspace (no {CONFIG_FILE}): run `al-loop init` first"
         )
+    url = make_url(workspace.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        # Connecting would create an empty database: a reading command must change nothing.
+        raise FileNotFoundError(f"no al-loop database at {url.database}: run `al-loop init {workspace.root}` first")
     store = Store(workspace.database_url)
     try:
         check_schema(store.engine)

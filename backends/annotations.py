@@ -11,12 +11,18 @@ Decisions:
 * An annotation that was skipped (``was_cancelled``) is not a label; if it was accepted before
   (an expert skipped a task they had labelled), that label is retired.
 * Annotations are complete: pixels an expert left unpainted are background.
-* An update older than the stored revision (``updated_at``; deliveries can overtake each other)
-  is ignored.
+* An update older than the stored revision (``updated_at``, parsed as a time; deliveries can
+  overtake each other) is ignored.
+* A deleted annotation leaves a tombstone: Label Studio never brings an annotation back, so a late
+  delivery of it (a duplicate of its creation, an update saved before the deletion) changes
+  nothing, even when the deletion arrived first.
+* Ids must fit the store (positive, 64-bit; patch ids 32-bit); the author is kept as Label
+  Studio's user id (webhooks carry no more) and as an email once known (see :func:`set_author_emails`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +31,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backends.results import ResultError, results_to_mask
+from db import queries
 from db.models import Label, Patch
 from db.queries import current_label, save_label
 
 SOURCE = "annotation"
 PATCH_ID_KEY = "patch_id"  # the task data field naming the al-loop patch
+MAX_ID = 2**63 - 1  # ids Label Studio hands out fit a signed 64-bit integer
+MAX_PATCH_ID = 2**31 - 1  # patch ids are 32-bit integers in the store
 
 
 class AnnotationError(ValueError):
@@ -46,9 +55,10 @@ class Annotation:
     patch_id: int
     cancelled: bool
     mask: np.ndarray | None  # None when cancelled
-    author: str | None
+    author: str | None  # Label Studio's user id, or an email when the payload holds one
+    email: str | None
     lead_time: float | None
-    updated_at: str | None
+    updated_at: dt.datetime | None
 
     @property
     def origin(self) -> str:
@@ -59,16 +69,58 @@ def origin(project: int, annotation_id: int) -> str:
     return f"label-studio:{project}:{annotation_id}"
 
 
-def _int(value: Any, field: str) -> int:
+def _int(value: Any, field: str, maximum: int = MAX_ID) -> int:
     if type(value) is not int:
-        raise AnnotationError(f"{field} must be an integer id, found {value!r}")
+        raise AnnotationError(f"{field} must be an integer id, found {_short(value)}")
+    if not 0 < value <= maximum:
+        raise AnnotationError(f"{field} must be an id between 1 and {maximum}, found {value}")
     return value
 
 
-def _author(completed_by: Any) -> str | None:
-    if isinstance(completed_by, dict):
-        return completed_by.get("email") or (str(completed_by["id"]) if "id" in completed_by else None)
-    return None if completed_by is None else str(completed_by)
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _author(completed_by: Any) -> tuple[str | None, str | None]:
+    """(user id, email) of ``completed_by``: Label Studio's user id, or a user object."""
+    if completed_by is None:
+        return None, None
+    if type(completed_by) is int:
+        return str(_int(completed_by, "annotation.completed_by")), None
+    if not isinstance(completed_by, dict):
+        raise AnnotationError(f"annotation.completed_by must be a user id or object, found {_short(completed_by)}")
+    email = completed_by.get("email")
+    if email is not None and (not isinstance(email, str) or len(email) > 200):
+        raise AnnotationError(f"annotation.completed_by.email must be a text of at most 200 characters, "
+                              f"found {_short(email)}")
+    user = completed_by.get("id")
+    user = None if user is None else str(_int(user, "annotation.completed_by.id"))
+    return user or email, email or None
+
+
+def parse_time(value: Any, field: str) -> dt.datetime | None:
+    """An ISO 8601 time (any UTC offset, fractions of a second) as an aware UTC datetime; a time
+    without offset is taken as UTC (Label Studio's own)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise AnnotationError(f"{field} must be an ISO 8601 time, found {_short(value)}")
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise AnnotationError(f"{field} must be an ISO 8601 time, found {_short(value)}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.astimezone(dt.timezone.utc)
+
+
+def annotation_id(value: Any, field: str = "annotation.id") -> int:
+    return _int(value, field)
+
+
+def patch_id(value: Any, field: str) -> int:
+    return _int(value, field, MAX_PATCH_ID)
 
 
 def project_id(payload: dict) -> int:
@@ -87,7 +139,7 @@ def read_annotation(
     if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
         raise AnnotationError("task.data is missing: the annotation cannot be tied to a patch")
     annotation_id = _int(annotation.get("id"), "annotation.id")
-    patch_id = _int(task["data"].get(PATCH_ID_KEY), f"task.data.{PATCH_ID_KEY}")
+    patch_id = _int(task["data"].get(PATCH_ID_KEY), f"task.data.{PATCH_ID_KEY}", MAX_PATCH_ID)
     patch = session.get(Patch, patch_id)
     if patch is None:
         raise AnnotationError(f"task {task.get('id')}: no patch {patch_id} in the store")
@@ -102,24 +154,32 @@ def read_annotation(
         except ResultError as exc:
             raise AnnotationError(f"annotation {annotation_id} of task {task.get('id')}: {exc}") from None
     lead_time = annotation.get("lead_time")
+    if lead_time is not None and (type(lead_time) not in (int, float) or not 0 <= lead_time < 1e9):
+        raise AnnotationError(f"annotation {annotation_id}: lead_time must be seconds, found {_short(lead_time)}")
+    task_id = task.get("id")
+    author, email = _author(annotation.get("completed_by"))
     return Annotation(
         project=project,
         annotation_id=annotation_id,
-        task_id=task.get("id") if type(task.get("id")) is int else None,
+        task_id=None if task_id is None else _int(task_id, "task.id"),
         patch_id=patch_id,
         cancelled=cancelled,
         mask=mask,
-        author=_author(annotation.get("completed_by")),
-        lead_time=float(lead_time) if isinstance(lead_time, int | float) else None,
-        updated_at=str(annotation["updated_at"]) if annotation.get("updated_at") else None,
+        author=author,
+        email=email,
+        lead_time=None if lead_time is None else float(lead_time),
+        updated_at=parse_time(annotation.get("updated_at"), f"annotation {annotation_id}: updated_at"),
     )
 
 
 def apply(session: Session, annotation: Annotation) -> str:
     """Store a checked annotation; returns created / revised / unchanged / retired / stale /
-    skipped (a cancelled annotation that was never a label)."""
+    deleted (its annotation was deleted: a late delivery) / skipped (a cancelled annotation
+    that was never a label)."""
+    if queries.tombstone(session, annotation.project, annotation.annotation_id) is not None:
+        return "deleted"
     previous = current_label(session, annotation.patch_id, SOURCE, annotation.origin)
-    seen = previous.details.get("updated_at") if previous is not None else None
+    seen = parse_time(previous.details.get("updated_at"), "stored updated_at") if previous is not None else None
     if seen and annotation.updated_at and annotation.updated_at < seen:
         return "stale"
     if annotation.cancelled:
@@ -127,24 +187,31 @@ def apply(session: Session, annotation: Annotation) -> str:
             previous.status = "retired"
             return "retired"
         return "skipped"
+    updated_at = annotation.updated_at.isoformat() if annotation.updated_at else None
     details = {
         "label_studio_project": annotation.project,
         "label_studio_annotation": annotation.annotation_id,
         "label_studio_task": annotation.task_id,
+        "label_studio_user": annotation.author,
         "lead_time": annotation.lead_time,
-        "updated_at": annotation.updated_at,
+        "updated_at": updated_at,
     }
+    if annotation.email:
+        details["email"] = annotation.email
     label, outcome = save_label(
         session, session.get(Patch, annotation.patch_id), annotation.mask,
-        source=SOURCE, origin=annotation.origin, author=annotation.author, details=details,
+        source=SOURCE, origin=annotation.origin, author=annotation.email or annotation.author, details=details,
     )
-    if outcome == "unchanged" and annotation.updated_at and label.details.get("updated_at") != annotation.updated_at:
-        label.details = {**label.details, "updated_at": annotation.updated_at}
+    if outcome == "unchanged" and updated_at and label.details.get("updated_at") != updated_at:
+        label.details = {**label.details, "updated_at": updated_at}
     return outcome
 
 
 def retire(session: Session, project: int, annotation_ids: list[int]) -> int:
-    """Retire the accepted labels of deleted annotations; returns how many."""
+    """Retire the accepted labels of deleted annotations and leave their tombstones (also for
+    annotations never seen: a deletion may overtake the creation); returns how many labels."""
+    for annotation_id in annotation_ids:
+        queries.add_tombstone(session, project, annotation_id)
     origins = [origin(project, i) for i in annotation_ids]
     labels = session.scalars(
         select(Label).where(Label.source == SOURCE, Label.status == "accepted", Label.origin.in_(origins))
@@ -152,6 +219,17 @@ def retire(session: Session, project: int, annotation_ids: list[int]) -> int:
     for label in labels:
         label.status = "retired"
     return len(labels)
+
+
+def set_author_emails(session: Session, emails: dict[str, str]) -> int:
+    """Record the email of the annotation labels whose author is a Label Studio user id in
+    ``emails`` (user id -> email); returns how many labels changed."""
+    changed = 0
+    for label in session.scalars(select(Label).where(Label.source == SOURCE, Label.author.in_(list(emails)))):
+        label.details = {**label.details, "email": emails[label.author]}
+        label.author = emails[label.author]
+        changed += 1
+    return changed
 
 
 def accepted_annotation_ids(session: Session, project: int) -> dict[int, int]:

@@ -14,9 +14,12 @@ Every route but ``/health`` needs HTTP Basic auth; ``/webhook`` also needs the s
 
 from __future__ import annotations
 
+import json
 import secrets
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
@@ -27,11 +30,12 @@ from sqlalchemy import select
 from backends import annotations
 from backends.annotations import AnnotationError
 from backends.label_config import BRUSH_NAME, IMAGE_NAME, LABEL_CODES, POLYGON_NAME
-from backends.label_writer import Retire
-from backends.predictor import PredictionError, predict_patch_ids
+from backends.inbox import Retire
+from backends.predictor import ModelUnavailable, PredictionError, predict_patch_ids
 from db.models import ModelVersion
 
 SECRET_HEADER = "X-Al-Loop-Secret"
+MAX_BODY_BYTES = 32 * 2**20  # a 512x512 brush annotation, even RLE of the legacy encoder, is a few MB
 STORE_TIMEOUT_S = 0.8  # Label Studio gives a webhook 1 s: answer 202 (queued) before that
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 IGNORED_EVENTS = ("TASKS_CREATED", "TASKS_DELETED", "PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED",
@@ -41,6 +45,21 @@ IGNORED_EVENTS = ("TASKS_CREATED", "TASKS_DELETED", "PROJECT_CREATED", "PROJECT_
 
 def check_label_config(config_xml: str) -> None:
     """The project must use al-loop's tags and labels, else its annotations cannot be read."""
+    problem = _label_config_problem(config_xml)
+    if problem:
+        raise ValueError(problem)
+
+
+@lru_cache(maxsize=16)  # Label Studio sends the same config with every /predict
+def _label_config_problem(config_xml: str) -> str | None:
+    try:
+        _check_label_config(config_xml)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_label_config(config_xml: str) -> None:
     from label_studio_sdk.label_interface import LabelInterface
 
     try:
@@ -79,10 +98,19 @@ def create_app(backend) -> FastAPI:
             raise HTTPException(401, "HTTP Basic auth required", headers={"WWW-Authenticate": "Basic"})
 
     async def json_object(request: Request) -> dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            raise HTTPException(413, f"the body is larger than {MAX_BODY_BYTES // 2**20} MiB")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise HTTPException(413, f"the body is larger than {MAX_BODY_BYTES // 2**20} MiB")
+            chunks.append(chunk)
         try:
-            body = await request.json()
-        except ValueError:
-            raise HTTPException(400, "the body is not JSON") from None
+            body = json.loads(b"".join(chunks))
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
+            raise HTTPException(400, "the body is not JSON (or nests deeper than any Label Studio payload)") from None
         if not isinstance(body, dict):
             raise HTTPException(400, f"the body must be a JSON object, found {type(body).__name__}")
         return body
@@ -91,15 +119,27 @@ def create_app(backend) -> FastAPI:
     async def _error(_request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
-    def stored(future: Future) -> dict[str, int] | None:
-        """Wait for the writer's commit: its outcome, or None when the writer is still behind
-        (under load; the delivery is queued and will be written); a store error is a 503."""
+    def stored(future: Future, path: Path) -> dict[str, int] | None:
+        """Wait for the writer's commit: its outcome, or None while the writer is behind (the
+        delivery is durable in the inbox and will be written). A delivery the store refused for
+        good was set aside: a 503 that says so, without the database's own words."""
         try:
             return dict(future.result(timeout=STORE_TIMEOUT_S))
         except FutureTimeout:
             return None
         except Exception as exc:
-            raise HTTPException(503, f"the store failed: {exc}; `al-loop sync` will recover it") from None
+            if path.exists():  # the store is unreachable for now: it stays in the inbox
+                return None
+            raise HTTPException(503, f"the delivery could not be stored ({type(exc).__name__}); it was set aside "
+                                     "in the backend's inbox/failed/ with the reason") from None
+
+    def durable(item) -> tuple[Future, Path]:
+        """Make a checked delivery durable, then hand it to the writer."""
+        try:
+            path = backend.inbox.put(item)
+        except OSError as exc:
+            raise HTTPException(503, f"the delivery could not be made durable ({exc.strerror}): try again") from None
+        return backend.writer.put(item, path), path
 
     def answer(outcome: dict[str, int] | None, **fields: Any) -> JSONResponse:
         if outcome is None:
@@ -108,7 +148,10 @@ def create_app(backend) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "UP", "model_class": "al-loop", "model_version": backend.holder.version_name}
+        status = {"status": "UP", "model_class": "al-loop", "model_version": backend.holder.version_name}
+        if backend.holder.problem:
+            status["problem"] = backend.holder.problem
+        return status
 
     @app.post("/setup", dependencies=[Depends(authorised)])
     def setup(body: dict = Depends(json_object)) -> dict[str, Any]:
@@ -130,17 +173,24 @@ def create_app(backend) -> FastAPI:
         for k, task in enumerate(tasks):
             data = task.get("data") if isinstance(task, dict) else None
             patch_id = data.get(annotations.PATCH_ID_KEY) if isinstance(data, dict) else None
-            if type(patch_id) is not int:
+            try:
+                patch_ids.append(annotations.patch_id(patch_id, f"data.{annotations.PATCH_ID_KEY}"))
+            except AnnotationError as exc:
                 raise HTTPException(422, f"task {k} (id {task.get('id') if isinstance(task, dict) else None}): "
-                                         f"data.{annotations.PATCH_ID_KEY} must be an integer patch id, found {patch_id!r}")
-            patch_ids.append(patch_id)
-        backend.holder.refresh(force=False)
+                                         f"{exc}") from None
         config_xml = body.get("label_config") if isinstance(body.get("label_config"), str) else None
+        if config_xml is not None:
+            try:
+                check_label_config(config_xml)
+            except ValueError as exc:
+                raise HTTPException(422, f"label_config: {exc}") from None
+        backend.holder.refresh(force=False)
         try:
             results = predict_patch_ids(backend.workspace, backend.store, backend.holder, patch_ids, config_xml)
+        except ModelUnavailable as exc:
+            raise HTTPException(503, str(exc)) from None
         except PredictionError as exc:
-            status = 503 if backend.holder.current is None else 404
-            raise HTTPException(status, str(exc)) from None
+            raise HTTPException(404, str(exc)) from None
         except ValueError as exc:  # e.g. polygons asked of a project without a polygon tool
             raise HTTPException(422, str(exc)) from None
         return {"results": results}
@@ -156,14 +206,14 @@ def create_app(backend) -> FastAPI:
                 project = annotations.project_id(body)
                 with backend.store.session() as session:
                     annotation = annotations.read_annotation(session, project, body.get("annotation"), body.get("task"))
-                return answer(stored(backend.writer.put(annotation)), annotation=annotation.annotation_id)
+                return answer(stored(*durable(annotation)), annotation=annotation.annotation_id)
             if action == "ANNOTATIONS_DELETED":
                 project = annotations.project_id(body)
                 deleted = body.get("annotations")
-                if not isinstance(deleted, list) or not all(isinstance(a, dict) and type(a.get("id")) is int for a in deleted):
-                    raise AnnotationError("annotations must be a list of objects with an integer id")
-                ids = [a["id"] for a in deleted]
-                return answer(stored(backend.writer.put(Retire(project, tuple(ids)))), retire=ids)
+                if not isinstance(deleted, list) or not deleted or not all(isinstance(a, dict) for a in deleted):
+                    raise AnnotationError("annotations must be a non-empty list of objects with an integer id")
+                ids = [annotations.annotation_id(a.get("id"), f"annotations[{k}].id") for k, a in enumerate(deleted)]
+                return answer(stored(*durable(Retire(project, tuple(ids)))), retire=ids)
         except AnnotationError as exc:
             raise HTTPException(422, f"{action}: {exc}") from None
         if action == "START_TRAINING":
@@ -171,7 +221,7 @@ def create_app(backend) -> FastAPI:
             return {"status": "queued" if job_id else "a training job is already queued or running", "job": job_id}
         if action in IGNORED_EVENTS:
             return {"status": "ignored"}
-        raise HTTPException(400, f"unknown webhook action {action!r}")
+        raise HTTPException(400, f"unknown webhook action {str(action)[:80]!r}")
 
     @app.get("/versions", dependencies=[Depends(authorised)])
     def versions() -> dict[str, Any]:

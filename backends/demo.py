@@ -87,7 +87,7 @@ def run_live(state: DemoState, port: int, log: Callable[[str], None], wait: bool
         cfg.label_studio.url, cfg.label_studio.api_key = label_studio.url, label_studio.api_key
         cfg.label_studio.document_root = str(workspace.root)
         write_config(workspace.root, cfg)  # so that `al-loop sync` and `serve` find this Label Studio
-        backend = Backend(workspace, store, log=log)
+        backend = Backend(workspace, store)
         backend.sync()
         backend.start()
         http = ThreadedServer(backend, cfg.backend.host, cfg.backend.port)

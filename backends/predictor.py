@@ -14,6 +14,7 @@ valid pixels.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -30,15 +31,21 @@ from al_loop.model.inference import pick_device, predict_proba
 from al_loop.model.network import UNet
 from al_loop.model.training import normalize
 from al_loop.patches import read_patch
-from al_loop.model.checkpoints import load_version
+from al_loop.model.checkpoints import CheckpointError, load_version
 from backends.label_config import LABEL_NAMES, label_config
 from backends.results import ResultError, mask_to_brush_results, mask_to_polygon_results, validate_with_sdk
 from db import registry
 from db.models import Patch, RoundPatch
 from db.session import Store
 
+log = logging.getLogger(__name__)
+
 FORMATS = ("brush", "polygons")
 MIN_PART_PX = 16  # polygon predictions leave out specks smaller than this (brushes stay exact)
+
+
+class ModelUnavailable(LookupError):
+    """No model can be served (none trained yet, or the champion's file cannot be loaded)."""
 
 
 class PredictionError(LookupError):
@@ -64,6 +71,8 @@ class ModelHolder:
         self._served: ServedModel | None = None
         self._load_lock = threading.Lock()
         self._checked_at = 0.0
+        self._failed: int | None = None  # the champion that could not be loaded (tried once)
+        self.problem: str | None = None  # why the champion is not served, in words
 
     @property
     def current(self) -> ServedModel | None:
@@ -83,19 +92,29 @@ class ModelHolder:
             self._checked_at = time.monotonic()
             with self.store.session() as session:
                 champion = registry.champion(session)
-                if champion is None or (self._served and self._served.version_id == champion.id):
+                if champion is None or champion.id == self._failed or (
+                        self._served and self._served.version_id == champion.id):
                     return False
-                unknown = [c for c in champion.classes if class_code(c) not in LABEL_NAMES]
-                if unknown:
-                    raise PredictionError(
-                        f"model {champion.name} predicts {unknown}, which the labeling config has no label for"
-                    )
-                model, _ = load_version(self.workspace, champion)
-                served = ServedModel(champion.id, champion.name, model.to(self.device).eval(),
-                                     list(champion.channels), np.array([class_code(c) for c in champion.classes],
-                                                                       dtype=np.uint8), dict(champion.normalization))
-            self._served = served
+                try:
+                    served = self._load(champion)
+                except (CheckpointError, PredictionError) as exc:
+                    # Labels are still taken; predictions say why they cannot be made.
+                    self._failed = champion.id
+                    self.problem = (f"the champion {champion.name} cannot be served: {exc}; promote or roll back "
+                                    "to another version (al-loop models promote VERSION)")
+                    log.error(self.problem)
+                    return False
+            self._served, self._failed, self.problem = served, None, None
             return True
+
+    def _load(self, champion) -> ServedModel:
+        unknown = [c for c in champion.classes if class_code(c) not in LABEL_NAMES]
+        if unknown:
+            raise PredictionError(f"model {champion.name} predicts {unknown}, which the labeling config has no label for")
+        model, _ = load_version(self.workspace, champion)
+        return ServedModel(champion.id, champion.name, model.to(self.device).eval(), list(champion.channels),
+                           np.array([class_code(c) for c in champion.classes], dtype=np.uint8),
+                           dict(champion.normalization))
 
 
 def predict_masks(workspace: Workspace, served: ServedModel, patches: Sequence[Patch], device: torch.device,
@@ -149,7 +168,8 @@ def predict_patch_ids(workspace: Workspace, store: Store, holder: ModelHolder, p
     """Predictions for ``patch_ids``, in order; PredictionError when a patch or the model is missing."""
     served = holder.current
     if served is None:
-        raise PredictionError("no champion model yet: train one (al-loop train) before asking for predictions")
+        raise ModelUnavailable(holder.problem or "no champion model yet: train one (al-loop train) before asking "
+                                                 "for predictions")
     with store.session() as session:
         # The scenes come along: read_patch uses them after the session closed.
         found = {p.id: p for p in session.scalars(

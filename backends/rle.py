@@ -79,6 +79,9 @@ def decode(rle: bytes | list[int], expected: int) -> np.ndarray:
     if word > 16:
         raise ValueError(f"{word}-bit words: a brush mask has 8")
     sizes = np.array([int(header[37 + 4 * k : 41 + 4 * k], 2) + 1 for k in range(4)], np.int32)
+    longest = _HEADER_BITS + count * (3 + int(sizes.max()) + word)  # every value a record of its own
+    if n > longest + 7:
+        raise ValueError(f"the stream has {n} bits, more than any encoding of {count} values takes ({longest})")
     windows = np.concatenate([_windows16(bits), np.zeros(32, np.int32)])
     at = np.arange(n)
     field = sizes[(windows[at + 1] >> 14) & 3]
@@ -98,6 +101,8 @@ def decode(rle: bytes | list[int], expected: int) -> np.ndarray:
         raise ValueError(f"the stream ends at bit {n}, inside the record at bit {starts[-1]}")
     if done > count:
         raise ValueError(f"its runs hold {done} values, past the {count} announced")
+    if n - pos >= 16:  # encoders pad the last byte, and the SDK's adds up to one more
+        raise ValueError(f"{n - pos} bits of trailing data after the {count} values")
     starts = np.array(starts)
     words_at = starts + 3 + field[starts]
     record_runs = run[starts]

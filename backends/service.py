@@ -1,32 +1,38 @@
 """``al-loop serve``: the backend's parts wired together and run.
 
-One :class:`Backend` holds the served model, the label writer and (by default) a training
-worker thread. After a training job it swaps in the new champion, re-predicts the open
-Label Studio tasks with it and, if configured, chooses the next round and imports it.
+One :class:`Backend` holds the served model, the label writer with its inbox and (by default) a
+training worker thread. After a training job it swaps in the new champion, re-predicts the open
+Label Studio tasks with it and, if configured, chooses the next round and imports it. Storing
+labels needs no model: a backend whose champion cannot be loaded still takes annotations and
+answers predictions with a 503 that says why.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable
 
 from al_loop import jobs
 from al_loop.config import Workspace
 from al_loop.retrain import TrainingReport
 from al_loop.rounds import next_round
 from backends import studio
+from backends.inbox import Inbox
 from backends.label_writer import LabelWriter
 from backends.predictor import ModelHolder
 from db.session import Store
 
+log = logging.getLogger(__name__)
+
 
 class Backend:
-    def __init__(self, workspace: Workspace, store: Store, log: Callable[[str], None] = print) -> None:
-        self.workspace, self.store, self.log = workspace, store, log
+    def __init__(self, workspace: Workspace, store: Store) -> None:
+        self.workspace, self.store = workspace, store
         self.holder = ModelHolder(workspace, store)
         self.holder.refresh()
-        self.worker = jobs.Worker(workspace, store, on_trained=self.after_training, log=log)
-        self.writer = LabelWriter(workspace, store, on_job_queued=lambda _: self.worker.wake.set(), log=log)
+        self.worker = jobs.Worker(workspace, store, on_trained=self.after_training)
+        self.inbox = Inbox(workspace.root / "inbox")
+        self.writer = LabelWriter(workspace, store, self.inbox, on_job_queued=lambda _: self.worker.wake.set())
         self._worker_thread: threading.Thread | None = None
 
     @property
@@ -59,14 +65,14 @@ class Backend:
         if not self.connected:
             return
         try:
-            report = studio.sync(self.workspace, self.store, log=self.log)
+            report = studio.sync(self.workspace, self.store)
         except LookupError:
-            self.log("no Label Studio project yet: nothing to sync")
+            log.info("no Label Studio project yet: nothing to sync")
             return
-        except Exception as exc:  # Label Studio down: serve anyway
-            self.log(f"sync with Label Studio skipped: {exc}")
+        except Exception:  # Label Studio down: serve anyway
+            log.warning("sync with Label Studio skipped", exc_info=True)
             return
-        self.log(f"synced {report.tasks} tasks: {dict(report.outcomes)}")
+        log.info("synced %d tasks: %s", report.tasks, dict(report.outcomes))
         if report.job_id is not None:
             self.worker.wake.set()
 
@@ -75,17 +81,17 @@ class Backend:
             studio.describe_models(studio.client(self.workspace), self.workspace, self.store)
         if report.status != "champion" or not self.holder.refresh():
             return
-        self.log(f"serving {self.holder.version_name}")
+        log.info("serving %s", self.holder.version_name)
         ls = project_id = None
         if self.connected:
             ls = studio.client(self.workspace)
             project_id = studio.project_or_fail(ls, self.workspace).id
             n = studio.push_predictions(ls, self.workspace, self.store, self.holder, project_id,
                                         studio.open_tasks(self.store, project_id))
-            self.log(f"refreshed {n} open tasks' predictions with {self.holder.version_name}")
+            log.info("refreshed %d open tasks' predictions with %s", n, self.holder.version_name)
         if self.workspace.config.retraining.auto_next_round:
             chosen = next_round(self.workspace, self.store, quiet=True)
-            self.log(f"round {chosen.number}: {len(chosen.patches)} patches chosen with {chosen.model_version}")
+            log.info("round %d: %d patches chosen with %s", chosen.number, len(chosen.patches), chosen.model_version)
             if ls is not None:
                 tasks = studio.import_round(ls, self.workspace, self.store, project_id, chosen.number)
                 studio.push_predictions(ls, self.workspace, self.store, self.holder, project_id, tasks)

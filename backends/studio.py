@@ -16,8 +16,8 @@ Decisions:
 from __future__ import annotations
 
 import base64
+import logging
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -34,6 +34,8 @@ from backends.predictor import ModelHolder, predict_patch_ids
 from db import queries, registry
 from db.models import Patch, Round, RoundPatch
 from db.session import Store
+
+log = logging.getLogger(__name__)
 
 STORAGE_TITLE = "al-loop quicklooks"
 LABEL_USE = {
@@ -268,7 +270,7 @@ class SyncReport:
     job_id: int | None
 
 
-def sync(workspace: Workspace, store: Store, log: Callable[[str], None] = print) -> SyncReport:
+def sync(workspace: Workspace, store: Store) -> SyncReport:
     """Reconcile the store with the project's annotations: store the missing or changed ones,
     retire labels whose annotation was deleted. Annotations that cannot be read are reported,
     not stored."""
@@ -287,7 +289,7 @@ def sync(workspace: Workspace, store: Store, log: Callable[[str], None] = print)
                     outcomes += write(session, checked)
             except AnnotationError as exc:
                 problems.append(str(exc))
-                log(f"not stored: {exc}")
+                log.warning("annotation not stored: %s", exc)
     with store.session() as session:
         gone = [i for i in annotations.accepted_annotation_ids(session, project.id) if i not in seen]
         outcomes["retired"] += annotations.retire(session, project.id, gone)

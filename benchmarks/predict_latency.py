@@ -85,7 +85,7 @@ def main() -> None:
         run_training(ws, store, quiet=True)
         round_ = next_round(ws, store, size=max(BATCHES), strategy="random", quiet=True)
         patch_ids = [p.patch_id for p in round_.patches]
-        backend = Backend(ws, store, log=lambda _: None).start(worker=False)
+        backend = Backend(ws, store).start(worker=False)
         served, device, cfg = backend.holder.current, backend.holder.device, ws.config.backend
         with store.session() as session:
             patches = list(session.scalars(select(Patch).options(joinedload(Patch.scene))

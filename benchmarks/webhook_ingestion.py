@@ -158,7 +158,7 @@ def main() -> None:
         ingest_synthetic_scene(ws, store, size=2 * args.patch, seed=0, quiet=True)
         with store.session() as session:
             patch_ids = list(session.scalars(select(Patch.id).order_by(Patch.id)))
-        backend = Backend(ws, store, log=lambda _: None).start(worker=False)
+        backend = Backend(ws, store).start(worker=False)
         cfg = ws.config.backend
 
         def events(first_id: int, n: int) -> list[tuple[int, int, str]]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Date,
@@ -175,6 +176,19 @@ class ModelEvaluation(Base):
     patches: Mapped[int]
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AnnotationTombstone(Base):
+    """A Label Studio annotation that was deleted: deliveries of it arriving later (duplicates,
+    updates saved before the deletion, overtaken deliveries) are ignored."""
+
+    __tablename__ = "annotation_tombstones"
+    __table_args__ = (UniqueConstraint("project", "annotation_id", name="uq_annotation_tombstone"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[int] = mapped_column(BigInteger)
+    annotation_id: Mapped[int] = mapped_column(BigInteger)
+    deleted_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class StoreSetting(Base):

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from al_loop.classes import class_counts
-from db.models import Label, ModelEvaluation, ModelVersion, Patch, Round, RoundPatch, Scene, StoreSetting, TrainingJob
+from db.models import AnnotationTombstone, Label, ModelEvaluation, ModelVersion, Patch, Round, RoundPatch, Scene, StoreSetting, TrainingJob
 
 JOB_QUEUE_LOCK = 7_240_511  # PostgreSQL advisory lock key of the training job queue
 
@@ -106,6 +106,18 @@ def save_label(
     session.add(label)
     session.flush()
     return label, "created" if previous is None else "revised"
+
+
+def tombstone(session: Session, project: int, annotation_id: int) -> AnnotationTombstone | None:
+    return session.scalar(select(AnnotationTombstone).where(
+        AnnotationTombstone.project == project, AnnotationTombstone.annotation_id == annotation_id))
+
+
+def add_tombstone(session: Session, project: int, annotation_id: int) -> None:
+    """Mark an annotation deleted (once)."""
+    if tombstone(session, project, annotation_id) is None:
+        session.add(AnnotationTombstone(project=project, annotation_id=annotation_id))
+        session.flush()
 
 
 def get_setting(session: Session, key: str) -> dict[str, Any] | None:

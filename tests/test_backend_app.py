@@ -37,7 +37,7 @@ def served(tmp_path, database_url):
     ws.config.retraining.debris_pixel_threshold = 0
     run_training(ws, store, quiet=True)
     round_ = next_round(ws, store, size=4, strategy="bald", quiet=True)
-    backend = Backend(ws, store, log=lambda _: None).start(worker=False)
+    backend = Backend(ws, store).start(worker=False)
     client = TestClient(create_app(backend))
     client.auth = (ws.config.backend.username, ws.config.backend.password)
     yield ws, store, backend, client, [p.patch_id for p in round_.patches]

@@ -39,6 +39,10 @@ def test_written_file_documents_and_round_trips_every_key(tmp_path):
         ("[ingest\n", "not valid TOML"),
         ("[ingest]\nquicklooks = 'maybe'\n", "ingest.quicklooks: expected bool"),
         ("[training]\nvalidation_routing = 'sometimes'\n", "training.validation_routing: expected one of share, train"),
+        ("[backend]\nprediction_format = 'polygon'\n", "backend.prediction_format: expected one of brush, polygons"),
+        ("[sampling]\nstrategy = 'smart'\n", "sampling.strategy: expected one of random, entropy"),
+        ("[ingest]\npatch_size = 300\n", "ingest.patch_size 300 must be a multiple of 16 (2**model.depth"),
+        ("[training]\nvalidation_fraction = 1.5\n", "training.validation_fraction must be between 0 and 1"),
     ],
 )
 def test_bad_configuration_names_the_file_and_key(tmp_path, text, message):
@@ -84,3 +88,14 @@ def test_init_sizes_a_new_workspace_for_a_compute_profile(tmp_path):
     bad = runner.invoke(app, ["init", str(tmp_path / "x"), "--profile", "tpu"])
     assert bad.exit_code == 2 and "--profile must be one of cpu, cuda, found 'tpu'" in bad.output
     assert not (tmp_path / "x").exists()
+
+
+def test_status_on_a_folder_without_a_database_creates_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    (tmp_path / CONFIG_FILE).write_text("")  # a configuration, but no database beside it
+    result = CliRunner().invoke(app, ["status", "-w", str(tmp_path)])
+    assert result.exit_code == 2 and "no al-loop database at" in result.output and "al-loop init" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_FILE]

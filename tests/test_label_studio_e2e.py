@@ -46,7 +46,7 @@ class ServedBackend:
     """``al-loop serve``'s backend, with its worker, on the configured loopback port."""
 
     def __init__(self, workspace, store) -> None:
-        self.backend = Backend(workspace, store, log=lambda m: None).start()
+        self.backend = Backend(workspace, store).start()
         self.http = ThreadedServer(self.backend, "127.0.0.1", workspace.config.backend.port)
 
     def stop(self) -> None:

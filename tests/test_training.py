@@ -214,7 +214,8 @@ def test_cli_trains_lists_evaluates_predicts_and_rolls_back(tmp_path):
 
 
 def test_a_cancelled_job_keeps_its_checkpoint_and_resumes_to_a_model(scene_ws):
-    from al_loop.retrain import models_dir, request_cancel
+    from al_loop.jobs import JobError, request_cancel
+    from al_loop.retrain import models_dir
 
     ws, store = scene_ws
     calls = iter([False, True])
@@ -225,9 +226,9 @@ def test_a_cancelled_job_keeps_its_checkpoint_and_resumes_to_a_model(scene_ws):
         assert job.status == "cancelled" and "--resume 1" in job.error
         assert session.scalar(select(func.count(ModelVersion.id))) == 0
     assert (models_dir(ws) / "jobs" / "job-1.pt").is_file()
-    with pytest.raises(LookupError, match="no running training job 1"):
+    with pytest.raises(JobError, match="no running or queued training job 1"):
         request_cancel(store, 1)
-    report = run_training(ws, store, job_id=1, quiet=True)
+    report = run_training(ws, store, resume=1, quiet=True)
     assert report.job_id == 1 and report.status == "champion"
     assert report.metrics["epochs"] == ws.config.training.max_epochs
     assert not (models_dir(ws) / "jobs" / "job-1.pt").exists()

@@ -77,7 +77,7 @@ def test_defaults_work_on_a_small_b1_to_b4_scene_with_partial_labels(tmp_path):
     # serve: Label Studio's /predict and an annotation by webhook on this 5-channel model
     ws = open_workspace(tmp_path / "ws")
     store = open_store(ws)
-    backend = Backend(ws, store, log=lambda _: None).start(worker=False)
+    backend = Backend(ws, store).start(worker=False)
     try:
         client = TestClient(create_app(backend))
         client.auth = (ws.config.backend.username, ws.config.backend.password)

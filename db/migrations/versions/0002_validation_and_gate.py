@@ -1,4 +1,4 @@
-"""model evaluations per validation set, store settings
+"""model evaluations per validation set, store settings, annotation tombstones
 
 Revision ID: 0002
 Revises: 0001
@@ -27,6 +27,14 @@ def upgrade() -> None:
     sa.UniqueConstraint('model_version_id', 'validation_set', name='uq_model_evaluation')
     )
     op.create_index(op.f('ix_model_evaluations_model_version_id'), 'model_evaluations', ['model_version_id'], unique=False)
+    op.create_table('annotation_tombstones',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('project', sa.BigInteger(), nullable=False),
+    sa.Column('annotation_id', sa.BigInteger(), nullable=False),
+    sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('project', 'annotation_id', name='uq_annotation_tombstone')
+    )
     op.create_table('store_settings',
     sa.Column('key', sa.String(length=64), nullable=False),
     sa.Column('value', sa.JSON(), nullable=False),
@@ -37,5 +45,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('store_settings')
+    op.drop_table('annotation_tombstones')
     op.drop_index(op.f('ix_model_evaluations_model_version_id'), table_name='model_evaluations')
     op.drop_table('model_evaluations')
