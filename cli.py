@@ -594,7 +594,9 @@ def demo(
     workspace: WorkspaceOption = None,
     size: Annotated[Optional[int], typer.Option(help="Synthetic scene side in pixels (config synthetic.size).")] = None,
     label_studio: Annotated[bool, typer.Option(help="Start Label Studio and the backend (else stop after the first round).")] = True,
-    port: Annotated[int, typer.Option(help="Label Studio's port.")] = 8080,
+    port: Annotated[
+        Optional[int], typer.Option(help="Label Studio's port (default 8080, or a free one when 8080 is taken).")
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Keep Label Studio and the backend running until Ctrl-C.")] = True,
 ) -> None:
     """The main job on the embedded default: a SQLite workspace, two built-in scenes (an

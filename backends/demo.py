@@ -11,6 +11,7 @@ resumes it.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,19 +72,37 @@ def prepare(root: Path, size: int, log: Callable[[str], None]) -> DemoState:
     return DemoState(workspace, store)
 
 
-def run_live(state: DemoState, port: int, log: Callable[[str], None], wait: bool = True) -> None:
+LABEL_STUDIO_PORT = 8080
+
+
+def run_live(state: DemoState, port: int | None, log: Callable[[str], None], wait: bool = True) -> None:
     """Start Label Studio (its data in the workspace) and the backend, connect them, and keep
-    both running until interrupted (or return at once when not ``wait``)."""
+    both running until interrupted, by Ctrl-C, SIGTERM or a closed terminal (or return at once
+    when not ``wait``). Label Studio takes ``port``; without one, 8080, or a free port when
+    another program holds 8080. Whatever stops the demo stops its Label Studio."""
     from backends.service import Backend, ThreadedServer
     from backends.studio import connect
-    from backends.studio_process import LabelStudioServer
+    from backends.studio_process import LabelStudioServer, free_port, port_in_use
 
     workspace, store = state.workspace, state.store
+    if port is None:
+        port = LABEL_STUDIO_PORT
+        if port_in_use(port):
+            port = free_port()
+            log(f"port {LABEL_STUDIO_PORT} is in use by another program: Label Studio takes port {port}")
+    elif port_in_use(port):
+        raise ValueError(f"--port {port} is in use by another program (another Label Studio?): stop it, or "
+                         "choose another --port")
+    cfg = workspace.config
+    if port_in_use(cfg.backend.port):
+        cfg.backend.port = free_port()
+        cfg.backend.url = ""
+        log(f"the backend's port is in use by another program: it takes port {cfg.backend.port}")
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     label_studio = LabelStudioServer(document_root=workspace.root, data_dir=workspace.root / "label-studio", port=port)
-    label_studio.start()
     backend = http = None
     try:
-        cfg = workspace.config
+        label_studio.start()
         cfg.label_studio.url, cfg.label_studio.api_key = label_studio.url, label_studio.api_key
         cfg.label_studio.document_root = str(workspace.root)
         write_config(workspace.root, cfg)  # so that `al-loop sync` and `serve` find this Label Studio
@@ -107,3 +126,10 @@ def run_live(state: DemoState, port: int, log: Callable[[str], None], wait: bool
         if backend is not None:
             backend.stop()
         label_studio.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum, _frame) -> None:
+    """SIGTERM and SIGHUP stop the demo as Ctrl-C does, so its Label Studio stops too."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)

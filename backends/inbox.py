@@ -30,6 +30,7 @@ from backends.annotations import Annotation
 from db.queries import pack_mask, unpack_mask
 
 log = logging.getLogger(__name__)
+STALE_PART_S = 300.0  # a half-written file this old was never answered: its request died
 
 
 class Retire:
@@ -120,7 +121,11 @@ class Inbox:
                 log.error("inbox file %s cannot be read: %s", path.name, exc)
                 out.append((path, None))
         for stale in self.folder.glob(".*.part"):  # a write that never finished was never answered
-            stale.unlink(missing_ok=True)
+            try:
+                if time.time() - stale.stat().st_mtime > STALE_PART_S:  # not one being written now
+                    stale.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
         return out
 
     def set_aside(self, path: Path, reason: str) -> Path:

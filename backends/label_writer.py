@@ -84,8 +84,10 @@ class LabelWriter:
     """The queue and the thread that writes it (see the module docstring)."""
 
     def __init__(self, workspace: Workspace, store: Store, inbox: Inbox | None = None,
-                 on_job_queued: Callable[[int], None] | None = None) -> None:
-        self.workspace, self.store, self.inbox, self.on_job_queued = workspace, store, inbox, on_job_queued
+                 on_job_queued: Callable[[int], None] | None = None,
+                 on_written: Callable[[], None] | None = None) -> None:
+        self.workspace, self.store, self.inbox = workspace, store, inbox
+        self.on_job_queued, self.on_written = on_job_queued, on_written
         self.outcomes: Counter = Counter()
         self._queue: queue.Queue[_Work | None] = queue.Queue()
         self._followed_at = self._retried_at = 0.0
@@ -219,3 +221,5 @@ class LabelWriter:
             log.info("training job %s queued (%s)", job_id, dict(self.outcomes))
             if self.on_job_queued:
                 self.on_job_queued(job_id)
+        if self.on_written:
+            self.on_written()

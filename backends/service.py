@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from al_loop import jobs
 from al_loop.config import Workspace
@@ -23,6 +24,7 @@ from backends.predictor import ModelHolder
 from db.session import Store
 
 log = logging.getLogger(__name__)
+EMAILS_EVERY_S = 60.0
 
 
 class Backend:
@@ -32,8 +34,10 @@ class Backend:
         self.holder.refresh()
         self.worker = jobs.Worker(workspace, store, on_trained=self.after_training)
         self.inbox = Inbox(workspace.root / "inbox")
-        self.writer = LabelWriter(workspace, store, self.inbox, on_job_queued=lambda _: self.worker.wake.set())
+        self.writer = LabelWriter(workspace, store, self.inbox, on_job_queued=lambda _: self.worker.wake.set(),
+                                  on_written=self._record_author_emails)
         self._worker_thread: threading.Thread | None = None
+        self._emails_at = 0.0
 
     @property
     def connected(self) -> bool:
@@ -52,6 +56,17 @@ class Backend:
         self.worker.stop()
         if self._worker_thread is not None:
             self._worker_thread.join()
+
+    def _record_author_emails(self) -> None:
+        """Webhooks name annotators by Label Studio user id: add their emails (once a minute at
+        most, and only when connected)."""
+        if not self.connected or time.monotonic() - self._emails_at < EMAILS_EVERY_S:
+            return
+        self._emails_at = time.monotonic()
+        try:
+            studio.record_author_emails(studio.client(self.workspace), self.store)
+        except Exception:  # Label Studio unreachable: the ids stay, emails come later
+            log.warning("annotators' emails not recorded", exc_info=True)
 
     def queue_training(self, trigger: str) -> int | None:
         with self.store.session() as session:

@@ -110,8 +110,10 @@ def connect(workspace: Workspace, store: Store, holder: ModelHolder | None = Non
     for number in rounds:
         tasks = import_round(ls, workspace, store, project.id, number)
         report.imported[number] = len(tasks)
-    # Connecting again adds no prediction a task already holds from the served version.
-    predicted = {p.task for p in ls.predictions.list(project=project.id) if p.model_version == holder.version_name}
+    # Connecting again adds no prediction a task already holds from the served version (asking
+    # for the tasks' model versions only: listing predictions would bring every mask along).
+    predicted = {t.id for t in ls.tasks.list(project=project.id, include="id,predictions_model_versions")
+                 if holder.version_name in _versions(t.predictions_model_versions)}
     unpredicted = {patch: task for patch, task in open_tasks(store, project.id).items() if task not in predicted}
     report.predictions = push_predictions(ls, workspace, store, holder, project.id, unpredicted)
     return report
@@ -144,6 +146,25 @@ def describe_models(ls, workspace: Workspace, store: Store) -> None:
     ls.projects.update(id=project.id, description=project_description(store))
 
 
+def _versions(value) -> set[str]:
+    """The model versions of a task's predictions, as Label Studio lists them."""
+    if isinstance(value, list):
+        return {str(v) for v in value}
+    return {v.strip() for v in str(value or "").split(",") if v.strip()}
+
+
+def record_author_emails(ls, store: Store) -> int:
+    """Store the email beside the Label Studio user id of annotation labels that lack one
+    (webhooks carry the id only); returns how many labels changed."""
+    with store.session() as session:
+        ids = queries.annotation_authors_without_email(session)
+    if not ids:
+        return 0
+    emails = {str(user.id): user.email for user in ls.users.list() if str(user.id) in ids and user.email}
+    with store.session() as session:
+        return annotations.set_author_emails(session, emails)
+
+
 def document_path(workspace: Workspace, path: Path) -> str:
     """``path`` relative to Label Studio's local-files document root (a clear error outside it)."""
     root = Path(workspace.config.label_studio.document_root or workspace.root).resolve()
@@ -155,6 +176,7 @@ def document_path(workspace: Workspace, path: Path) -> str:
 
 
 def _ensure_storage(ls, workspace: Workspace, project_id: int) -> None:
+    workspace.scenes_dir.mkdir(parents=True, exist_ok=True)  # Label Studio refuses a folder that is not there
     folder = str(workspace.scenes_dir.resolve())  # quicklooks lie in scenes/<scene>/quicklooks/
     document_path(workspace, workspace.scenes_dir)  # fails early when outside the root
     if not any(s.path == folder for s in ls.import_storage.local.list(project=project_id)):
@@ -199,38 +221,50 @@ def _external_id(project_id: int, task_id: int) -> str:
 
 
 def import_round(ls, workspace: Workspace, store: Store, project_id: int, number: int) -> dict[int, int]:
-    """Import a round's patches not yet in the project as tasks; patch id -> task id."""
+    """Import a round's patches not yet in the project as tasks; patch id -> task id. A patch
+    that already has a task (it went back to the pool when its annotation was deleted) keeps it:
+    the task's data is brought up to date instead of a second task being made."""
+    prefix = f"{project_id}:"
     with store.session() as session:
         round_patches = session.scalars(
             select(RoundPatch).join(Round).where(Round.number == number).order_by(RoundPatch.rank)
         ).all()
-        todo = [rp for rp in round_patches if not (rp.external_id or "").startswith(f"{project_id}:")]
-        tasks = []
-        for rp in todo:
-            patch = session.get(Patch, rp.patch_id)
-            if not patch.quicklook_rgb:
-                raise ValueError(f"patch {patch.id} has no quicklook to show; re-ingest with ingest.quicklooks = true")
-            image = workspace.resolve(patch.quicklook_rgb)
-            tasks.append({
-                IMAGE_DATA_KEY: "/data/local-files/?d=" + quote(document_path(workspace, image)),
-                LABEL_USE_KEY: LABEL_USE[patch.split],
-                annotations.PATCH_ID_KEY: patch.id,
-                "scene": patch.scene.name,
-                "round": number,
-                "rank": rp.rank,
-                "acquisition": rp.score,
-                **{f"score_{k}": v for k, v in rp.components.items()},
-            })
-    if not tasks:
-        return {}
-    response = ls.projects.import_tasks(id=project_id, request=tasks, return_task_ids=True)
-    task_ids = list(response.task_ids)
-    if len(task_ids) != len(todo):
-        raise RuntimeError(f"Label Studio created {len(task_ids)} tasks for {len(todo)} patches of round {number}")
+        todo = [rp for rp in round_patches if not (rp.external_id or "").startswith(prefix)]
+        existing = queries.patch_tasks(session, [rp.patch_id for rp in todo], prefix)
+        data = {rp.patch_id: _task_data(workspace, session.get(Patch, rp.patch_id), number, rp) for rp in todo}
+    reused = {rp.patch_id: existing[rp.patch_id] for rp in todo if rp.patch_id in existing}
+    for patch_id, task_id in reused.items():
+        ls.tasks.update(id=task_id, data=data[patch_id])
+    new = [rp for rp in todo if rp.patch_id not in reused]
+    created: dict[int, int] = {}
+    if new:
+        response = ls.projects.import_tasks(id=project_id, request=[data[rp.patch_id] for rp in new],
+                                            return_task_ids=True)
+        task_ids = list(response.task_ids)
+        if len(task_ids) != len(new):
+            raise RuntimeError(f"Label Studio created {len(task_ids)} tasks for {len(new)} patches of round {number}")
+        created = {rp.patch_id: task_id for rp, task_id in zip(new, task_ids)}
+    tasks = {**reused, **created}
     with store.session() as session:
-        for rp, task_id in zip(todo, task_ids):
-            session.get(RoundPatch, rp.id).external_id = _external_id(project_id, task_id)
-    return {rp.patch_id: task_id for rp, task_id in zip(todo, task_ids)}
+        for rp in todo:
+            session.get(RoundPatch, rp.id).external_id = _external_id(project_id, tasks[rp.patch_id])
+    return tasks
+
+
+def _task_data(workspace: Workspace, patch: Patch, number: int, rp: RoundPatch) -> dict:
+    if not patch.quicklook_rgb:
+        raise ValueError(f"patch {patch.id} has no quicklook to show; re-ingest with ingest.quicklooks = true")
+    image = workspace.resolve(patch.quicklook_rgb)
+    return {
+        IMAGE_DATA_KEY: "/data/local-files/?d=" + quote(document_path(workspace, image)),
+        LABEL_USE_KEY: LABEL_USE[patch.split],
+        annotations.PATCH_ID_KEY: patch.id,
+        "scene": patch.scene.name,
+        "round": number,
+        "rank": rp.rank,
+        "acquisition": rp.score,
+        **{f"score_{k}": v for k, v in rp.components.items()},
+    }
 
 
 def open_tasks(store: Store, project_id: int) -> dict[int, int]:
@@ -294,4 +328,5 @@ def sync(workspace: Workspace, store: Store) -> SyncReport:
         gone = [i for i in annotations.accepted_annotation_ids(session, project.id) if i not in seen]
         outcomes["retired"] += annotations.retire(session, project.id, gone)
         closed, job_id = after_labels(session, workspace)
+    record_author_emails(ls, store)
     return SyncReport(project.id, n_tasks, outcomes, problems, closed, job_id)

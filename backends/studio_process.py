@@ -49,6 +49,7 @@ INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install-label-studio.sh"
 CACHE_DIR = REPO_ROOT / ".cache"
 TEMPLATE_DIR = CACHE_DIR / f"label-studio-{LABEL_STUDIO_VERSION}-template"
 CREDENTIALS_FILE = "al-loop-credentials.json"
+PID_FILE = "al-loop-label-studio.pid"  # in a persistent data dir: the server last started on it
 
 _LOG_TAIL_LINES = 40
 _POLL_INTERVAL_S = 0.25
@@ -196,6 +197,7 @@ class LabelStudioServer:
         self.start_timeout = start_timeout
         self._asked_port = port
         self._credentials = {"username": username, "password": password, "api_key": api_key}
+        self._pat: str | None = None
         self.port: int | None = None
         self.pid: int | None = None
         self.data_dir: Path | None = None
@@ -311,6 +313,10 @@ class LabelStudioServer:
                 json.dump(self._credentials, f, indent=2)
 
     def _launch(self, exe: Path) -> None:
+        if self.persistent_data_dir is not None:
+            self._stop_orphan()
+        if port_in_use(self.port):
+            raise _PortTaken(f"port {self.port} is in use by another program (another Label Studio?)")
         env = _base_env(self.data_dir, self.document_root)
         env.update(
             LABEL_STUDIO_USERNAME=self.username,
@@ -335,6 +341,8 @@ class LabelStudioServer:
                 start_new_session=True,  # own process group: stop() signals all of it
             )
         self.pid = self._process.pid
+        if self.persistent_data_dir is not None:
+            (self.data_dir / PID_FILE).write_text(str(self.pid))
         self._wait_ready(log_offset)
 
     def _wait_ready(self, log_offset: int) -> None:
@@ -351,7 +359,11 @@ class LabelStudioServer:
             try:
                 with urllib.request.urlopen(health, timeout=2) as response:
                     if response.status == 200:
-                        return
+                        if self._answers_as_ours():
+                            return
+                        log = _tail(self.log_path, log_offset)
+                        self._terminate()
+                        raise _PortTaken(self._failure(f"another server answers on port {self.port}", log))
             except (urllib.error.URLError, http.client.HTTPException, OSError):
                 pass
             if time.monotonic() >= deadline:
@@ -359,6 +371,87 @@ class LabelStudioServer:
                 self._terminate()
                 raise self._failure(f"no 200 from {health} after {self.start_timeout}s", log)
             time.sleep(_POLL_INTERVAL_S)
+
+    def _answers_as_ours(self) -> bool:
+        """Whether the server on our port knows our user (a foreign one, started earlier on the
+        same port, does not), and our process still runs."""
+        if self._process is None or self._process.poll() is not None:
+            return False
+        request = urllib.request.Request(f"{self.url}/api/current-user/whoami",
+                                         headers={"Authorization": f"Token {self.api_key}"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.loads(response.read()).get("email") == self.username
+        except urllib.error.HTTPError as exc:
+            # Legacy tokens switched off for this organisation: our user still answers the login page.
+            return exc.code == 401 and b"legacy token authentication has been disabled" in exc.read()
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
+            return False
+
+    def _stop_orphan(self) -> None:
+        """Stop a Label Studio an earlier run left on this data dir (its process was killed
+        before it could stop it), so that it does not keep the port."""
+        path = self.data_dir / PID_FILE
+        try:
+            pid = int(path.read_text())
+        except (OSError, ValueError):
+            return
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:
+            command = b""
+        if b"label-studio" in command:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    break
+                deadline = time.monotonic() + _STOP_GRACE_S
+                while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+                    time.sleep(_POLL_INTERVAL_S)
+        path.unlink(missing_ok=True)
+
+    # -- personal access tokens ------------------------------------------------------------
+    def personal_access_token(self) -> str:
+        """A personal access token of our user (created once, then the same), as a new
+        organisation's users make them: log in, then ``POST /api/token/``."""
+        if self._pat:
+            return self._pat
+        import httpx
+
+        with httpx.Client(base_url=self.url, timeout=30, follow_redirects=False) as session:
+            session.get("/user/login/")
+            form = {"csrfmiddlewaretoken": session.cookies.get("csrftoken", ""), "email": self.username,
+                    "password": self.password}
+            login = session.post("/user/login/", data=form, headers={"Referer": f"{self.url}/user/login/"})
+            if login.status_code != 302:
+                raise LabelStudioUnavailable(f"cannot log in to {self.url} as {self.username}: {login.status_code}")
+            created = session.post("/api/token/", headers={"X-CSRFToken": session.cookies.get("csrftoken", ""),
+                                                           "Referer": f"{self.url}/"})
+            if created.status_code != 201:
+                raise LabelStudioUnavailable(f"no personal access token from {self.url}: {created.status_code} "
+                                             f"{created.text[:200]}")
+        self._pat = created.json()["token"]
+        return self._pat
+
+    def access_token(self) -> str:
+        """A short-lived access token (5 min) from the personal access token, for ``Bearer``."""
+        import httpx
+
+        answer = httpx.post(f"{self.url}/api/token/refresh/", json={"refresh": self.personal_access_token()},
+                            timeout=30)
+        answer.raise_for_status()
+        return answer.json()["access"]
+
+    def disable_legacy_tokens(self) -> None:
+        """Turn legacy tokens off for the organisation, as new Label Studio organisations have them."""
+        import httpx
+
+        answer = httpx.post(f"{self.url}/api/jwt/settings", json={"legacy_api_tokens_enabled": False},
+                            headers={"Authorization": f"Bearer {self.access_token()}"}, timeout=30)
+        if answer.status_code != 200 or answer.json().get("legacy_api_tokens_enabled") is not False:
+            raise LabelStudioUnavailable(f"legacy tokens could not be disabled: {answer.status_code} {answer.text[:200]}")
 
     def _terminate(self) -> None:
         process, self._process, self.pid = self._process, None, None
@@ -387,3 +480,9 @@ class LabelStudioServer:
 
 class _PortTaken(LabelStudioUnavailable):
     pass
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((HOST, port)) == 0

@@ -120,6 +120,19 @@ def add_tombstone(session: Session, project: int, annotation_id: int) -> None:
         session.flush()
 
 
+def patch_tasks(session: Session, patch_ids: list[int], prefix: str) -> dict[int, int]:
+    """Patch id -> the external task id (``<prefix><task>``) an earlier round gave it."""
+    rows = session.execute(select(RoundPatch.patch_id, RoundPatch.external_id).where(
+        RoundPatch.patch_id.in_(patch_ids), RoundPatch.external_id.startswith(prefix)))
+    return {patch_id: int(external[len(prefix):]) for patch_id, external in rows}
+
+
+def annotation_authors_without_email(session: Session) -> set[str]:
+    """Label Studio user ids of annotation labels stored without the user's email."""
+    authors = session.scalars(select(Label.author).where(Label.source == "annotation").distinct())
+    return {a for a in authors if a and a.isdigit()}
+
+
 def get_setting(session: Session, key: str) -> dict[str, Any] | None:
     row = session.get(StoreSetting, key)
     return None if row is None else dict(row.value)

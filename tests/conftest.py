@@ -56,10 +56,7 @@ def store(workspace):
     store.dispose()
 
 
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory):
-    """A real Label Studio 1.23.2 on loopback (backends/studio_process.py), serving a temp
-    document root. A missing install fails in CI (env CI set and truthy) and skips elsewhere."""
+def _label_studio(tmp_path_factory, legacy_tokens: bool):
     import os
 
     from backends.studio_process import LabelStudioNotInstalled, LabelStudioServer
@@ -71,5 +68,25 @@ def label_studio(tmp_path_factory):
         if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off"):
             pytest.fail(f"CI requires Label Studio: {exc}", pytrace=False)
         pytest.skip(str(exc))
+    if not legacy_tokens:
+        server.personal_access_token()
+        server.disable_legacy_tokens()
+    return server
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio 1.23.2 on loopback (backends/studio_process.py), serving a temp
+    document root, as new organisations have it: legacy tokens off, clients use a personal
+    access token. A missing install fails in CI (env CI set and truthy) and skips elsewhere."""
+    server = _label_studio(tmp_path_factory, legacy_tokens=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def label_studio_legacy(tmp_path_factory):
+    """The same, with a legacy token (older organisations and installs)."""
+    server = _label_studio(tmp_path_factory, legacy_tokens=True)
     yield server
     server.stop()

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS
 from al_loop.config import write_config
 from al_loop.retrain import run_training
-from al_loop.rounds import next_round
+from al_loop.rounds import next_round, pool_patches
 from backends import studio
 from backends.app import SECRET_HEADER
 from backends.results import mask_to_brush_results
@@ -45,8 +45,8 @@ def wait_for(condition: Callable[[], object], timeout: float = 120.0, what: str 
 class ServedBackend:
     """``al-loop serve``'s backend, with its worker, on the configured loopback port."""
 
-    def __init__(self, workspace, store) -> None:
-        self.backend = Backend(workspace, store).start()
+    def __init__(self, workspace, store, worker: bool = True) -> None:
+        self.backend = Backend(workspace, store).start(worker=worker)
         self.http = ThreadedServer(self.backend, "127.0.0.1", workspace.config.backend.port)
 
     def stop(self) -> None:
@@ -54,23 +54,28 @@ class ServedBackend:
         self.backend.stop()
 
 
-@pytest.fixture
-def live(label_studio, tmp_path):
-    """A workspace under Label Studio's document root with a trained v1 and a first round of 4."""
+@pytest.fixture(params=["personal access token"])
+def live(request, tmp_path):
+    """A workspace under Label Studio's document root with a trained v1 and a first round of 4;
+    connected with a personal access token (legacy tokens off), or, with the param "legacy
+    token", to a Label Studio that still takes those."""
+    legacy = request.param == "legacy token"
+    label_studio = request.getfixturevalue("label_studio_legacy" if legacy else "label_studio")
+    key = label_studio.api_key if legacy else label_studio.personal_access_token()
     root = label_studio.document_root / f"ws-{uuid.uuid4().hex[:8]}"
     ws, store = labelled_and_pool(root, tmp_path / "pool", pool_height=384, mc_samples=2)
     cfg = ws.config
     cfg.sampling.round_size = 4
     cfg.retraining.label_threshold, cfg.retraining.debris_pixel_threshold = 3, 0
     cfg.training.promotion_margin = 1.0  # promote every candidate: the test is about the loop, not the gate
-    cfg.label_studio.url, cfg.label_studio.api_key = label_studio.url, label_studio.api_key
+    cfg.label_studio.url, cfg.label_studio.api_key = label_studio.url, key
     cfg.label_studio.project_title = f"glaciers {root.name}"
     cfg.label_studio.document_root = str(label_studio.document_root)
     cfg.backend.port = free_port()
     cfg.backend.url = f"http://127.0.0.1:{cfg.backend.port}"
     run_training(ws, store, quiet=True)
     next_round(ws, store, strategy="bald", quiet=True)
-    yield ws, store, studio.client(ws)
+    yield ws, store, studio.client(ws), label_studio
     store.dispose()
 
 
@@ -87,12 +92,17 @@ def _annotation_labels(store) -> list[tuple[int, str]]:
                 for l in session.scalars(select(Label).where(Label.source == "annotation").order_by(Label.id))]
 
 
+def _round_status(store, number: int) -> str | None:
+    with store.session() as session:
+        return session.scalar(select(Round.status).where(Round.number == number))
+
+
 def _tasks(ls, project_id) -> list:
     return list(ls.tasks.list(project=project_id, fields="all"))
 
 
 def test_the_live_loop_from_connect_to_a_new_champion_and_the_next_round(live):
-    ws, store, ls = live
+    ws, store, ls, server = live
     served = ServedBackend(ws, store)
     try:
         report = studio.connect(ws, store)
@@ -113,8 +123,11 @@ def test_the_live_loop_from_connect_to_a_new_champion_and_the_next_round(live):
         assert [t.data["label_use"] for t in tasks] == [studio.LABEL_USE[splits[t.data["patch_id"]]] for t in tasks]
         assert all(t.data["label_use"] != studio.LABEL_USE[None] for t in tasks)  # decided at hand-out
         # The quicklook is served by Label Studio from the local-files storage.
+        legacy = httpx.get(ws.config.label_studio.url + tasks[0].data["image"],
+                           headers={"Authorization": f"Token {server.api_key}"})
+        assert legacy.status_code == 401  # legacy tokens are off here: the client used the personal access token
         image = httpx.get(ws.config.label_studio.url + tasks[0].data["image"],
-                          headers={"Authorization": f"Token {ws.config.label_studio.api_key}"})
+                          headers={"Authorization": f"Bearer {server.access_token()}"})
         assert image.status_code == 200 and image.content[:4] == b"\x89PNG"
 
         # Label Studio asks the backend itself (the Data Manager's "Retrieve Predictions") for
@@ -155,7 +168,7 @@ def test_the_live_loop_from_connect_to_a_new_champion_and_the_next_round(live):
 
 
 def test_annotations_saved_while_the_backend_is_down_are_recovered_by_sync(live):
-    ws, store, ls = live
+    ws, store, ls, _ = live
     served = ServedBackend(ws, store)
     try:
         project_id = studio.connect(ws, store).project_id
@@ -176,13 +189,44 @@ def test_annotations_saved_while_the_backend_is_down_are_recovered_by_sync(live)
     with store.session() as session:
         label = session.scalars(select(Label).where(Label.status == "accepted", Label.source == "annotation")).one()
         assert label.n_clean_ice == 128 * 60  # the edit (mask 2: 60 columns of clean ice) is what counts
+    assert label.author.endswith("@al-loop.local")
+    assert label.details["label_studio_user"].isdigit()  # Label Studio's user id, and its email
     again = studio.sync(ws, store)  # idempotent
     assert again.outcomes == {"unchanged": 1, "skipped": 1, "retired": 0}
 
 
+def test_a_patch_back_in_the_pool_keeps_its_one_task_and_gets_a_fresh_prediction(live):
+    ws, store, ls, _ = live
+    served = ServedBackend(ws, store, worker=False)  # Label Studio checks the backend on connect
+    try:
+        holder = served.backend.holder
+        project_id = studio.connect(ws, store, holder).project_id
+        tasks = sorted(_tasks(ls, project_id), key=lambda t: t.data["rank"])
+        made = [ls.annotations.create(id=t.id, result=mask_to_brush_results(_mask(k))) for k, t in enumerate(tasks)]
+        wait_for(lambda: _round_status(store, 1) == "closed", 30, "round 1 closed")  # every patch labelled
+        ls.annotations.delete(id=made[0].id)  # the expert takes one back: its patch returns to the pool
+        wait_for(lambda: ("retired" in {s for _, s in _annotation_labels(store)}), 30, "the label retired")
+    finally:
+        served.stop()
+    with store.session() as session:
+        pool = len(pool_patches(session))
+    chosen = next_round(ws, store, size=pool, strategy="random", quiet=True)
+    back = tasks[0].data["patch_id"]
+    assert back in [p.patch_id for p in chosen.patches]
+    imported = studio.import_round(ls, ws, store, project_id, chosen.number)
+    assert imported[back] == tasks[0].id  # its old task, not a second one
+    assert len(_tasks(ls, project_id)) == 4 + pool - 1
+    assert ls.tasks.get(id=tasks[0].id).data["round"] == chosen.number
+    before = len(ls.predictions.list(task=tasks[0].id))
+    studio.push_predictions(ls, ws, store, holder, project_id, imported)
+    assert len(ls.predictions.list(task=tasks[0].id)) == before + 1
+
+
+@pytest.mark.parametrize("live", ["legacy token"], indirect=True)
 def test_the_commands_serve_connect_and_sync(live):
-    """`al-loop serve` as its own process (uvicorn, worker, sync on start), `connect`, `sync`."""
-    ws, store, ls = live
+    """`al-loop serve` as its own process (uvicorn, worker, sync on start), `connect`, `sync`,
+    against a Label Studio that still takes legacy tokens."""
+    ws, store, ls, _ = live
     write_config(ws.root, ws.config)  # the commands read the workspace's file
     al_loop = [sys.executable, "-m", "cli"]
     env = {**os.environ, "AL_LOOP_WORKSPACE": str(ws.root)}
