@@ -51,13 +51,19 @@ def test_a_poison_delivery_is_refused_in_the_request_and_stores_nothing(served):
     assert _labels(store) == [] and not list(backend.inbox.folder.glob("*.json"))
 
 
-def test_a_delivery_that_fails_at_write_time_sinks_no_other_of_its_group(tmp_path):
-    ws = init_workspace(tmp_path / "ws")
+def _unlabelled_scene(root):
+    """A workspace with one unlabelled synthetic scene of 16 patches of 128 px; its patch ids."""
+    ws = init_workspace(root)
     ws.config.ingest.patch_size, ws.config.ingest.quicklooks = 128, False
     store = open_store(ws)
     ingest_synthetic_scene(ws, store, size=512, seed=0, labelled=False, quiet=True)
     with store.session() as session:
         patch_ids = session.scalars(select(Patch.id).order_by(Patch.id)).all()
+    return ws, store, patch_ids
+
+
+def test_a_delivery_that_fails_at_write_time_sinks_no_other_of_its_group(tmp_path):
+    ws, store, patch_ids = _unlabelled_scene(tmp_path / "ws")
     inbox = Inbox(tmp_path / "inbox")
     writer = LabelWriter(ws, store, inbox)
 
@@ -169,12 +175,7 @@ def test_deliveries_answered_while_the_store_is_locked_survive_kill_9(tmp_path):
     """`al-loop serve` as its own process; another process holds SQLite's write lock, so nothing
     can be committed and deliveries are answered 202; the server is killed with SIGKILL; once the
     lock is gone a new server stores every one of them."""
-    ws = init_workspace(tmp_path / "ws")
-    ws.config.ingest.patch_size, ws.config.ingest.quicklooks = 128, False
-    store = open_store(ws)
-    ingest_synthetic_scene(ws, store, size=512, seed=0, labelled=False, quiet=True)
-    with store.session() as session:
-        patch_ids = session.scalars(select(Patch.id).order_by(Patch.id)).all()
+    ws, store, patch_ids = _unlabelled_scene(tmp_path / "ws")
     store.dispose()
     port = free_port()
     env = {**os.environ, "AL_LOOP_WORKSPACE": str(ws.root), "AL_LOOP_BACKEND_PORT": str(port),
