@@ -123,8 +123,8 @@ class TrainingConfig:
 
 @dataclass
 class SamplingConfig:
-    strategy: str = setting("combined", "random, entropy, margin, bald, debris, cloud or combined",
-                            ("random", "entropy", "margin", "bald", "debris", "cloud", "combined"))
+    strategy: str = setting("combined", "random, entropy, margin, bald, debris, cloud, combined or balanced",
+                            ("random", "entropy", "margin", "bald", "debris", "cloud", "combined", "balanced"))
     round_size: int = setting(10, "patches per round (fewer when the pool holds fewer)")
     top_q: float = setting(0.1, "a patch scores the mean of its top q fraction of valid pixels")
     per_scene_cap: int = setting(0, "at most this many patches of one scene per round (0: no cap)")

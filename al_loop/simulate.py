@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from al_loop.model.inference import pick_device
 from al_loop.model.training import evaluate_samples
 from al_loop.retrain import run_training
 from al_loop.rounds import next_round
-from al_loop.synthetic import make_scene
+from al_loop.synthetic import Cover, make_scene
 from al_loop.tiling import patch_windows
 from al_loop.validation import Block, block_key, choose_validation_blocks
 from al_loop.workspace import init_workspace, open_store
@@ -66,6 +67,9 @@ class SimulationConfig:
     classes: str = "multiclass"
     holdout: str = "east"  # scenes: the side held out as the test region
     holdout_fraction: float = 0.25
+    cover: Cover = field(default_factory=Cover)  # synthetic scenes: glacier and debris shares
+    validation_fraction: float = 0.2  # of the pool, labelled for the gate (not counted as labels)
+    method: str = ""  # sampling.method: diversity of a batch ("" = kcenter with a model)
 
     @classmethod
     def small(cls) -> SimulationConfig:
@@ -99,6 +103,7 @@ class Curve:
     seed: int
     labels: list[int] = field(default_factory=list)
     iou: list[dict[str, float]] = field(default_factory=list)  # per point: clean_ice, debris, glacier
+    seconds: float = 0.0
 
 
 class Oracle:
@@ -127,8 +132,9 @@ def _configure(workspace: Workspace, cfg: SimulationConfig) -> Workspace:
     c.model.classes, c.model.channels = cfg.classes, []
     c.training.crop_size, c.training.max_epochs, c.training.learning_rate = 0, cfg.epochs, 3e-3
     c.training.validation_block = cfg.patch_size * 2
+    c.training.validation_fraction = cfg.validation_fraction
     c.training.validation_routing = "train"  # every oracle label trains: validation is the template's
-    c.sampling.exclusion_radius, c.sampling.round_size = 0.0, cfg.round_size
+    c.sampling.exclusion_radius, c.sampling.round_size, c.sampling.method = 0.0, cfg.round_size, cfg.method
     return workspace
 
 
@@ -167,8 +173,8 @@ class Ground:
 
 def synthetic_ground(folder: Path, cfg: SimulationConfig, seed: int) -> Ground:
     """A synthetic pool scene and a synthetic test scene at another, disjoint, location."""
-    pool = make_scene(folder, height=cfg.scene_size, seed=10 + seed, name="pool")
-    test = make_scene(folder, height=cfg.scene_size // 2, seed=20 + seed, name="test")
+    pool = make_scene(folder, height=cfg.scene_size, seed=10 + seed, name="pool", cover=cfg.cover)
+    test = make_scene(folder, height=cfg.scene_size // 2, seed=20 + seed, name="test", cover=cfg.cover)
     with rasterio.open(pool.label_raster) as lab:
         truth = lab.read(1)
     with rasterio.open(test.image) as src, rasterio.open(test.label_raster) as lab:
@@ -337,6 +343,7 @@ def _copy(template: Path, target: Path, cfg: SimulationConfig) -> tuple[Workspac
 
 
 def _run_strategy(work, template, oracle, strategy, seed, n_seed, ground, cfg, cache, advance) -> Curve:
+    began = time.perf_counter()
     ws, store = _copy(template, work / strategy, cfg)
     ws.config.sampling.seed = seed
     curve = Curve(strategy, seed)
@@ -354,6 +361,7 @@ def _run_strategy(work, template, oracle, strategy, seed, n_seed, ground, cfg, c
         curve.iou.append(_test_iou(ws, store, ground, cfg, cache))
         advance()
     store.dispose()
+    curve.seconds = time.perf_counter() - began
     return curve
 
 
@@ -397,19 +405,26 @@ def _report(out: Path, curves: list[Curve], reference: dict[int, dict[str, float
                 writer.writerow([curve.strategy, curve.seed, n, *(f"{iou[r]:.4f}" for r in ROWS),
                                  f"{reference[curve.seed]['glacier']:.4f}"])
     summary = []
-    random_aulc = {c.seed: _aulc(c, "glacier") for c in curves if c.strategy == "random"}
+    randoms = {c.seed: c for c in curves if c.strategy == "random"}
     for strategy in cfg.strategies:
         mine = [c for c in curves if c.strategy == strategy]
         aulc = [_aulc(c, "glacier") for c in mine]
-        paired = [_aulc(c, "glacier") - random_aulc[c.seed] for c in mine if c.seed in random_aulc]
+        paired = [_aulc(c, "glacier") - _aulc(randoms[c.seed], "glacier") for c in mine if c.seed in randoms]
+        paired_debris = [_aulc(c, "debris") - _aulc(randoms[c.seed], "debris") for c in mine if c.seed in randoms]
         reach = [labels_to_reach(c.labels, [i["glacier"] for i in c.iou], 0.95 * reference[c.seed]["glacier"])
                  for c in mine]
+        reach_random = [labels_to_reach(c.labels, [i["glacier"] for i in c.iou], randoms[c.seed].iou[-1]["glacier"])
+                        for c in mine if c.seed in randoms]
         summary.append({
             "strategy": strategy,
             "aulc_mean": float(np.mean(aulc)), "aulc_std": float(np.std(aulc)),
             "aulc_debris_mean": _mean([_aulc(c, "debris") for c in mine]),
             "gain_over_random_mean": float(np.mean(paired)) if paired else float("nan"),
             "gain_over_random_sd": float(np.std(paired, ddof=1)) if len(paired) > 1 else float("nan"),
+            "debris_gain_over_random_mean": _mean(paired_debris),
+            "debris_gain_over_random_sd": float(np.std(paired_debris, ddof=1)) if len(paired_debris) > 1 else float("nan"),
+            "labels_to_random_final": reach_random,
+            "minutes": float(np.mean([c.seconds for c in mine])) / 60,
             "labels_to_95pct": reach,
             "final_glacier_iou": float(np.mean([c.iou[-1]["glacier"] for c in mine])),
             "final_clean_iou": _mean([c.iou[-1]["clean_ice"] for c in mine]),

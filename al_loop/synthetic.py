@@ -137,16 +137,29 @@ class SyntheticScene:
     size: tuple[int, int]  # (height, width)
 
 
-def generate(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Cover:
+    """Shares of the scene's pixels drawn (uniformly, seeded) for glacier and debris."""
+
+    glacier: tuple[float, float] = _GLACIER_FRACTION
+    debris: tuple[float, float] = _DEBRIS_FRACTION
+
+
+HKH_COVER = Cover(glacier=(0.02, 0.035), debris=(0.002, 0.0035))
+"""The HKH archive's balance (glacier ~2.4 % of pixels, debris ~a tenth of it), for benchmarks
+where most patches hold no glacier, as in the real archive."""
+
+
+def generate(height: int, width: int, seed: int, cover: Cover = Cover()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A synthetic scene as arrays: ``pixels`` float32 ``(15, H, W)`` in the order of
     :data:`bands.CHANNELS`, ``labels`` uint8 ``(H, W)`` (0 background, 1 clean ice, 2 debris) and
     the surface ``dem`` float32 ``(H, W)`` in metres, defined everywhere (the elevation channel
-    is 0 in the gaps, like the real tiles)."""
+    is 0 in the gaps, like the real tiles). ``cover`` sets the glacier and debris shares."""
     if height < 16 or width < 16:
         raise ValueError(f"scene must be at least 16x16 pixels, got {height}x{width}")
     rng = np.random.default_rng(seed)
     shape = (height, width)
-    dem, labels, ice_age, ela = _landscape(rng, shape)
+    dem, labels, ice_age, ela = _landscape(rng, shape, cover)
     slope = _slope(dem)
     snow = _seasonal_snow(rng, dem, labels, ela)
     # the real surface is rougher than SRTM: light falls on a few metres of extra relief
@@ -173,13 +186,14 @@ def make_scene(
     seed: int = 0,
     name: str = "synthetic",
     vector_crs: str | None = None,
+    cover: Cover = Cover(),
 ) -> SyntheticScene:
     """Generate a scene and write ``{name}.tif`` (15 channels), ``{name}_labels.tif`` and
     ``{name}_labels.gpkg`` (polygons, attribute ``class``; in ``vector_crs`` if given)."""
     width = height if width is None else width
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pixels, labels, _ = generate(height, width, seed)
+    pixels, labels, _ = generate(height, width, seed, cover)
     transform = _scene_transform(seed)
     scene = SyntheticScene(
         image=out_dir / f"{name}.tif",
@@ -248,7 +262,7 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
 # --- terrain and glaciers --------------------------------------------------------------------
 
 
-def _landscape(rng, shape):
+def _landscape(rng, shape, cover: Cover):
     """Surface DEM, labels, ``ice_age`` (0 bare ablation ice .. 1 firn) on the scene grid,
     and the snow-line altitude."""
     padded = (shape[0] + 2 * _PAD, shape[1] + 2 * _PAD)
@@ -256,7 +270,7 @@ def _landscape(rng, shape):
     regional, ridged = _mountains(rng, padded, crop)
     valleys = _valley_network(rng, regional)
     bed = _carve(regional, ridged, valleys)
-    labels, ela = _glaciers(rng, bed, valleys, crop)
+    labels, ela = _glaciers(rng, bed, valleys, crop, cover)
     dem = _ice_surface(bed, labels > 0)
     dem = np.round(np.clip(dem, 2500, 7500))[crop].astype(np.float32)  # SRTM: integer metres
     labels = labels[crop]
@@ -380,7 +394,7 @@ def _carve(regional, ridged, valleys: _Valleys) -> np.ndarray:
     return np.minimum(regional + ridged, walls)
 
 
-def _glaciers(rng, bed, valleys: _Valleys, crop) -> tuple[np.ndarray, float]:
+def _glaciers(rng, bed, valleys: _Valleys, crop, cover: Cover) -> tuple[np.ndarray, float]:
     """Label mask and snow-line altitude (ELA).
 
     Clean ice lies on gentle ground above the snow line and along the valleys down to each
@@ -394,7 +408,7 @@ def _glaciers(rng, bed, valleys: _Valleys, crop) -> tuple[np.ndarray, float]:
     across = (valleys.distance / (valleys.half_width * margin)) ** 2  # 0 centre .. 1 margin
     tongue_line = np.where(across < 1, terminus_above_ela - 60 * across, -np.inf)
     ice_line = np.maximum(tongue_line, np.where(bed_slope < 20 * margin, bed - 300, -np.inf))
-    target = rng.uniform(*_GLACIER_FRACTION)
+    target = rng.uniform(*cover.glacier)
     ela = float(np.clip(np.quantile(ice_line[crop], 1 - target), *_ELA_RANGE))
     glacier = ice_line > ela
     tongue = tongue_line > ela
@@ -406,7 +420,7 @@ def _glaciers(rng, bed, valleys: _Valleys, crop) -> tuple[np.ndarray, float]:
     eligible = debris_zone[crop]
     debris = np.zeros_like(glacier)
     if eligible.any():
-        share = min(1.0, rng.uniform(*_DEBRIS_FRACTION) * eligible.size / eligible.sum())
+        share = min(1.0, rng.uniform(*cover.debris) * eligible.size / eligible.sum())
         debris = debris_zone & (above_terminus <= np.quantile(above_terminus[crop][eligible], share))
     labels = np.full(bed.shape, BACKGROUND, np.uint8)
     labels[glacier] = CLEAN_ICE

@@ -65,7 +65,7 @@ _CLOUD_PERCENTILES = {
     "thermal": (75.0, 10.0, 8.0),  # warm ground -> cold (cloud, snow); degrees C
 }
 
-COMPONENTS = ("entropy", "margin", "least_confidence", "bald", "debris", "cloud")
+COMPONENTS = ("entropy", "margin", "least_confidence", "bald", "debris", "cloud", "glacier")
 
 STRATEGIES: dict[str, dict[str, float]] = {
     "random": {},  # uniform random scores, drawn at selection time (pool_scores)
@@ -77,6 +77,9 @@ STRATEGIES: dict[str, dict[str, float]] = {
     # BALD rather than entropy: inventories agree at only 0.43-0.57 IoU (hkh_data.md), so much of
     # the entropy is label noise that more labels will not remove; BALD is the reducible part.
     "combined": {"bald": 1.0, "debris": 1.0, "cloud": 0.5},
+    # Glacier is a few percent of the pixels: a patch the model sees glacier in is worth more
+    # than one it is unsure about on bare rock, so presence counts beside the uncertainties.
+    "balanced": {"bald": 1.0, "debris": 1.0, "glacier": 1.0, "cloud": 0.5},
 }
 """Strategy name -> weights of the components it combines (one component: that score as is)."""
 
@@ -198,6 +201,12 @@ def least_confidence(probs: np.ndarray, valid: np.ndarray | None = None) -> np.n
     """``1 - max p`` (``1 - 1/K`` for uniform, 0 for one-hot)."""
     probs, valid = _check_probs(probs, valid)
     return _masked(1.0 - probs.max(axis=0), valid)
+
+
+def glacier_presence(probs: np.ndarray, valid: np.ndarray | None = None, background: int = BACKGROUND) -> np.ndarray:
+    """The model's probability that a pixel is glacier (any glacier class): ``1 - p_background``."""
+    probs, valid = _check_probs(probs, valid)
+    return _masked(1.0 - probs[background], valid)
 
 
 def bald(bald_map: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -632,6 +641,8 @@ def score_patch(
             maps[name] = least_confidence(probs, valid)
         elif name == "bald":
             maps[name] = bald(np.asarray(mc.bald[index]), valid)
+        elif name == "glacier":
+            maps[name] = glacier_presence(probs, valid)
         elif name == "debris":
             maps[name] = debris_ambiguity(probs, pixels, channels, valid=valid)
         elif name == "cloud":
