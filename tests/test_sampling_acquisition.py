@@ -378,3 +378,19 @@ def test_cold_start_prefers_glacier_and_debris_patches():
     assert scores["snowfield"]["glacier"] > 0.8 and scores["valley"]["glacier"] < 0.05
     assert scores["tongue"]["debris"] > 0.9 and scores["valley"]["debris"] == 0.0
     assert set(scores["valley"]) == set(acq.PRIOR_WEIGHTS)
+
+
+def test_glacier_presence_is_one_minus_background_and_nan_where_invalid():
+    probs = np.array([[[0.9, 0.2]], [[0.05, 0.5]], [[0.05, 0.3]]], np.float32)  # (3, 1, 2)
+    valid = np.array([[True, False]])
+    out = acq.glacier_presence(probs, valid)
+    assert out[0, 0] == pytest.approx(0.1) and np.isnan(out[0, 1])
+
+
+def test_balanced_prefers_a_patch_with_glacier_among_equally_uncertain_ones():
+    names = ("bald", "debris", "glacier", "cloud")
+    components = {n: np.array([0.5, 0.5]) for n in names}
+    components["glacier"] = np.array([0.05, 0.6])  # same uncertainty, only the second shows glacier
+    scores = acq.pool_scores("balanced", components)
+    assert scores[1] > scores[0]
+    assert acq.pool_scores("combined", components)[0] == acq.pool_scores("combined", components)[1]

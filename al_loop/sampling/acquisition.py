@@ -609,7 +609,7 @@ def pool_scores(
     return combine(components, STRATEGIES[strategy])
 
 
-def score_patch(
+def pixel_maps(
     mc: MCResult,
     pixels: np.ndarray,
     channels: Sequence[str],
@@ -618,9 +618,9 @@ def score_patch(
     valid: np.ndarray | None = None,
     cloud_thresholds: Mapping[str, float] | None = None,
     strategy: str | None = None,
-    q: float = 0.1,
-) -> dict[str, float]:
-    """Component scores of one patch (image ``index`` of an MC dropout result).
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-pixel component maps of one patch (image ``index`` of an MC dropout result), and the
+    valid mask they were computed over.
 
     ``strategy`` None computes every component of :data:`COMPONENTS` (``cloud`` only when the
     scene's ``cloud_thresholds`` are given); a name computes only what that strategy needs
@@ -652,4 +652,21 @@ def score_patch(
                 raise ValueError("the cloud component needs the scene's cloud_thresholds (see cloud_thresholds())")
             likelihood = cloud_likelihood(pixels, channels, cloud_thresholds, valid)
             maps[name] = cloud_ambiguity(likelihood, probs, valid)
+    return maps, valid
+
+
+def score_patch(
+    mc: MCResult,
+    pixels: np.ndarray,
+    channels: Sequence[str],
+    *,
+    index: int = 0,
+    valid: np.ndarray | None = None,
+    cloud_thresholds: Mapping[str, float] | None = None,
+    strategy: str | None = None,
+    q: float = 0.1,
+) -> dict[str, float]:
+    """Component scores of one patch: each map of :func:`pixel_maps` reduced by :func:`aggregate`."""
+    maps, valid = pixel_maps(mc, pixels, channels, index=index, valid=valid, cloud_thresholds=cloud_thresholds,
+                             strategy=strategy)
     return {name: aggregate(m, valid, q) for name, m in maps.items()}
