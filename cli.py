@@ -511,7 +511,7 @@ def simulate(
                    "final glacier IoU", "final debris IoU"):
         table.add_column(column, justify="left" if column == "strategy" else "right")
     for row in result["rows"]:
-        reach = ", ".join("-" if r is None else str(r) for r in row["labels_to_95pct"])
+        reach = ", ".join("-" if r is None else f"{r:g}" for r in row["labels_to_95pct"])
         gain = "-" if row["strategy"] == "random" else (
             f"{row['gain_over_random_mean']:+.3f} ± {_score(row['gain_over_random_sd'])}")
         table.add_row(row["strategy"], f"{row['aulc_mean']:.3f} ± {row['aulc_std']:.3f}", gain,

@@ -133,6 +133,12 @@ class SamplingConfig:
                           ("", "kcenter", "power", "greedy"))
     batch_size: int = setting(4, "patches scored per Monte Carlo batch")
     seed: int = setting(0, "seed of Monte Carlo masks and random choices")
+    query: str = setting("patch", "what an expert is asked to label: the whole patch, or only its most ambiguous region "
+                         "(a square window of sampling.region_fraction of it; needs a model)", ("patch", "region"))
+    region_fraction: float = setting(0.25, "region queries: the share of a patch's pixels in the window")
+    warmup_labels: int = setting(
+        0, "rounds choose at random until this many training patches are labelled (early models are unsure of the wrong things)"
+    )
 
 
 @dataclass
@@ -335,6 +341,10 @@ def check(config: Config, origin: str) -> Config:
                             f"{c.model.depth})")
     if not 0 <= c.ingest.patch_overlap < max(c.ingest.patch_size, 1):
         problems.append(f"ingest.patch_overlap must be in [0, ingest.patch_size), found {c.ingest.patch_overlap}")
+    if not 0 < c.sampling.region_fraction <= 1:
+        problems.append(f"sampling.region_fraction must be in (0, 1], found {c.sampling.region_fraction}")
+    if c.sampling.warmup_labels < 0:
+        problems.append(f"sampling.warmup_labels must be at least 0, found {c.sampling.warmup_labels}")
     if not 0 <= c.model.dropout < 1:
         problems.append(f"model.dropout must be in [0, 1), found {c.model.dropout}")
     if problems:

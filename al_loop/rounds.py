@@ -28,6 +28,7 @@ from al_loop.model.training import normalize
 from al_loop.patches import read_patch
 from al_loop.model.checkpoints import load_version
 from al_loop.sampling import acquisition
+from al_loop.sampling.regions import Region, ambiguity_map, best_window, region_side
 from al_loop.sampling.selection import select_batch
 from al_loop.validation import route_patches
 from db import queries, registry
@@ -153,6 +154,13 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
             missing = [c for c in version.channels if c not in scene.available_channels]
             notes.append(f"scene {scene.id} ({scene.name}) lacks {', '.join(missing)}, which model {version.name} "
                          "uses: its patches are left out of the pool")
+    if strategy != "random" and cfg.warmup_labels:
+        with store.session() as session:
+            labelled = queries.labelled_training_patch_count(session)
+        if labelled < cfg.warmup_labels:
+            notes.append(f"warm-up: {labelled} of {cfg.warmup_labels} training patches labelled (sampling.warmup_labels), "
+                         f"so this round chooses at random instead of {strategy!r}")
+            strategy = "random"
     if version is None and strategy != "random":
         notes.append(f"no champion model yet: cold start from spectral and terrain priors instead of {strategy!r}")
     scored = score_pool(workspace, store, version, quiet) if strategy != "random" or version else 0
@@ -183,6 +191,11 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
         )
         if len(chosen) < size:
             notes.append(f"only {len(chosen)} patches satisfy the diversity constraints (asked for {size})")
+        regions = {}
+        if cfg.query == "region" and version is None:
+            notes.append("region queries need a model: this cold-start round asks for whole patches")
+        elif cfg.query == "region":
+            regions = query_regions(workspace, store, [pool[i].id for i in chosen], strategy, cfg.region_fraction)
         number = (session.scalar(select(Round.number).order_by(Round.number.desc()).limit(1)) or 0) + 1
         used = strategy if version or strategy == "random" else COLD_START
         round_ = Round(number=number, strategy=used, model_version_id=version.id if version else None,
@@ -193,12 +206,14 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
         for rank, index in enumerate(chosen, start=1):
             patch = pool[index]
             parts = {k: float(v[index]) for k, v in components.items()}
-            session.add(RoundPatch(round=round_, patch_id=patch.id, rank=rank, score=float(scores[index]), components=parts))
+            region = regions[patch.id].as_list() if patch.id in regions else None
+            session.add(RoundPatch(round=round_, patch_id=patch.id, rank=rank, score=float(scores[index]),
+                                   components=parts, region=region))
             looks = [workspace.resolve(q) for q in (patch.quicklook_rgb, patch.quicklook_false) if q]
             handout.append(HandoutPatch(rank, patch.id, patch.scene.name, patch.row_off, patch.col_off,
                                         float(scores[index]), parts,
                                         (patch.minx, patch.miny, patch.maxx, patch.maxy) if has_centers else None,
-                                        patch.scene.crs, looks, patch.split))
+                                        patch.scene.crs, looks, patch.split, region))
         folder = write_handout(workspace.root / "rounds" / f"round-{number:03d}", number, used,
                                version.name if version else None, handout)
     return RoundResult(number, used, version.name if version else None, handout, folder, scored, notes)
@@ -227,3 +242,32 @@ def _pool_scores(session: Session, pool: list[Patch], version: ModelVersion | No
         scores = acquisition.pool_scores(strategy, raw, rng=seed)
     embeddings = np.array([c["embedding"] for c in ordered], dtype=np.float32) if "embedding" in ordered[0] else None
     return scores, {n: acquisition.rank_normalize(v) for n, v in raw.items()}, embeddings
+
+
+def query_regions(workspace: Workspace, store: Store, patch_ids: list[int], strategy: str,
+                  fraction: float) -> dict[int, Region]:
+    """For each patch, the square window (about ``fraction`` of its pixels) the champion is most
+    unsure about under ``strategy``'s components (``random``: those of ``combined``)."""
+    weights = acquisition.STRATEGIES["combined" if strategy == "random" else strategy]
+    cfg = workspace.config
+    with store.session() as session:
+        version = registry.champion(session)
+        if version is None:
+            raise LookupError("region queries need a champion model: train one first (al-loop train)")
+        patches = list(session.scalars(select(Patch).where(Patch.id.in_(patch_ids)).order_by(Patch.id)))
+        scenes = {p.scene_id: p.scene for p in patches}
+    thresholds = {sid: scene_cloud_thresholds(workspace, scene) for sid, scene in scenes.items()}
+    model = load_version(workspace, version)[0]
+    regions = {}
+    for patch in patches:
+        pixels, valid = read_patch(workspace, patch)
+        names = patch.scene.available_channels
+        x = normalize(pixels[[names.index(c) for c in version.channels]], valid, version.normalization)
+        mc = mc_predict(model, torch.from_numpy(x[None]), T=cfg.model.mc_samples, device=pick_device(),
+                        valid=valid[None], seed=cfg.sampling.seed)
+        usable = {n: w for n, w in weights.items() if n != "cloud" or thresholds[patch.scene_id] is not None}
+        maps, valid = acquisition.pixel_maps(mc, pixels, names, valid=valid, cloud_thresholds=thresholds[patch.scene_id],
+                                             strategy=None)
+        side = region_side(patch.height, patch.width, fraction)
+        regions[patch.id] = best_window(ambiguity_map(maps, usable, valid), side)
+    return regions

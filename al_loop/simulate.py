@@ -39,6 +39,8 @@ from al_loop.model.inference import pick_device
 from al_loop.model.training import evaluate_samples
 from al_loop.retrain import run_training
 from al_loop.rounds import next_round
+from al_loop.sampling import acquisition
+from al_loop.sampling.regions import Region
 from al_loop.synthetic import Cover, make_scene
 from al_loop.tiling import patch_windows
 from al_loop.validation import Block, block_key, choose_validation_blocks
@@ -48,6 +50,7 @@ from db.models import Patch, Scene
 from db.session import Store
 
 ROWS = ("clean_ice", "debris", "glacier")
+REGION_FRACTION = 0.25  # region queries: the share of a patch's pixels asked for
 HOLDOUTS = ("east", "west", "north", "south")
 
 
@@ -94,6 +97,11 @@ class SimulationConfig:
                 raise ValueError(f"{option} must be at least 1, found {value}")
         if not self.seeds:
             raise ValueError("--seeds: give at least one seed")
+        for spec in self.strategies:
+            try:
+                Variant.parse(spec)
+            except ValueError as exc:
+                raise ValueError(f"--strategies: {exc}") from None
         class_names(self.classes)
 
 
@@ -101,7 +109,7 @@ class SimulationConfig:
 class Curve:
     strategy: str
     seed: int
-    labels: list[int] = field(default_factory=list)
+    labels: list[float] = field(default_factory=list)  # whole-patch equivalents of labelled pixels
     iou: list[dict[str, float]] = field(default_factory=list)  # per point: clean_ice, debris, glacier
     seconds: float = 0.0
 
@@ -119,10 +127,43 @@ class Oracle:
         out[: part.shape[0], : part.shape[1]] = part
         return out
 
-    def label(self, store: Store, patch_ids: list[int]) -> None:
+    def label(self, store: Store, patch_ids: list[int], regions: dict[int, Region] | None = None) -> None:
+        """Label whole patches, or only their ``regions`` (the rest stays unlabelled)."""
         with store.session() as session:
             for patch in session.scalars(select(Patch).where(Patch.id.in_(patch_ids))):
-                queries.save_label(session, patch, self.window(patch), source="oracle", origin="simulation")
+                mask = self.window(patch)
+                if regions and patch.id in regions:
+                    mask[~regions[patch.id].mask(patch.height, patch.width)] = 255
+                queries.save_label(session, patch, mask, source="oracle", origin="simulation")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A strategy with its options, written ``NAME[+OPTION...]``: ``power`` / ``greedy`` (batch
+    method), ``warmupN`` (random until N training patches are labelled), ``region`` (region
+    queries of a quarter patch, four times as many patches a round: the same pixels)."""
+
+    spec: str
+    strategy: str
+    method: str = ""
+    warmup: int = 0
+    region: float = 0.0
+
+    @classmethod
+    def parse(cls, spec: str) -> Variant:
+        name, *options = spec.split("+")
+        acquisition.strategy_components(name)
+        method, warmup, region = "", 0, 0.0
+        for option in options:
+            if option in ("power", "greedy", "kcenter"):
+                method = option
+            elif option.startswith("warmup") and option[6:].isdigit():
+                warmup = int(option[6:])
+            elif option == "region":
+                region = REGION_FRACTION
+            else:
+                raise ValueError(f"strategy {spec!r}: unknown option {option!r} (power, greedy, kcenter, warmupN, region)")
+        return cls(spec, name, method, warmup, region)
 
 
 def _configure(workspace: Workspace, cfg: SimulationConfig) -> Workspace:
@@ -342,22 +383,32 @@ def _copy(template: Path, target: Path, cfg: SimulationConfig) -> tuple[Workspac
     return ws, open_store(ws)
 
 
-def _run_strategy(work, template, oracle, strategy, seed, n_seed, ground, cfg, cache, advance) -> Curve:
+def _run_strategy(work, template, oracle, spec, seed, n_seed, ground, cfg, cache, advance) -> Curve:
+    """One learning curve; labels are counted in whole-patch equivalents of labelled pixels."""
     began = time.perf_counter()
-    ws, store = _copy(template, work / strategy, cfg)
+    variant = Variant.parse(spec)
+    ws, store = _copy(template, work / spec.replace("+", "_"), cfg)
     ws.config.sampling.seed = seed
-    curve = Curve(strategy, seed)
+    ws.config.sampling.method = variant.method or cfg.method
+    ws.config.sampling.warmup_labels = variant.warmup
+    if variant.region:
+        ws.config.sampling.query, ws.config.sampling.region_fraction = "region", variant.region
+    curve = Curve(spec, seed)
     run_training(ws, store, quiet=True, trigger="simulation")
     curve.labels.append(n_seed)
     curve.iou.append(_test_iou(ws, store, ground, cfg, cache))
     advance()
     for _ in range(cfg.rounds):
-        chosen = next_round(ws, store, size=cfg.round_size, strategy=strategy, quiet=True)
-        oracle.label(store, [p.patch_id for p in chosen.patches])
+        size = round(cfg.round_size / variant.region) if variant.region else cfg.round_size
+        chosen = next_round(ws, store, size=size, strategy=variant.strategy, quiet=True)
+        ids = [p.patch_id for p in chosen.patches]
+        regions = {p.patch_id: Region(*p.region) for p in chosen.patches if p.region}
+        oracle.label(store, ids, regions)
         with store.session() as session:
             parent = registry.champion(session).name
         run_training(ws, store, parent_name=parent, quiet=True, trigger="simulation")
-        curve.labels.append(curve.labels[-1] + len(chosen.patches))
+        area = cfg.patch_size ** 2
+        curve.labels.append(curve.labels[-1] + sum(regions[i].pixels / area if i in regions else 1 for i in ids))
         curve.iou.append(_test_iou(ws, store, ground, cfg, cache))
         advance()
     store.dispose()
@@ -374,14 +425,14 @@ def _full_pool(work, template, oracle, train_ids, ground, cfg, cache) -> dict[st
     return iou
 
 
-def normalised_aulc(labels: list[int], values: list[float]) -> float:
+def normalised_aulc(labels: list[float], values: list[float]) -> float:
     """Area under the curve divided by the label range: the curve's mean height."""
     if len(labels) < 2:
         return float(values[0])
     return float(np.trapezoid(values, labels) / (labels[-1] - labels[0]))
 
 
-def labels_to_reach(labels: list[int], values: list[float], target: float) -> int | None:
+def labels_to_reach(labels: list[float], values: list[float], target: float) -> float | None:
     return next((n for n, v in zip(labels, values) if v >= target), None)
 
 
@@ -402,7 +453,7 @@ def _report(out: Path, curves: list[Curve], reference: dict[int, dict[str, float
         writer.writerow(["strategy", "seed", "labels", *(f"iou_{r}" for r in ROWS), "full_pool_iou_glacier"])
         for curve in curves:
             for n, iou in zip(curve.labels, curve.iou):
-                writer.writerow([curve.strategy, curve.seed, n, *(f"{iou[r]:.4f}" for r in ROWS),
+                writer.writerow([curve.strategy, curve.seed, f"{n:g}", *(f"{iou[r]:.4f}" for r in ROWS),
                                  f"{reference[curve.seed]['glacier']:.4f}"])
     summary = []
     randoms = {c.seed: c for c in curves if c.strategy == "random"}

@@ -18,6 +18,9 @@ IMAGE_DATA_KEY = "image"  # the task data field holding the quicklook URL
 LABEL_USE_KEY = "label_use"  # the task data field saying whether the label will validate or train
 BRUSH_NAME = "brush"  # the BrushLabels tag's name: ``from_name`` of brush results
 POLYGON_NAME = "polygon"  # the PolygonLabels tag's name: ``from_name`` of polygon results
+REGION_NAME = "region"  # the RectangleLabels tag of region queries: the box to label in
+REGION_LABEL = "Label inside this box"
+REGION_COLOUR = "#FFD400"
 
 LABEL_CODES: dict[str, int] = {
     "Clean ice": CLEAN_ICE,
@@ -42,7 +45,8 @@ def _labels_xml() -> str:
 
 
 def label_config(polygons: bool = False) -> str:
-    """The labeling config XML: the image with BrushLabels, and PolygonLabels if ``polygons``."""
+    """The labeling config XML: the image with BrushLabels, the region box, and PolygonLabels if
+    ``polygons``."""
     parts = [
         "<View>",
         f'  <Header value="${LABEL_USE_KEY}" size="6"/>',
@@ -50,6 +54,9 @@ def label_config(polygons: bool = False) -> str:
         f'  <BrushLabels name="{BRUSH_NAME}" toName="{IMAGE_NAME}">',
         _labels_xml(),
         "  </BrushLabels>",
+        f'  <RectangleLabels name="{REGION_NAME}" toName="{IMAGE_NAME}" strokeWidth="3" opacity="0.15">',
+        f"    <Label value={quoteattr(REGION_LABEL)} background={quoteattr(REGION_COLOUR)}/>",
+        "  </RectangleLabels>",
     ]
     if polygons:
         parts += [

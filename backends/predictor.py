@@ -32,9 +32,17 @@ from al_loop.model.network import UNet
 from al_loop.model.training import normalize
 from al_loop.patches import read_patch
 from al_loop.model.checkpoints import CheckpointError, load_version
-from backends.label_config import LABEL_NAMES, label_config
-from backends.results import ResultError, mask_to_brush_results, mask_to_polygon_results, validate_with_sdk
-from db import registry
+from al_loop.sampling.regions import Region
+from backends.label_config import LABEL_NAMES, REGION_NAME, label_config
+from backends.results import (
+    ResultError,
+    has_control,
+    mask_to_brush_results,
+    mask_to_polygon_results,
+    region_to_result,
+    validate_with_sdk,
+)
+from db import queries, registry
 from db.models import Patch, RoundPatch
 from db.session import Store
 
@@ -149,15 +157,20 @@ def round_scores(store: Store, patch_ids: Sequence[int]) -> dict[int, float]:
     return {patch_id: rank / (sizes[round_id] + 1) for patch_id, round_id, rank in rows}
 
 
-def to_prediction(mask: np.ndarray, served_name: str, score: float, fmt: str, config_xml: str | None) -> dict:
+def to_prediction(mask: np.ndarray, served_name: str, score: float, fmt: str, config_xml: str | None,
+                  region: Region | None = None) -> dict:
     """One Label Studio prediction, checked against the project's labeling config (default:
-    al-loop's own, with both brush and polygon tools)."""
+    al-loop's own, with both brush and polygon tools). A ``region`` to label comes as a box when
+    the config has the region tag (a project with an older config gets the whole patch)."""
     if fmt not in FORMATS:
         raise ValueError(f"prediction format must be one of {FORMATS}, found {fmt!r}")
     result = mask_to_brush_results(mask) if fmt == "brush" else mask_to_polygon_results(mask, min_part_px=MIN_PART_PX)
+    config_xml = config_xml or label_config(polygons=True)
+    if region is not None and has_control(config_xml, REGION_NAME):
+        result.append(region_to_result(region, *mask.shape))
     prediction = {"model_version": served_name, "score": round(score, 6), "result": result}
     try:
-        validate_with_sdk(config_xml or label_config(polygons=True), prediction)
+        validate_with_sdk(config_xml, prediction)
     except ResultError as exc:
         raise ValueError(f"the prediction does not fit the project's labeling config: {exc}") from None
     return prediction
@@ -180,7 +193,10 @@ def predict_patch_ids(workspace: Workspace, store: Store, holder: ModelHolder, p
     cfg = workspace.config.backend
     masks, confidences = predict_masks(workspace, served, [found[i] for i in patch_ids], holder.device, cfg.batch_size)
     ranked = round_scores(store, patch_ids)
+    with store.session() as session:
+        regions = queries.newest_round_regions(session, list(patch_ids))
     return [
-        to_prediction(mask, served.name, ranked.get(i, confidence), cfg.prediction_format, config_xml)
+        to_prediction(mask, served.name, ranked.get(i, confidence), cfg.prediction_format, config_xml,
+                      Region.from_list(regions[i], *mask.shape) if i in regions else None)
         for i, mask, confidence in zip(patch_ids, masks, confidences)
     ]

@@ -13,6 +13,9 @@ Masks use the :mod:`al_loop.classes` encoding; labels and tag names come from
   ``complete`` (an expert labels every glacier in the patch), else unlabeled. Overlaps follow
   :data:`al_loop.io.labels.PAINT_ORDER`: debris over clean ice, an explicit background region
   over both (a correction).
+* Region queries: a ``region`` box (RectangleLabels, not rotated) bounds what the annotation
+  says: pixels outside every box are unlabeled, whatever was painted there; inside, the rules
+  above hold. No box: the whole patch.
 * Results from Label Studio are checked strictly; any problem raises :class:`ResultError` naming
   the region and nothing is returned.
 """
@@ -31,6 +34,7 @@ from shapely.ops import split
 
 from al_loop.classes import BACKGROUND, UNLABELED
 from al_loop.io.labels import PAINT_ORDER
+from al_loop.sampling.regions import Region
 from backends import rle as rle_codec
 from backends.label_config import (
     BRUSH_NAME,
@@ -38,10 +42,13 @@ from backends.label_config import (
     LABEL_CODES,
     LABEL_NAMES,
     POLYGON_NAME,
+    REGION_LABEL,
+    REGION_NAME,
 )
 
 BRUSH_TYPE = "brushlabels"
 POLYGON_TYPE = "polygonlabels"
+REGION_TYPE = "rectanglelabels"  # the box of a region query (see backends.label_config)
 _FROM_NAMES = {BRUSH_TYPE: BRUSH_NAME, POLYGON_TYPE: POLYGON_NAME}
 _PERCENT_EPS = 1e-3  # how far past 0-100 a polygon point may lie (floating-point slack)
 _ALPHA_PAINTED = 128  # brush alpha from which a pixel counts as painted
@@ -201,15 +208,21 @@ def results_to_mask(
 ) -> np.ndarray:
     """The label mask (``height``, ``width``) of an annotation's brush and polygon results.
 
-    Pixels in no region are background if ``complete``, else unlabeled.
+    Pixels in no region are background if ``complete``, else unlabeled; with region boxes,
+    pixels outside every box are unlabeled.
     """
     layers: dict[int, np.ndarray] = {}
+    boxes: np.ndarray | None = None
     for index, region in enumerate(results):
         if not isinstance(region, dict):
             raise _error(index, f"must be a dict, got {type(region).__name__}")
         kind = str(region.get("type", "")).lower()
+        if kind == REGION_TYPE:
+            box = _box_layer(index, region, height, width)
+            boxes = box if boxes is None else boxes | box
+            continue
         if kind not in _FROM_NAMES:
-            expected = ", ".join(_FROM_NAMES)
+            expected = ", ".join([*_FROM_NAMES, REGION_TYPE])
             raise _error(index, f"unknown result type {region.get('type')!r}; expected {expected}")
         names = (region.get("from_name"), region.get("to_name"))
         if names != (_FROM_NAMES[kind], IMAGE_NAME):
@@ -233,7 +246,45 @@ def results_to_mask(
     for code in PAINT_ORDER:
         if code in layers:
             mask[layers[code]] = code
+    if boxes is not None:
+        mask[~boxes] = UNLABELED
     return mask
+
+
+def region_to_result(window: Region, height: int, width: int) -> dict[str, Any]:
+    """The box of a region query as a RectangleLabels result (percent of the patch)."""
+    return {
+        "from_name": REGION_NAME, "to_name": IMAGE_NAME, "type": REGION_TYPE,
+        "original_width": width, "original_height": height, "image_rotation": 0,
+        "value": {"x": 100.0 * window.col0 / width, "y": 100.0 * window.row0 / height,
+                  "width": 100.0 * (window.col1 - window.col0) / width,
+                  "height": 100.0 * (window.row1 - window.row0) / height,
+                  "rotation": 0, "rectanglelabels": [REGION_LABEL]},
+    }
+
+
+def _box_layer(index: int, region: dict, height: int, width: int) -> np.ndarray:
+    """The pixels a region box covers (a pixel counts when its centre lies inside)."""
+    if (region.get("from_name"), region.get("to_name")) != (REGION_NAME, IMAGE_NAME):
+        raise _error(index, f"a rectangle must come from the region box ({REGION_NAME!r} on {IMAGE_NAME!r}), "
+                            f"found {(region.get('from_name'), region.get('to_name'))}")
+    _check_size(index, region, height, width, required=False)
+    value = region.get("value")
+    if not isinstance(value, dict):
+        raise _error(index, "missing value")
+    numbers = [value.get(k) for k in ("x", "y", "width", "height")]
+    if not all(type(v) in (int, float) and math.isfinite(v) for v in numbers):
+        raise _error(index, f"a region box needs numeric x, y, width and height in percent, found {numbers}")
+    if value.get("rotation", 0) not in (0, 0.0, None):
+        raise _error(index, f"a region box must not be rotated, found rotation {value.get('rotation')}")
+    x, y, w, h = numbers
+    if w <= 0 or h <= 0:
+        raise _error(index, f"a region box needs a positive width and height, found {w} x {h} %")
+    cols = (np.arange(width) + 0.5) * 100.0 / width
+    rows = (np.arange(height) + 0.5) * 100.0 / height
+    inside_cols = (cols >= x) & (cols <= x + w)
+    inside_rows = (rows >= y) & (rows <= y + h)
+    return inside_rows[:, None] & inside_cols[None, :]
 
 
 @lru_cache(maxsize=8)
@@ -242,6 +293,11 @@ def _label_interface(config_xml: str):
     from label_studio_sdk.label_interface import LabelInterface
 
     return LabelInterface(config_xml)
+
+
+def has_control(config_xml: str, name: str) -> bool:
+    """Whether the labeling config has a control tag called ``name``."""
+    return any(control.name == name for control in _label_interface(config_xml).controls)
 
 
 def validate_with_sdk(config_xml: str, prediction: dict) -> None:

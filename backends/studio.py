@@ -43,6 +43,8 @@ LABEL_USE = {
     "train": "Training patch: your label teaches the model",
     None: "Your label will teach or test the model (decided with the first training)",
 }
+REGION_HINT = (". Label only inside the yellow box (where the model is least sure); move or resize it if the "
+               "doubt lies elsewhere. Outside it, nothing you paint is kept")
 VIEW_TITLE = "al-loop rank"
 PREDICTION_BATCH = 8
 
@@ -257,7 +259,7 @@ def _task_data(workspace: Workspace, patch: Patch, number: int, rp: RoundPatch) 
     image = workspace.resolve(patch.quicklook_rgb)
     return {
         IMAGE_DATA_KEY: "/data/local-files/?d=" + quote(document_path(workspace, image)),
-        LABEL_USE_KEY: LABEL_USE[patch.split],
+        LABEL_USE_KEY: LABEL_USE[patch.split] + (REGION_HINT if rp.region else ""),
         annotations.PATCH_ID_KEY: patch.id,
         "scene": patch.scene.name,
         "round": number,

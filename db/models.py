@@ -248,6 +248,8 @@ class RoundPatch(Base):
     score: Mapped[float]
     components: Mapped[dict[str, Any]] = mapped_column(default=dict)
     external_id: Mapped[str | None] = mapped_column(String(64))  # e.g. the Label Studio task id
+    # Region query: [row0, col0, row1, col1] of the window to label (None: the whole patch).
+    region: Mapped[list[Any] | None] = mapped_column(default=None)
 
     round: Mapped[Round] = relationship(back_populates="patches")
 

@@ -41,6 +41,14 @@ def labelled_patch_ids() -> Select:
     return select(Label.patch_id).where(Label.status == "accepted")
 
 
+def labelled_training_patch_count(session: Session) -> int:
+    """How many patches outside the validation set have an accepted label."""
+    return session.scalar(
+        select(func.count(func.distinct(Label.patch_id))).join(Patch, Patch.id == Label.patch_id)
+        .where(Label.status == "accepted", Patch.split.is_distinct_from("val"))
+    ) or 0
+
+
 def open_round_patch_ids() -> Select:
     """Patches handed out in a round that is still open (a subquery)."""
     return select(RoundPatch.patch_id).join(Round).where(Round.status == "open")
@@ -336,3 +344,14 @@ def gate_summary(metrics: dict[str, Any]) -> str:
     if isinstance(gate, dict):
         return str(gate.get("summary", ""))
     return str(gate or "")
+
+
+def newest_round_regions(session: Session, patch_ids: list[int]) -> dict[int, list[int]]:
+    """Patch id -> the region to label of the newest round holding the patch, where it has one."""
+    rows = session.execute(
+        select(RoundPatch.patch_id, RoundPatch.region)
+        .where(RoundPatch.patch_id.in_(list(patch_ids)))
+        .order_by(RoundPatch.round_id)
+    ).all()
+    newest = {patch_id: region for patch_id, region in rows}  # later rounds overwrite earlier ones
+    return {patch_id: region for patch_id, region in newest.items() if region}

@@ -10,10 +10,14 @@ import pytest
 from fastapi.testclient import TestClient
 from scipy import ndimage
 from sqlalchemy import func, select
+import torch
 
 from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, UNLABELED
+from al_loop.model.data import IGNORE, labelled_patches, load_samples
+from al_loop.model.training import loss_fn
 from al_loop.retrain import run_training
 from al_loop.rounds import next_round
+from al_loop.sampling.regions import Region
 from backends.app import SECRET_HEADER, create_app
 from backends.label_config import label_config
 from backends.predictor import MIN_PART_PX, predict_masks
@@ -293,3 +297,41 @@ def test_a_new_champion_is_swapped_in_while_requests_are_in_flight(served):
     assert all(len(versions) == 1 for _, versions in answers)  # no answer mixes two models
     after = client.post("/predict", json=body).json()["results"]
     assert {r["model_version"] for r in after} == {"v2"} and backend.holder.version_name == "v2"
+
+
+def test_a_region_query_is_predicted_as_a_box_and_only_its_pixels_are_stored_and_trained(served):
+    ws, store, backend, client, _ = served
+    ws.config.sampling.query = "region"
+    round_ = next_round(ws, store, size=2, strategy="bald", quiet=True)
+    patch_id = round_.patches[0].patch_id
+    region = Region(*round_.patches[0].region)
+    assert region.pixels == 64 * 64  # a quarter of the 128-px patch
+    body = {"tasks": [{"id": 1, "data": {"patch_id": patch_id}}], "label_config": label_config(polygons=True)}
+    result = client.post("/predict", json=body).json()["results"][0]["result"]
+    boxes = [r for r in result if r["type"] == "rectanglelabels"]
+    assert len(boxes) == 1 and boxes[0]["from_name"] == "region"
+    # A project whose config has no region tag gets the prediction without a box.
+    old = {**body, "label_config": label_config(polygons=True).replace('name="region"', 'name="area"')
+           .replace('<Label value="Label inside this box" background="#FFD400"/>', '<Label value="x"/>')}
+    assert all(r["type"] != "rectanglelabels" for r in client.post("/predict", json=old).json()["results"][0]["result"])
+
+    # The expert keeps the model's box and paints debris over the whole patch.
+    painted = np.full((128, 128), DEBRIS, np.uint8)
+    answer = _event(patch_id, mask_to_brush_results(painted) + boxes, annotation_id=301)
+    assert _post_webhook(ws, client, answer).status_code in (200, 202)
+    backend.writer.join()
+    with store.session() as session:
+        label = session.scalars(select(Label).where(Label.origin == "label-studio:7:301")).one()
+        assert label.n_debris == region.pixels  # what was painted outside the box is not kept
+        item = labelled_patches(session, [patch_id])[patch_id]
+        (sample,) = load_samples(ws, [item], ws.config.model.channels or ["B1", "B2", "B3", "B4", "B5"],
+                                 ws.config.model.classes)
+    inside = region.mask(128, 128)
+    assert (sample.target[~inside] == IGNORE).all() and (sample.target[inside & sample.valid] == 2).all()
+    # The masked loss does not see outside the box: changing logits there changes nothing.
+    weights = torch.ones(3)
+    target = torch.from_numpy(sample.target[None].astype(np.int64))
+    logits = torch.zeros(1, 3, 128, 128)
+    scrambled = logits.clone()
+    scrambled[:, :, torch.from_numpy(~inside)] = torch.randn(3, int((~inside).sum()))
+    assert loss_fn(logits, target, weights, 1.0, 1.0) == pytest.approx(float(loss_fn(scrambled, target, weights, 1.0, 1.0)))

@@ -19,10 +19,12 @@ from backends.label_config import (
     POLYGON_NAME,
     label_config,
 )
+from al_loop.sampling.regions import Region
 from backends.results import (
     ResultError,
     mask_to_brush_results,
     mask_to_polygon_results,
+    region_to_result,
     results_to_mask,
     validate_with_sdk,
 )
@@ -204,8 +206,9 @@ _OTHER_SIZE_RLE = mask_to_brush_results(np.ones((H, W + 1), np.uint8))[0]["value
         (_brush_results, 1, _set_value(brushlabels=["Glacier"]), "unknown label 'Glacier'"),
         (_brush_results, 0, _set_value(brushlabels=["Clean ice", "Background"]),
          "value.brushlabels must hold exactly one label"),
-        (_brush_results, 1, lambda r: r.update(type="rectanglelabels"),
-         "unknown result type 'rectanglelabels'"),
+        (_brush_results, 1, lambda r: r.update(type="keypointlabels"),
+         "unknown result type 'keypointlabels'"),
+        (_brush_results, 1, lambda r: r.update(type="rectanglelabels"), "a rectangle must come from the region box"),
         (_brush_results, 1, lambda r: r.update(from_name=POLYGON_NAME), "from_name/to_name"),
         (_polygon_results, 1, _set_point(0, [100.5, 3]),
          r"polygon point 0 \[100.5, 3\] lies outside 0-100"),
@@ -248,3 +251,29 @@ def test_polygon_predictions_can_leave_out_specks():
     assert len(mask_to_polygon_results(mask)) == 3
     kept = mask_to_polygon_results(mask, min_part_px=16)
     assert len(kept) == 1 and results_to_mask(kept, H, W)[10, 10] == CLEAN_ICE
+
+
+def test_a_region_box_bounds_what_an_annotation_labels():
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, 32:] = 2  # debris on the right half, the box covers the top-right quarter
+    results = mask_to_brush_results(mask) + [region_to_result(Region(0, 32, 32, 64), 64, 64)]
+    validate_with_sdk(label_config(polygons=True), {"result": results, "score": 0.5})
+    out = results_to_mask(results, 64, 64)
+    assert (out[:32, 32:] == 2).all() and (out[32:, :] == 255).all() and (out[:, :32] == 255).all()
+    no_box = results_to_mask(mask_to_brush_results(mask), 64, 64)
+    assert (no_box == mask).all()  # no box: the whole patch, as before
+    moved = region_to_result(Region(32, 0, 64, 32), 64, 64)  # the expert moved the box: theirs counts
+    two = results_to_mask(mask_to_brush_results(mask) + [moved, region_to_result(Region(0, 32, 32, 64), 64, 64)], 64, 64)
+    assert (two[32:, :32] == 0).all() and (two[:32, 32:] == 2).all() and (two[:32, :32] == 255).all()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda v: v.update(rotation=30), "must not be rotated"),
+    (lambda v: v.update(width="wide"), "numeric x, y, width and height"),
+    (lambda v: v.update(height=0), "positive width and height"),
+])
+def test_bad_region_boxes_are_named(change, message):
+    box = region_to_result(Region(0, 0, 32, 32), 64, 64)
+    change(box["value"])
+    with pytest.raises(ResultError, match=f"result region 0: .*{message}"):
+        results_to_mask([box], 64, 64)

@@ -18,16 +18,18 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS
+from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, UNLABELED
 from al_loop.config import write_config
 from al_loop.retrain import run_training
 from al_loop.rounds import next_round, pool_patches
+from al_loop.sampling.regions import Region
 from backends import studio
 from backends.app import SECRET_HEADER
 from backends.results import mask_to_brush_results
 from backends.service import Backend, ThreadedServer
 from backends.studio_process import free_port
 from db.models import Label, Patch, Round
+from db.queries import unpack_mask
 from tests.test_rounds import labelled_and_pool
 
 
@@ -256,3 +258,29 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_a_region_query_shows_its_box_and_the_webhook_keeps_only_the_box(live):
+    ws, store, ls, _ = live
+    ws.config.sampling.query = "region"
+    served = ServedBackend(ws, store, worker=False)
+    try:
+        region_round = next_round(ws, store, size=2, strategy="bald", quiet=True)
+        project_id = studio.connect(ws, store, served.backend.holder).project_id
+        patch_id = region_round.patches[0].patch_id
+        window = Region(*region_round.patches[0].region)
+        task = next(t for t in _tasks(ls, project_id) if t.data["patch_id"] == patch_id)
+        assert "yellow box" in task.data["label_use"]
+        (prediction,) = ls.predictions.list(task=task.id)
+        boxes = [r for r in prediction.result if r["type"] == "rectanglelabels"]
+        assert len(boxes) == 1  # Label Studio stored the box with the masks
+        # The expert accepts the prediction's box and paints the whole patch as clean ice.
+        painted = np.full((128, 128), CLEAN_ICE, np.uint8)
+        made = ls.annotations.create(id=task.id, result=mask_to_brush_results(painted) + boxes)
+        wait_for(lambda: made.id in {a for a, _ in _annotation_labels(store)}, 30, "the annotation stored")
+    finally:
+        served.stop()
+    with store.session() as session:
+        label = session.scalars(select(Label).where(Label.origin.endswith(f":{made.id}"))).one()
+        stored = unpack_mask(label.mask, 128, 128)
+    assert (stored[window.mask(128, 128)] == CLEAN_ICE).all() and (stored[~window.mask(128, 128)] == UNLABELED).all()

@@ -8,10 +8,11 @@ from sqlalchemy import func, select
 
 from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
 from al_loop.retrain import run_training
-from al_loop.rounds import next_round
+from al_loop.rounds import next_round, query_regions
 from al_loop.synthetic import make_scene
 from al_loop.workspace import init_workspace, open_store
 from db.models import PatchScore, Round, RoundPatch
+from db.queries import labelled_training_patch_count
 from tests.test_training import _small
 
 
@@ -83,3 +84,30 @@ def test_bad_requests_are_clear_and_record_nothing(pool_ws):
         next_round(ws, store, size=1, strategy="random", quiet=True)
     with store.session() as session:
         assert session.scalar(select(func.count(Round.id))) == 1
+
+
+def test_warm_up_chooses_at_random_until_enough_training_patches_are_labelled(pool_ws):
+    ws, store = pool_ws
+    run_training(ws, store, quiet=True)
+    with store.session() as session:
+        labelled = labelled_training_patch_count(session)
+    assert 0 < labelled < 16
+    ws.config.sampling.warmup_labels = labelled + 1
+    warm = next_round(ws, store, size=3, strategy="bald", quiet=True)
+    assert warm.strategy == "random"
+    assert any("warm-up" in note and "sampling.warmup_labels" in note for note in warm.notes)
+    ws.config.sampling.warmup_labels = labelled
+    assert next_round(ws, store, size=3, strategy="bald", quiet=True).strategy == "bald"
+
+
+def test_region_queries_pick_a_window_where_the_champion_is_unsure(pool_ws):
+    ws, store = pool_ws
+    run_training(ws, store, quiet=True)
+    chosen = next_round(ws, store, size=2, strategy="combined", quiet=True)
+    ids = [p.patch_id for p in chosen.patches]
+    regions = query_regions(ws, store, ids, "combined", 0.25)
+    assert sorted(regions) == sorted(ids)
+    side = ws.config.ingest.patch_size // 2
+    for region in regions.values():
+        assert region.row1 - region.row0 == side and region.col1 - region.col0 == side
+        assert 0 <= region.row0 and region.row1 <= ws.config.ingest.patch_size

@@ -1,5 +1,5 @@
 """A round handed out as a folder, when no Label Studio is configured: the chosen patches'
-quicklooks, a CSV manifest (rank, patch, window, score components) and the footprints as
+quicklooks, a CSV manifest (rank, patch, window, the region to label, score components) and the footprints as
 GeoJSON (WGS84, as RFC 7946 asks)."""
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class HandoutPatch:
     crs: str | None
     quicklooks: list[Path]
     split: str | None = None  # val: the label will validate, never train; None: decided when labelled
+    region: list[int] | None = None  # region query: [row0, col0, row1, col1] to label; None: the whole patch
 
 
 SPLIT_WORDS = {"val": "validation", "train": "training", None: "decided when labelled"}
@@ -42,15 +43,16 @@ def write_handout(folder: Path, round_number: int, strategy: str, model: str | N
     names = sorted({name for p in patches for name in p.components})
     with open(tmp / "manifest.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["rank", "patch_id", "scene", "row_off", "col_off", "label_used_for", "score", *names,
-                         "quicklooks"])
+        writer.writerow(["rank", "patch_id", "scene", "row_off", "col_off", "label_used_for", "label_region", "score",
+                         *names, "quicklooks"])
         for p in patches:
             copied = []
             for look in p.quicklooks:
                 target = tmp / "quicklooks" / f"{p.rank:03d}_patch{p.patch_id}_{look.name}"
                 shutil.copyfile(look, target)
                 copied.append(f"quicklooks/{target.name}")
-            writer.writerow([p.rank, p.patch_id, p.scene, p.row_off, p.col_off, SPLIT_WORDS[p.split], f"{p.score:.6f}",
+            writer.writerow([p.rank, p.patch_id, p.scene, p.row_off, p.col_off, SPLIT_WORDS[p.split],
+                             "whole patch" if p.region is None else " ".join(map(str, p.region)), f"{p.score:.6f}",
                              *(f"{p.components.get(n, float('nan')):.6f}" for n in names), ";".join(copied)])
     features = [_feature(p, round_number) for p in patches if p.bounds and p.crs]
     (tmp / "footprints.geojson").write_text(json.dumps(
