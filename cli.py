@@ -431,7 +431,7 @@ def predict(
 def next_round(
     size: Annotated[Optional[int], typer.Option(help="Patches to choose (config sampling.round_size).")] = None,
     strategy: Annotated[
-        Optional[str], typer.Option(help="random, entropy, margin, bald, debris, cloud or combined (config sampling.strategy).")
+        Optional[str], typer.Option(help="random, entropy, margin, bald, debris, cloud, combined or balanced (config sampling.strategy).")
     ] = None,
     workspace: WorkspaceOption = None,
     quiet: QuietOption = False,
@@ -451,6 +451,32 @@ def next_round(
         table.add_row(str(p.rank), str(p.patch_id), p.scene, f"{p.score:.3f}", *(f"{p.components.get(n, float('nan')):.2f}" for n in names))
     console.print(table)
     console.print(f"handed out in {result.handout} (manifest.csv, footprints.geojson, quicklooks/)")
+
+
+@app.command()
+def effort(
+    plot: Annotated[Optional[Path], typer.Option(help="PNG of IoU against expert minutes (default: reports/effort.png in the workspace).")] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """What the experts' time bought: each version's validation IoU against the Label Studio lead time of its labels."""
+    from al_loop.effort import effort_points, plot_effort
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        with console.status("scoring versions on the current validation set"):
+            points, scored_on = effort_points(ws, store)
+        if not points:
+            raise LookupError("no model version yet: train one first (al-loop train)")
+        path = plot_effort(points, plot or ws.root / "reports" / "effort.png", f"expert time and IoU, {scored_on}")
+    table = Table(title=f"expert time and IoU on the current {scored_on}",
+                  caption="expert minutes: summed Label Studio lead times of the labels a version trained on; "
+                          "labels without one (inventories, imported masks) are counted apart")
+    for column in ("version", "status", "labels", "with lead time", "expert minutes", "clean ice", "debris", "glacier"):
+        table.add_column(column, justify="left" if column in ("version", "status") else "right")
+    for p in points:
+        table.add_row(p.version, p.status, str(p.labels), str(p.timed_labels), f"{p.expert_minutes:.1f}",
+                      *(_score(p.iou[r]) for r in ("clean_ice", "debris", "glacier")))
+    console.print(table)
+    console.print(f"plot: {path}")
 
 
 @app.command()

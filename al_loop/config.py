@@ -136,6 +136,8 @@ class SamplingConfig:
     query: str = setting("patch", "what an expert is asked to label: the whole patch, or only its most ambiguous region "
                          "(a square window of sampling.region_fraction of it; needs a model)", ("patch", "region"))
     region_fraction: float = setting(0.25, "region queries: the share of a patch's pixels in the window")
+    cost_aware: bool = setting(False, "rank patches by score per expected expert second (a cost model fitted on "
+                                      "Label Studio's lead times; a prior before five exist)")
     warmup_labels: int = setting(
         0, "rounds choose at random until this many training patches are labelled (early models are unsure of the wrong things)"
     )

@@ -27,7 +27,8 @@ from al_loop.model.inference import mc_predict, pick_device
 from al_loop.model.training import normalize
 from al_loop.patches import read_patch
 from al_loop.model.checkpoints import load_version
-from al_loop.sampling import acquisition
+from al_loop.classes import UNLABELED
+from al_loop.sampling import acquisition, cost
 from al_loop.sampling.regions import Region, ambiguity_map, best_window, region_side
 from al_loop.sampling.selection import select_batch
 from al_loop.validation import route_patches
@@ -36,6 +37,7 @@ from db.models import ModelVersion, Patch, PatchScore, Round, RoundPatch, Scene
 from db.session import Store
 
 COLD_START = "prior"
+EDGE_KEY = "edge_px"  # cached with the components: the predicted outline length, the cost model's input
 
 
 @dataclass
@@ -134,6 +136,9 @@ def _score_batch(workspace, patches, model, version, thresholds, device) -> list
         components = acquisition.score_patch(mc, pixels, names, index=i, valid=valid,
                                              cloud_thresholds=thresholds[patch.scene_id], q=cfg.sampling.top_q)
         components = {k: float(v) for k, v in components.items()}
+        predicted = np.asarray(mc.mean_probs[i]).argmax(axis=0).astype(np.uint8)
+        predicted[~valid] = UNLABELED
+        components[EDGE_KEY] = float(cost.edge_pixels(predicted))
         out.append({**components, "embedding": [round(float(v), 4) for v in mc.embedding[i]],
                     "_score": components.get("bald", 0.0)})
     return out
@@ -178,6 +183,11 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
             notes.append(f"the pool holds {len(pool)} patches, fewer than the round size {size}: all of them are handed out")
             size = len(pool)
         scores, components, embeddings = _pool_scores(session, pool, version, strategy, cfg.seed)
+        cost_model = cost.fit(*_timed_edges(session))
+        share = cfg.region_fraction if cfg.query == "region" and version is not None else 1.0
+        expected = cost_model.predict(share * _pool_edges(session, pool, version))
+        if cfg.cost_aware and strategy != "random":
+            scores = cost.per_second(scores, expected)
         centers = np.array([[(p.minx + p.maxx) / 2, (p.miny + p.maxy) / 2] if p.minx is not None else [np.nan, np.nan]
                             for p in pool])
         has_centers = bool(np.isfinite(centers).all())
@@ -191,6 +201,8 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
         )
         if len(chosen) < size:
             notes.append(f"only {len(chosen)} patches satisfy the diversity constraints (asked for {size})")
+        notes.append(f"expected expert time for this round: {expected[chosen].sum() / 60:.0f} min "
+                     f"(cost model: {cost_model.describe()})")
         regions = {}
         if cfg.query == "region" and version is None:
             notes.append("region queries need a model: this cold-start round asks for whole patches")
@@ -205,7 +217,7 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
         handout = []
         for rank, index in enumerate(chosen, start=1):
             patch = pool[index]
-            parts = {k: float(v[index]) for k, v in components.items()}
+            parts = {**{k: float(v[index]) for k, v in components.items()}, "expected_seconds": float(expected[index])}
             region = regions[patch.id].as_list() if patch.id in regions else None
             session.add(RoundPatch(round=round_, patch_id=patch.id, rank=rank, score=float(scores[index]),
                                    components=parts, region=region))
@@ -219,6 +231,24 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
     return RoundResult(number, used, version.name if version else None, handout, folder, scored, notes)
 
 
+def _pool_edges(session: Session, pool: list[Patch], version: ModelVersion | None) -> np.ndarray:
+    """The predicted outline length of each pool patch under ``version`` (0 where not scored)."""
+    if version is None:
+        return np.zeros(len(pool))
+    rows = dict(session.execute(
+        select(PatchScore.patch_id, PatchScore.components)
+        .where(_scored_by(version.id), PatchScore.patch_id.in_([p.id for p in pool]))
+    ).all())
+    return np.array([(rows.get(p.id) or {}).get(EDGE_KEY, 0.0) for p in pool], dtype=np.float64)
+
+
+def _timed_edges(session: Session) -> tuple[np.ndarray, np.ndarray]:
+    """Boundary pixels and lead times of the stored labels that have a lead time."""
+    timed = queries.timed_labels(session)
+    return (np.array([cost.edge_pixels(mask) for mask, _ in timed], dtype=np.float64),
+            np.array([seconds for _, seconds in timed], dtype=np.float64))
+
+
 def _pool_scores(session: Session, pool: list[Patch], version: ModelVersion | None, strategy: str, seed: int):
     """Per-patch scores under ``strategy`` from the cached components of ``version``, the
     components themselves (rank-normalised, as used) and the bottleneck embeddings."""
@@ -229,7 +259,7 @@ def _pool_scores(session: Session, pool: list[Patch], version: ModelVersion | No
         .where(_scored_by(version.id if version else None), PatchScore.patch_id.in_([p.id for p in pool]))
     ).all())
     ordered = [rows[p.id] for p in pool]
-    names = [n for n in ordered[0] if n != "embedding"]
+    names = [n for n in ordered[0] if n not in ("embedding", EDGE_KEY)]
     raw = {n: np.array([c.get(n, 0.0) for c in ordered], dtype=np.float64) for n in names}
     if version is None:
         ranked = {n: acquisition.rank_normalize(v) for n, v in raw.items()}

@@ -355,3 +355,13 @@ def newest_round_regions(session: Session, patch_ids: list[int]) -> dict[int, li
     ).all()
     newest = {patch_id: region for patch_id, region in rows}  # later rounds overwrite earlier ones
     return {patch_id: region for patch_id, region in newest.items() if region}
+
+
+def timed_labels(session: Session) -> list[tuple[np.ndarray, float]]:
+    """(mask, lead time in seconds) of every accepted label that has a lead time (Label Studio's)."""
+    rows = session.execute(
+        select(Label.mask, Patch.height, Patch.width, Label.details).join(Patch, Patch.id == Label.patch_id)
+        .where(Label.status == "accepted").order_by(Label.id)
+    ).all()
+    return [(unpack_mask(mask, h, w), float(details["lead_time"])) for mask, h, w, details in rows
+            if (details or {}).get("lead_time") is not None]

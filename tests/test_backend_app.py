@@ -13,6 +13,8 @@ from sqlalchemy import func, select
 import torch
 
 from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, UNLABELED
+from al_loop.config import write_config
+from al_loop.effort import effort_points
 from al_loop.model.data import IGNORE, labelled_patches, load_samples
 from al_loop.model.training import loss_fn
 from al_loop.retrain import run_training
@@ -335,3 +337,29 @@ def test_a_region_query_is_predicted_as_a_box_and_only_its_pixels_are_stored_and
     scrambled = logits.clone()
     scrambled[:, :, torch.from_numpy(~inside)] = torch.randn(3, int((~inside).sum()))
     assert loss_fn(logits, target, weights, 1.0, 1.0) == pytest.approx(float(loss_fn(scrambled, target, weights, 1.0, 1.0)))
+
+
+def test_effort_puts_each_version_against_the_expert_seconds_behind_it(served):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    ws, store, backend, client, patches = served
+    for k, patch_id in enumerate(patches[:3]):
+        answer = _event(patch_id, mask_to_brush_results(_mask()), annotation_id=400 + k, lead_time=60.0 * (k + 1))
+        assert _post_webhook(ws, client, answer).status_code in (200, 202)
+    backend.writer.join()
+    run_training(ws, store, parent_name="v1", quiet=True)
+    points, scored_on = effort_points(ws, store)
+    assert [p.version for p in points] == ["v1", "v2"] and "validation set" in scored_on
+    v1, v2 = points
+    assert (v1.timed_labels, v1.expert_seconds) == (0, 0.0) and v1.labels > 0
+    assert v2.timed_labels == 3 and v2.expert_seconds == pytest.approx(360.0) and v2.labels == v1.labels + 3
+    assert all(p.iou["glacier"] is not None for p in points)
+    write_config(ws.root, ws.config)  # the command reads the workspace's file
+    result = CliRunner().invoke(app, ["effort", "--workspace", str(ws.root)])
+    assert result.exit_code == 0, result.output
+    assert "6.0" in result.output and "v2" in result.output  # 360 s = 6.0 expert minutes
+    with Image.open(ws.root / "reports" / "effort.png") as png:
+        assert png.size[0] > 400

@@ -3,16 +3,18 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
 from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
 from al_loop.retrain import run_training
-from al_loop.rounds import next_round, query_regions
+from al_loop.rounds import next_round, pool_patches, query_regions
+from al_loop.sampling import cost
 from al_loop.synthetic import make_scene
 from al_loop.workspace import init_workspace, open_store
-from db.models import PatchScore, Round, RoundPatch
-from db.queries import labelled_training_patch_count
+from db.models import Label, PatchScore, Round, RoundPatch
+from db.queries import labelled_training_patch_count, unpack_mask
 from tests.test_training import _small
 
 
@@ -111,3 +113,23 @@ def test_region_queries_pick_a_window_where_the_champion_is_unsure(pool_ws):
     for region in regions.values():
         assert region.row1 - region.row0 == side and region.col1 - region.col0 == side
         assert 0 <= region.row0 and region.row1 <= ws.config.ingest.patch_size
+
+
+def test_rounds_say_their_expected_expert_time_and_cost_aware_rounds_prefer_quick_patches(pool_ws):
+    ws, store = pool_ws
+    run_training(ws, store, quiet=True)
+    prior = next_round(ws, store, size=2, strategy="combined", quiet=True)
+    assert any("expected expert time" in n and "prior: no lead times yet" in n for n in prior.notes)
+    with store.session() as session:  # experts were slow on outlines: 10 s + 2 s per boundary pixel
+        for label in session.scalars(select(Label).where(Label.status == "accepted").limit(6)):
+            edges = cost.edge_pixels(unpack_mask(label.mask, 128, 128))
+            label.details = {**label.details, "lead_time": 10.0 + 2.0 * edges}
+    ws.config.sampling.cost_aware, ws.config.sampling.method = True, "greedy"
+    aware = next_round(ws, store, size=3, strategy="combined", quiet=True)
+    assert any("fitted on 6 lead times" in n for n in aware.notes)
+    with store.session() as session:
+        chosen = [p.components["expected_seconds"] for p in session.scalars(
+            select(RoundPatch).join(Round).where(Round.number == aware.number))]
+        later = next_round(ws, store, size=len(pool_patches(session)), strategy="random", quiet=True)
+    rest = [p.components["expected_seconds"] for p in later.patches]
+    assert max(chosen) <= np.median(rest + chosen)  # the quick half of the patches
