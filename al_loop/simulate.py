@@ -489,7 +489,8 @@ def _report(out: Path, curves: list[Curve], reference: dict[int, dict[str, float
     png = out / "learning_curves.png"
     _plot(curves, reference, cfg, png)
     return {"csv": csv_path, "summary": summary_path, "png": png, "rows": summary,
-            "full_pool_glacier": float(np.mean([r["glacier"] for r in reference.values()]))}
+            "full_pool_glacier": float(np.mean([r["glacier"] for r in reference.values()])),
+            "full_pool_debris": _mean([r["debris"] for r in reference.values()])}
 
 
 def _plot(curves: list[Curve], reference: dict[int, dict[str, float]], cfg: SimulationConfig, path: Path) -> None:

@@ -70,7 +70,7 @@ def main() -> None:
         minutes = (time.perf_counter() - began) / 60
         table = Table(title=f"label efficiency: {len(cfg.seeds)} seeds, pool {cfg.scene_size} px in {cfg.patch_size}-px "
                             f"patches, seed set {cfg.seed_set}, {cfg.rounds} rounds of {cfg.round_size}; full-pool "
-                            f"glacier IoU {result['full_pool_glacier']:.3f}; {minutes:.1f} min in all")
+                            f"glacier IoU {result['full_pool_glacier']:.3f}, debris {_fmt(result['full_pool_debris'])}; {minutes:.1f} min in all")
         for column in ("strategy", "AULC glacier", "gain vs random", "AULC debris", "debris gain", "labels to random's final",
                        "final glacier", "final debris", "min / seed"):
             table.add_column(column, justify="left" if column == "strategy" else "right")

@@ -75,3 +75,33 @@ def test_bad_simulation_options_are_named(tmp_path, args, message):
     result = CliRunner().invoke(app, ["simulate", "--out", str(tmp_path / "s"), "-q", *args], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "s").exists()
+
+
+def test_variants_label_regions_counted_in_patch_equivalents(tmp_path):
+    cfg = SimulationConfig(strategies=["random", "bald+region", "bald+power+warmup4"], seeds=[0], scene_size=512,
+                           patch_size=128, seed_set=2, rounds=1, round_size=2, depth=2, base_filters=4, epochs=2,
+                           mc_samples=2)
+    result = run_simulation(tmp_path / "sim", cfg, quiet=True)
+    rows = list(csv.DictReader(open(result["csv"])))
+    # region queries: 8 patches of a quarter each, the same pixels as random's 2 whole patches
+    assert [(r["strategy"], float(r["labels"])) for r in rows] == [
+        ("random", 2), ("random", 4), ("bald+region", 2), ("bald+region", 4),
+        ("bald+power+warmup4", 2), ("bald+power+warmup4", 4)]
+    with pytest.raises(ValueError, match="--strategies: strategy 'bald\\+wide': unknown option 'wide'"):
+        run_simulation(tmp_path / "bad", SimulationConfig(strategies=["random", "bald+wide"]), quiet=True)
+
+
+def test_the_label_efficiency_benchmark_runs_end_to_end_in_quick_mode():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "benchmarks/label_efficiency.py", "--quick"], cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert any("random" in line and "combined" not in line for line in lines)
+    assert re.fullmatch(r"best strategy: \S+, glacier AULC gain over random: -?\d\.\d{3} ± \d\.\d{3} \(paired, 2 seeds\)",
+                        lines[-1]), lines[-1]
