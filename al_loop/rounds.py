@@ -6,6 +6,11 @@ batch at a time), so a re-run, or a run after a crash, only scores what is missi
 older version are never mixed in. Without a champion the round starts cold, from spectral and
 terrain priors. Patches of an open round are not in the pool, so running twice without new
 labels never hands out the same patch twice.
+
+Options of a round (``[sampling]``): a warm-up chooses at random until enough training patches
+are labelled; region queries store, per chosen patch, the window the expert is asked to label;
+every round states its expected expert time (``al_loop.sampling.cost``), and a cost-aware round
+ranks by score per expected second.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from rich.progress import track
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from al_loop.classes import UNLABELED
 from al_loop.config import Workspace
 from al_loop.io.handout import HandoutPatch, write_handout
 from al_loop.io.rasters import read_decimated
@@ -27,7 +33,6 @@ from al_loop.model.inference import mc_predict, pick_device
 from al_loop.model.training import normalize
 from al_loop.patches import read_patch
 from al_loop.model.checkpoints import load_version
-from al_loop.classes import UNLABELED
 from al_loop.sampling import acquisition, cost
 from al_loop.sampling.regions import Region, ambiguity_map, best_window, region_side
 from al_loop.sampling.selection import select_batch
