@@ -18,14 +18,17 @@ the 3-class model learns glacier extent from it, and the glacier row scores it).
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import rasterio
+import torch
 from rasterio.windows import Window
 from rich.progress import Progress
 from sqlalchemy import select
@@ -73,6 +76,7 @@ class SimulationConfig:
     cover: Cover = field(default_factory=Cover)  # synthetic scenes: glacier and debris shares
     validation_fraction: float = 0.2  # of the pool, labelled for the gate (not counted as labels)
     method: str = ""  # sampling.method: diversity of a batch ("" = kcenter with a model)
+    jobs: int = 1  # seeds run side by side in this many processes
 
     @classmethod
     def small(cls) -> SimulationConfig:
@@ -97,6 +101,8 @@ class SimulationConfig:
                 raise ValueError(f"{option} must be at least 1, found {value}")
         if not self.seeds:
             raise ValueError("--seeds: give at least one seed")
+        if self.jobs < 1:
+            raise ValueError(f"--jobs must be at least 1, found {self.jobs}")
         for spec in self.strategies:
             try:
                 Variant.parse(spec)
@@ -354,26 +360,47 @@ def run_simulation(out: Path, cfg: SimulationConfig, quiet: bool = False,
     cfg.check()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    curves: list[Curve] = []
-    reference: dict[int, dict[str, float]] = {}
-    steps = len(cfg.seeds) * (len(cfg.strategies) * (cfg.rounds + 1) + 1)
+    per_seed = len(cfg.strategies) * (cfg.rounds + 1) + 1
     scene = scene_ground(out / "ground", *source, cfg) if source else None
+    results: dict[int, tuple[list[Curve], dict[str, float]]] = {}
     with Progress(disable=quiet) as progress:
-        task = progress.add_task("simulation", total=steps)
-        for seed in cfg.seeds:
-            work = out / f"work-seed{seed}"
-            shutil.rmtree(work, ignore_errors=True)
-            ground = scene or synthetic_ground(work / "scenes", cfg, seed)
-            template, oracle, train_ids, seed_set = _template(work, cfg, seed, ground)
-            cache: dict[tuple, list[Sample]] = {}
-            reference[seed] = _full_pool(work, template, oracle, train_ids, ground, cfg, cache)
-            progress.advance(task)
-            for strategy in cfg.strategies:
-                curves.append(_run_strategy(work, template, oracle, strategy, seed, len(seed_set), ground, cfg, cache,
-                                            lambda: progress.advance(task)))
-            shutil.rmtree(work, ignore_errors=True)
+        task = progress.add_task("simulation", total=len(cfg.seeds) * per_seed)
+        if cfg.jobs > 1 and len(cfg.seeds) > 1:
+            # Seeds are independent: one process each, one thread each (small models on a few
+            # cores run faster side by side than one after the other on all cores).
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(cfg.jobs, len(cfg.seeds)), mp_context=context) as pool:
+                futures = {pool.submit(_seed_in_worker, out, cfg, seed, scene): seed for seed in cfg.seeds}
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    progress.advance(task, per_seed)
+        else:
+            for seed in cfg.seeds:
+                results[seed] = _run_seed(out, cfg, seed, scene, lambda: progress.advance(task))
     shutil.rmtree(out / "ground", ignore_errors=True)
-    return _report(out, curves, reference, cfg)
+    curves = [curve for seed in cfg.seeds for curve in results[seed][0]]
+    return _report(out, curves, {seed: results[seed][1] for seed in cfg.seeds}, cfg)
+
+
+def _seed_in_worker(out: Path, cfg: SimulationConfig, seed: int, scene: Ground | None):
+    torch.set_num_threads(1)
+    return _run_seed(out, cfg, seed, scene, lambda: None)
+
+
+def _run_seed(out: Path, cfg: SimulationConfig, seed: int, scene: Ground | None,
+              advance) -> tuple[list[Curve], dict[str, float]]:
+    """Every strategy's curve on one seed's ground, and the full-pool model's IoU."""
+    work = out / f"work-seed{seed}"
+    shutil.rmtree(work, ignore_errors=True)
+    ground = scene or synthetic_ground(work / "scenes", cfg, seed)
+    template, oracle, train_ids, seed_set = _template(work, cfg, seed, ground)
+    cache: dict[tuple, list[Sample]] = {}
+    reference = _full_pool(work, template, oracle, train_ids, ground, cfg, cache)
+    advance()
+    curves = [_run_strategy(work, template, oracle, strategy, seed, len(seed_set), ground, cfg, cache, advance)
+              for strategy in cfg.strategies]
+    shutil.rmtree(work, ignore_errors=True)
+    return curves, reference
 
 
 def _copy(template: Path, target: Path, cfg: SimulationConfig) -> tuple[Workspace, Store]:

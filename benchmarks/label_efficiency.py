@@ -57,11 +57,12 @@ def main() -> None:
     parser.add_argument("--strategies", help="comma-separated strategies besides random")
     parser.add_argument("--out", type=Path, help="folder for the CSVs and the PNG (default: a temp folder)")
     parser.add_argument("--method", default="", help="batch diversity: kcenter (default with a model), power or greedy")
+    parser.add_argument("--jobs", type=int, default=2, help="seeds run side by side (default 2: this machine's cores)")
     args = parser.parse_args()
     cfg = config(args.quick)
     if args.seeds:
         cfg.seeds = [int(s) for s in args.seeds.split(",")]
-    cfg.method = args.method
+    cfg.method, cfg.jobs = args.method, args.jobs
     if args.strategies:
         cfg.strategies = list(dict.fromkeys(["random", *(s.strip() for s in args.strategies.split(","))]))
     began = time.perf_counter()
