@@ -483,7 +483,8 @@ def effort(
 def simulate(
     out: Annotated[Path, typer.Option(help="Folder for the CSVs and the learning-curve PNG.")] = Path("simulation"),
     size: Annotated[str, typer.Option(help="small (a few minutes on 2 CPU cores) or large.")] = "small",
-    strategies: Annotated[Optional[str], typer.Option(help="Comma-separated strategies (random is always included).")] = None,
+    strategies: Annotated[Optional[str], typer.Option(help="Comma-separated strategies (random is always included), each "
+                                                           "NAME[+power|+greedy|+warmupN|+region].")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds.")] = None,
     rounds: Annotated[Optional[int], typer.Option(help="Rounds after the seed set.")] = None,
     round_size: Annotated[Optional[int], typer.Option(help="Patches labelled per round.")] = None,
@@ -495,12 +496,12 @@ def simulate(
     ] = None,
     holdout: Annotated[str, typer.Option(help="With --scene: the side held out as the test region: east, west, north or south.")] = "east",
     holdout_fraction: Annotated[float, typer.Option(help="With --scene: the share of the scene held out.")] = 0.25,
+    jobs: Annotated[int, typer.Option(help="Seeds run side by side in this many processes.")] = 1,
     workspace: WorkspaceOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Compare strategies against random with an oracle: learning curves, normalised AULC and
     its paired difference from random, labels to reach 95% of the full-pool model."""
-    from al_loop.sampling.acquisition import strategy_components
     from al_loop.simulate import SimulationConfig, run_simulation
 
     with _clear_errors():
@@ -509,8 +510,6 @@ def simulate(
         cfg = SimulationConfig.small() if size == "small" else SimulationConfig.large()
         if strategies:
             cfg.strategies = list(dict.fromkeys(["random", *(s.strip() for s in strategies.split(","))]))
-        for name in cfg.strategies:
-            strategy_components(name)
         if seeds:
             try:
                 cfg.seeds = [int(s) for s in seeds.split(",")]
@@ -520,7 +519,7 @@ def simulate(
                                  ("patch_size", patch_size), ("classes", classes)):
             if value is not None:
                 setattr(cfg, attribute, value)
-        cfg.holdout, cfg.holdout_fraction = holdout, holdout_fraction
+        cfg.holdout, cfg.holdout_fraction, cfg.jobs = holdout, holdout_fraction, jobs
         if scene is None:
             cfg.check()
             result = run_simulation(out, cfg, quiet=quiet)

@@ -66,6 +66,9 @@ def test_the_summary_pairs_each_strategy_with_random_by_seed(tmp_path):
     (["--holdout", "up"], "--holdout must be one of east, west, north, south, found 'up'"),
     (["--seed-set", "0"], "--seed-set must be at least 1, found 0"),
     (["--classes", "ternary"], "unknown class set 'ternary'"),
+    (["--strategies", "badge"], "--strategies: unknown strategy 'badge'"),
+    (["--strategies", "bald+wide"], "unknown option 'wide'"),
+    (["--jobs", "0"], "--jobs must be at least 1, found 0"),
 ])
 def test_bad_simulation_options_are_named(tmp_path, args, message):
     from typer.testing import CliRunner
