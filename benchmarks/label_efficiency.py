@@ -39,7 +39,7 @@ def config(quick: bool) -> SimulationConfig:
         return SimulationConfig(strategies=["random", "combined"], seeds=[0, 1], scene_size=512, patch_size=64,
                                 seed_set=4, rounds=2, round_size=4, depth=2, base_filters=4, epochs=2, mc_samples=2,
                                 cover=HKH_COVER, validation_fraction=0.1)
-    return SimulationConfig(strategies=["random", "combined", "entropy", "bald", "debris"], seeds=[0, 1, 2, 3, 4],
+    return SimulationConfig(strategies=["random", "combined", "combined+warmup24"], seeds=[0, 1, 2, 3, 4],
                             scene_size=2048, patch_size=128, seed_set=8, rounds=5, round_size=8, depth=3,
                             base_filters=16, epochs=15, mc_samples=8, cover=HKH_COVER, validation_fraction=0.1)
 
@@ -57,7 +57,8 @@ def main() -> None:
     parser.add_argument("--strategies", help="comma-separated strategies besides random")
     parser.add_argument("--out", type=Path, help="folder for the CSVs and the PNG (default: a temp folder)")
     parser.add_argument("--method", default="", help="batch diversity: kcenter (default with a model), power or greedy")
-    parser.add_argument("--jobs", type=int, default=2, help="seeds run side by side (default 2: this machine's cores)")
+    parser.add_argument("--jobs", type=int, default=3,
+                        help="seeds run side by side, one thread each (default 3: five seeds in two waves on two cores)")
     args = parser.parse_args()
     cfg = config(args.quick)
     if args.seeds:
