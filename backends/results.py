@@ -247,6 +247,8 @@ def results_to_mask(
         if code in layers:
             mask[layers[code]] = code
     if boxes is not None:
+        if not boxes.any():
+            raise ResultError("the region box(es) cover no pixel's centre: draw the box over the part you labelled")
         mask[~boxes] = UNLABELED
     return mask
 

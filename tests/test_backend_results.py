@@ -277,3 +277,10 @@ def test_bad_region_boxes_are_named(change, message):
     change(box["value"])
     with pytest.raises(ResultError, match=f"result region 0: .*{message}"):
         results_to_mask([box], 64, 64)
+
+
+def test_a_region_box_between_pixel_centres_is_refused():
+    box = region_to_result(Region(0, 0, 32, 32), 64, 64)
+    box["value"].update(x=10.3, width=0.2)  # narrower than a pixel, between two centres (10.16 and 11.72 %)
+    with pytest.raises(ResultError, match="cover no pixel"):
+        results_to_mask([box], 64, 64)
