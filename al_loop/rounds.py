@@ -187,10 +187,12 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
         if size > len(pool):
             notes.append(f"the pool holds {len(pool)} patches, fewer than the round size {size}: all of them are handed out")
             size = len(pool)
-        scores, components, embeddings = _pool_scores(session, pool, version, strategy, cfg.seed)
+        cached = _cached_components(session, pool, version) if strategy != "random" or version else []
+        scores, components, embeddings = _pool_scores(cached, len(pool), version, strategy, cfg.seed)
         cost_model = cost.fit(*_timed_edges(session))
         share = cfg.region_fraction if cfg.query == "region" and version is not None else 1.0
-        expected = cost_model.predict(share * _pool_edges(session, pool, version))
+        edges = np.array([c.get(EDGE_KEY, 0.0) for c in cached] if version else np.zeros(len(pool)), dtype=np.float64)
+        expected = cost_model.predict(share * edges)
         if cfg.cost_aware and strategy != "random":
             scores = cost.per_second(scores, expected)
         centers = np.array([[(p.minx + p.maxx) / 2, (p.miny + p.maxy) / 2] if p.minx is not None else [np.nan, np.nan]
@@ -236,15 +238,13 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
     return RoundResult(number, used, version.name if version else None, handout, folder, scored, notes)
 
 
-def _pool_edges(session: Session, pool: list[Patch], version: ModelVersion | None) -> np.ndarray:
-    """The predicted outline length of each pool patch under ``version`` (0 where not scored)."""
-    if version is None:
-        return np.zeros(len(pool))
+def _cached_components(session: Session, pool: list[Patch], version: ModelVersion | None) -> list[dict[str, Any]]:
+    """The cached components of each pool patch under ``version`` (``None``: the priors), in pool order."""
     rows = dict(session.execute(
         select(PatchScore.patch_id, PatchScore.components)
-        .where(_scored_by(version.id), PatchScore.patch_id.in_([p.id for p in pool]))
+        .where(_scored_by(version.id if version else None), PatchScore.patch_id.in_([p.id for p in pool]))
     ).all())
-    return np.array([(rows.get(p.id) or {}).get(EDGE_KEY, 0.0) for p in pool], dtype=np.float64)
+    return [rows[p.id] for p in pool]
 
 
 def _timed_edges(session: Session) -> tuple[np.ndarray, np.ndarray]:
@@ -254,16 +254,12 @@ def _timed_edges(session: Session) -> tuple[np.ndarray, np.ndarray]:
             np.array([seconds for _, seconds in timed], dtype=np.float64))
 
 
-def _pool_scores(session: Session, pool: list[Patch], version: ModelVersion | None, strategy: str, seed: int):
-    """Per-patch scores under ``strategy`` from the cached components of ``version``, the
-    components themselves (rank-normalised, as used) and the bottleneck embeddings."""
+def _pool_scores(ordered: list[dict[str, Any]], n: int, version: ModelVersion | None, strategy: str, seed: int):
+    """Per-patch scores under ``strategy`` from the cached components of ``version`` (one dict
+    per pool patch), the components themselves (rank-normalised, as used) and the bottleneck
+    embeddings."""
     if strategy == "random":
-        return acquisition.pool_scores("random", {"n": np.zeros(len(pool))}, rng=seed), {}, None
-    rows = dict(session.execute(
-        select(PatchScore.patch_id, PatchScore.components)
-        .where(_scored_by(version.id if version else None), PatchScore.patch_id.in_([p.id for p in pool]))
-    ).all())
-    ordered = [rows[p.id] for p in pool]
+        return acquisition.pool_scores("random", {"n": np.zeros(n)}, rng=seed), {}, None
     names = [n for n in ordered[0] if n not in ("embedding", EDGE_KEY)]
     raw = {n: np.array([c.get(n, 0.0) for c in ordered], dtype=np.float64) for n in names}
     if version is None:
