@@ -1,4 +1,4 @@
-"""Terrain derivatives of a DEM: slope in degrees, with pixel sizes in metres on any grid."""
+"""Terrain derivatives of a DEM: slope in degrees and hillshade, with pixel sizes in metres on any grid."""
 
 from __future__ import annotations
 
@@ -22,6 +22,14 @@ def slope_degrees(
     surface is extrapolated linearly (odd reflection), so a plane keeps its slope up to the
     edge; callers that tile a larger DEM pass a one-pixel halo and crop it instead.
     """
+    dz_dx, dz_dy = _horn_gradient(dem, xres, yres)
+    slope = np.degrees(np.arctan(np.hypot(dz_dx, dz_dy)))
+    slope[np.isnan(dem)] = np.nan  # Horn's kernel ignores the centre pixel itself
+    return slope.astype(np.float32)
+
+
+def _horn_gradient(dem: np.ndarray, xres, yres) -> tuple[np.ndarray, np.ndarray]:
+    """Horn's 3x3 gradient (east, south) of a north-up DEM, edges extrapolated (odd reflection)."""
     z = np.pad(np.asarray(dem, dtype=np.float64), 1, mode="reflect", reflect_type="odd")
     top, middle, bottom = z[:-2], z[1:-1], z[2:]
     dz_dx = (
@@ -32,9 +40,22 @@ def slope_degrees(
         (bottom[:, :-2] + 2 * bottom[:, 1:-1] + bottom[:, 2:])
         - (top[:, :-2] + 2 * top[:, 1:-1] + top[:, 2:])
     ) / (8 * np.asarray(yres, dtype=np.float64))
-    slope = np.degrees(np.arctan(np.hypot(dz_dx, dz_dy)))
-    slope[np.isnan(dem)] = np.nan  # Horn's kernel ignores the centre pixel itself
-    return slope.astype(np.float32)
+    return dz_dx, dz_dy
+
+
+def hillshade(dem: np.ndarray, xres: float | np.ndarray, yres: float | np.ndarray,
+              azimuth: float = 315.0, altitude: float = 45.0) -> np.ndarray:
+    """Hillshade in [0, 1]: the cosine between the surface normal and the sun (from ``azimuth``
+    degrees clockwise from north, ``altitude`` above the horizon), 0 in shadow; NaN where the DEM
+    is NaN."""
+    dz_east, dz_south = _horn_gradient(dem, xres, yres)
+    sun_az, sun_alt = np.radians(azimuth), np.radians(altitude)
+    sun = (np.sin(sun_az) * np.cos(sun_alt), np.cos(sun_az) * np.cos(sun_alt), np.sin(sun_alt))
+    # The surface normal (-dz/dx_east, -dz/dy_north, 1), normalised, dotted with the sun's direction.
+    shade = (-dz_east * sun[0] + dz_south * sun[1] + sun[2]) / np.sqrt(dz_east**2 + dz_south**2 + 1.0)
+    shade = np.clip(shade, 0.0, 1.0)
+    shade[np.isnan(dem)] = np.nan
+    return shade.astype(np.float32)
 
 
 def pixel_size_metres(

@@ -139,6 +139,15 @@ def parse_scene_id(name: str) -> tuple[str, date]:
     return SENSORS[code], acquired
 
 
+def path_row(name: str) -> tuple[int, int] | None:
+    """The WRS-2 path and row in a scene id or tile name (``LE07_134040_20070922`` -> (134, 40));
+    None when the name holds none."""
+    base = Path(name).name
+    match = re.search(r"L[A-Z]\d{2}_(?:L1[A-Z]{2}_)?(\d{3})(\d{3})_\d{8}", base, re.IGNORECASE) or re.search(
+        r"L[A-Z]\d(\d{3})(\d{3})\d{7}[A-Z]{3}\d{2}", base, re.IGNORECASE)
+    return (int(match[1]), int(match[2])) if match else None
+
+
 def sensor_name(given: str) -> str:
     """A sensor named by the user (``LE07``, ``L7``, ``ETM+``, ``Landsat 7 ETM+``) as al-loop
     names it; only Landsat 7 ETM+ fits the HKH channel layout."""

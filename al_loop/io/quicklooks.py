@@ -1,6 +1,7 @@
 """Quicklook PNGs: what annotators see. Natural colour (B3/B2/B1) and the paper's false colour
 (B5/B4/B2: snow and ice cyan, cloud white, rock brown), percentile stretched per scene, nodata
-transparent."""
+transparent. The stretch also covers SWIR 2 and the thermal bands, for the cloud view of
+:mod:`al_loop.io.views`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from PIL import Image
 
 NATURAL = ("B3", "B2", "B1")
 FALSE_COLOUR = ("B5", "B4", "B2")
-QUICKLOOK_CHANNELS = tuple(dict.fromkeys(NATURAL + FALSE_COLOUR))
+QUICKLOOK_CHANNELS = tuple(dict.fromkeys(NATURAL + FALSE_COLOUR + ("B7", "B6_VCID_1", "B6_VCID_2")))
 
 
 def scene_stretch(
