@@ -10,7 +10,10 @@ Decisions:
   with the same result is a no-op, an edit is a new revision, a deleted annotation is retired.
 * An annotation that was skipped (``was_cancelled``) is not a label; if it was accepted before
   (an expert skipped a task they had labelled), that label is retired.
-* Annotations are complete: pixels an expert left unpainted are background.
+* Annotations are complete: pixels an expert left unpainted are background. Pixels painted
+  "unsure" or "cloud / no data" are unlabeled, and counted in the label's details (``ignored``).
+* An annotation that paints nothing and does not choose "no glacier in this patch" says nothing:
+  it is not a label (like a skipped task), and a label it replaces is retired.
 * An update older than the stored revision (``updated_at``, parsed as a time; deliveries can
   overtake each other) is ignored.
 * A deleted annotation leaves a tombstone: Label Studio never brings an annotation back, so a late
@@ -30,7 +33,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backends.results import ResultError, results_to_mask
+from backends.results import EmptyAnnotation, ResultError, read_results
 from db import queries
 from db.models import Label, Patch
 from db.queries import current_label, save_label
@@ -53,12 +56,14 @@ class Annotation:
     annotation_id: int
     task_id: int | None
     patch_id: int
-    cancelled: bool
+    cancelled: bool  # skipped, or submitted empty: no label
     mask: np.ndarray | None  # None when cancelled
     author: str | None  # Label Studio's user id, or an email when the payload holds one
     email: str | None
     lead_time: float | None
     updated_at: dt.datetime | None
+    empty: bool = False  # submitted with nothing painted and no "no glacier" choice
+    ignored: dict[str, int] | None = None  # unsure / cloud pixels (see backends.results.read_results)
 
     @property
     def origin(self) -> str:
@@ -144,13 +149,16 @@ def read_annotation(
     if patch is None:
         raise AnnotationError(f"task {task.get('id')}: no patch {patch_id} in the store")
     cancelled = bool(annotation.get("was_cancelled"))
-    mask = None
+    mask, ignored, empty = None, {}, False
     if not cancelled:
         result = annotation.get("result")
         if not isinstance(result, list):
             raise AnnotationError(f"annotation {annotation_id}: result must be a list, found {type(result).__name__}")
         try:
-            mask = results_to_mask(result, patch.height, patch.width, complete=True)
+            read = read_results(result, patch.height, patch.width, complete=True)
+            mask, ignored = read.mask, read.ignored
+        except EmptyAnnotation:
+            cancelled = empty = True
         except ResultError as exc:
             raise AnnotationError(f"annotation {annotation_id} of task {task.get('id')}: {exc}") from None
     lead_time = annotation.get("lead_time")
@@ -164,7 +172,9 @@ def read_annotation(
         task_id=None if task_id is None else _int(task_id, "task.id"),
         patch_id=patch_id,
         cancelled=cancelled,
+        empty=empty,
         mask=mask,
+        ignored=ignored,
         author=author,
         email=email,
         lead_time=None if lead_time is None else float(lead_time),
@@ -186,7 +196,7 @@ def apply(session: Session, annotation: Annotation) -> str:
         if previous is not None and previous.status == "accepted":
             previous.status = "retired"
             return "retired"
-        return "skipped"
+        return "empty" if annotation.empty else "skipped"
     updated_at = annotation.updated_at.isoformat() if annotation.updated_at else None
     details = {
         "label_studio_project": annotation.project,
@@ -196,6 +206,8 @@ def apply(session: Session, annotation: Annotation) -> str:
         "lead_time": annotation.lead_time,
         "updated_at": updated_at,
     }
+    if annotation.ignored:
+        details["ignored"] = annotation.ignored
     if annotation.email:
         details["email"] = annotation.email
     label, outcome = save_label(

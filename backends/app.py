@@ -29,7 +29,7 @@ from sqlalchemy import select
 
 from backends import annotations
 from backends.annotations import AnnotationError
-from backends.label_config import BRUSH_NAME, IMAGE_NAME, LABEL_CODES, POLYGON_NAME
+from backends.label_config import ALL_LABELS, BRUSH_NAME, IMAGE_NAME, POLYGON_NAME
 from backends.inbox import Retire
 from backends.predictor import ModelUnavailable, PredictionError, predict_patch_ids
 from db.models import ModelVersion
@@ -72,10 +72,10 @@ def _check_label_config(config_xml: str) -> None:
         raise ValueError(f"the labeling config needs BrushLabels name={BRUSH_NAME!r} toName={IMAGE_NAME!r}")
     for control in (brush, controls.get(POLYGON_NAME)):
         if control is not None:
-            unknown = sorted(set(control.labels) - set(LABEL_CODES))
+            unknown = sorted(set(control.labels) - set(ALL_LABELS))
             if unknown:
                 raise ValueError(f"{control.name} offers labels al-loop does not know: {unknown}; "
-                                 f"expected {list(LABEL_CODES)}")
+                                 f"expected some of {list(ALL_LABELS)}")
 
 
 def create_app(backend) -> FastAPI:
@@ -148,7 +148,7 @@ def create_app(backend) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        status = {"status": "UP", "model_class": "al-loop", "model_version": backend.holder.version_name}
+        status = {"status": "UP", "model_class": "al-loop", "model_version": backend.holder.version_title}
         if backend.holder.problem:
             status["problem"] = backend.holder.problem
         return status
@@ -162,7 +162,7 @@ def create_app(backend) -> FastAPI:
             except ValueError as exc:
                 raise HTTPException(422, f"project {project}: {exc}") from None
             setup_cache[project] = schema
-        return {"model_version": backend.holder.version_name or "none"}
+        return {"model_version": backend.holder.version_title or "none"}
 
     @app.post("/predict", dependencies=[Depends(authorised)])
     def predict(body: dict = Depends(json_object)) -> dict[str, Any]:

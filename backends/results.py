@@ -12,7 +12,10 @@ Masks use the :mod:`al_loop.classes` encoding; labels and tag names come from
 * Reading annotations back: pixels covered by no region are background when the annotation is
   ``complete`` (an expert labels every glacier in the patch), else unlabeled. Overlaps follow
   :data:`al_loop.io.labels.PAINT_ORDER`: debris over clean ice, an explicit background region
-  over both (a correction).
+  over both (a correction); "unsure" and "cloud / no data" over everything (unlabeled, counted).
+* An annotation with nothing painted says nothing (:class:`EmptyAnnotation`), unless the expert
+  chose "no glacier in this patch": then it is all background (outside unsure or cloud paint).
+  That choice beside glacier paint is a contradiction, refused.
 * Region queries: a ``region`` box (RectangleLabels, not rotated) bounds what the annotation
   says: pixels outside every box are unlabeled, whatever was painted there; inside, the rules
   above hold. No box: the whole patch.
@@ -23,6 +26,7 @@ Masks use the :mod:`al_loop.classes` encoding; labels and tag names come from
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -37,18 +41,23 @@ from al_loop.io.labels import PAINT_ORDER
 from al_loop.sampling.regions import Region
 from backends import rle as rle_codec
 from backends.label_config import (
+    ALL_LABELS,
     BRUSH_NAME,
+    IGNORE_LABELS,
     IMAGE_NAME,
     LABEL_CODES,
     LABEL_NAMES,
+    NO_GLACIER,
     POLYGON_NAME,
     REGION_LABEL,
     REGION_NAME,
+    VERDICT_NAME,
 )
 
 BRUSH_TYPE = "brushlabels"
 POLYGON_TYPE = "polygonlabels"
 REGION_TYPE = "rectanglelabels"  # the box of a region query (see backends.label_config)
+CHOICES_TYPE = "choices"  # the verdict (see backends.label_config)
 _FROM_NAMES = {BRUSH_TYPE: BRUSH_NAME, POLYGON_TYPE: POLYGON_NAME}
 _PERCENT_EPS = 1e-3  # how far past 0-100 a polygon point may lie (floating-point slack)
 _ALPHA_PAINTED = 128  # brush alpha from which a pixel counts as painted
@@ -56,6 +65,19 @@ _ALPHA_PAINTED = 128  # brush alpha from which a pixel counts as painted
 
 class ResultError(ValueError):
     """A Label Studio result cannot be read; the message names the region and the problem."""
+
+
+class EmptyAnnotation(ResultError):
+    """An annotation that paints nothing and does not say "no glacier here": no label at all."""
+
+
+@dataclass(frozen=True)
+class ReadAnnotation:
+    """An annotation's label mask and what it said besides."""
+
+    mask: np.ndarray
+    ignored: dict[str, int]  # pixels marked unsure / cloud (unlabeled in the mask), by IGNORE_LABELS key
+    no_glacier: bool  # the expert chose "no glacier in this patch"
 
 
 def _error(index: int, problem: str) -> ResultError:
@@ -146,13 +168,23 @@ def mask_to_polygon_results(
     return results
 
 
-def _label_code(index: int, kind: str, value: dict) -> int:
+def _label_name(index: int, kind: str, value: dict) -> str:
     labels = value.get(kind)
     if not isinstance(labels, list) or len(labels) != 1:
         raise _error(index, f"value.{kind} must hold exactly one label, got {labels!r}")
-    if labels[0] not in LABEL_CODES:
-        raise _error(index, f"unknown label {labels[0]!r}; valid labels: {', '.join(LABEL_CODES)}")
-    return LABEL_CODES[labels[0]]
+    if labels[0] not in ALL_LABELS:
+        raise _error(index, f"unknown label {labels[0]!r}; valid labels: {', '.join(ALL_LABELS)}")
+    return labels[0]
+
+
+def _verdict(index: int, region: dict) -> bool:
+    """Whether a choices result says "no glacier in this patch"."""
+    if region.get("from_name") != VERDICT_NAME:
+        raise _error(index, f"unknown choices {region.get('from_name')!r}; expected {VERDICT_NAME!r}")
+    choices = (region.get("value") or {}).get("choices")
+    if not isinstance(choices, list) or any(c != NO_GLACIER for c in choices):
+        raise _error(index, f"{VERDICT_NAME} choices must be [{NO_GLACIER!r}], found {choices!r}")
+    return bool(choices)
 
 
 def _check_size(index: int, region: dict, height: int, width: int, required: bool) -> None:
@@ -203,16 +235,16 @@ def _polygon_layer(index: int, value: dict, height: int, width: int) -> np.ndarr
     return rasterize([(Polygon(pixels), 1)], out_shape=(height, width), dtype=np.uint8) == 1
 
 
-def results_to_mask(
-    results: list[dict], height: int, width: int, complete: bool = True
-) -> np.ndarray:
-    """The label mask (``height``, ``width``) of an annotation's brush and polygon results.
+def read_results(results: list[dict], height: int, width: int, complete: bool = True) -> ReadAnnotation:
+    """The label mask (``height``, ``width``) of an annotation's results and what else it said.
 
     Pixels in no region are background if ``complete``, else unlabeled; with region boxes,
-    pixels outside every box are unlabeled.
+    pixels outside every box are unlabeled. Raises :class:`EmptyAnnotation` when nothing is
+    painted and "no glacier" was not chosen.
     """
-    layers: dict[int, np.ndarray] = {}
+    layers: dict[str, np.ndarray] = {}
     boxes: np.ndarray | None = None
+    no_glacier = False
     for index, region in enumerate(results):
         if not isinstance(region, dict):
             raise _error(index, f"must be a dict, got {type(region).__name__}")
@@ -221,8 +253,11 @@ def results_to_mask(
             box = _box_layer(index, region, height, width)
             boxes = box if boxes is None else boxes | box
             continue
+        if kind == CHOICES_TYPE:
+            no_glacier |= _verdict(index, region)
+            continue
         if kind not in _FROM_NAMES:
-            expected = ", ".join([*_FROM_NAMES, REGION_TYPE])
+            expected = ", ".join([*_FROM_NAMES, REGION_TYPE, CHOICES_TYPE])
             raise _error(index, f"unknown result type {region.get('type')!r}; expected {expected}")
         names = (region.get("from_name"), region.get("to_name"))
         if names != (_FROM_NAMES[kind], IMAGE_NAME):
@@ -234,23 +269,40 @@ def results_to_mask(
         value = region.get("value")
         if not isinstance(value, dict):
             raise _error(index, "missing value")
-        code = _label_code(index, kind, value)
+        name = _label_name(index, kind, value)
         _check_size(index, region, height, width, required=kind == BRUSH_TYPE)
         if kind == BRUSH_TYPE:
             layer = _brush_layer(index, value, height, width)
         else:
             layer = _polygon_layer(index, value, height, width)
-        layers[code] = layers[code] | layer if code in layers else layer
+        layers[name] = layers[name] | layer if name in layers else layer
 
-    mask = np.full((height, width), BACKGROUND if complete else UNLABELED, dtype=np.uint8)
+    if boxes is not None and not boxes.any():
+        raise ResultError("the region box(es) cover no pixel's centre: draw the box over the part you labelled")
+    if not layers and not no_glacier:
+        raise EmptyAnnotation(f"nothing is painted and {NO_GLACIER!r} is not chosen: the annotation says nothing "
+                              "(paint the glacier, or choose that there is none)")
+    glacier = [name for name in layers if name in LABEL_CODES and LABEL_CODES[name] != BACKGROUND]
+    if no_glacier and glacier:
+        raise ResultError(f"the annotation chooses {NO_GLACIER!r} but paints {', '.join(glacier)}: "
+                          "clear one of the two")
+    mask = np.full((height, width), BACKGROUND if complete or no_glacier else UNLABELED, dtype=np.uint8)
     for code in PAINT_ORDER:
-        if code in layers:
-            mask[layers[code]] = code
-    if boxes is not None:
-        if not boxes.any():
-            raise ResultError("the region box(es) cover no pixel's centre: draw the box over the part you labelled")
-        mask[~boxes] = UNLABELED
-    return mask
+        if LABEL_NAMES.get(code) in layers:
+            mask[layers[LABEL_NAMES[code]]] = code
+    inside = np.ones((height, width), bool) if boxes is None else boxes
+    ignored = {}
+    for name, key in IGNORE_LABELS.items():
+        if name in layers:
+            mask[layers[name]] = UNLABELED
+            ignored[key] = int((layers[name] & inside).sum())
+    mask[~inside] = UNLABELED
+    return ReadAnnotation(mask, ignored, no_glacier)
+
+
+def results_to_mask(results: list[dict], height: int, width: int, complete: bool = True) -> np.ndarray:
+    """The label mask of an annotation's results (see :func:`read_results`)."""
+    return read_results(results, height, width, complete).mask
 
 
 def region_to_result(window: Region, height: int, width: int) -> dict[str, Any]:

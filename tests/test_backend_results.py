@@ -12,16 +12,22 @@ from label_studio_sdk.label_interface import LabelInterface
 
 from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, GLACIER, UNLABELED
 from backends.label_config import (
+    ALL_LABELS,
     BRUSH_NAME,
     IMAGE_NAME,
     LABEL_CODES,
     LABEL_NAMES,
+    NO_GLACIER,
     POLYGON_NAME,
+    VERDICT_NAME,
+    VIEW_DATA_KEYS,
     label_config,
 )
 from al_loop.sampling.regions import Region
 from backends.results import (
+    EmptyAnnotation,
     ResultError,
+    read_results,
     mask_to_brush_results,
     mask_to_polygon_results,
     region_to_result,
@@ -53,9 +59,14 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def test_label_config_names_and_labels():
     brush_only = LabelInterface(label_config())
     both = LabelInterface(label_config(polygons=True))
-    assert brush_only.get_control(BRUSH_NAME).labels == list(LABEL_CODES)
-    assert both.get_control(POLYGON_NAME).labels == list(LABEL_CODES)
+    assert brush_only.get_control(BRUSH_NAME).labels == list(ALL_LABELS)
+    assert both.get_control(POLYGON_NAME).labels == list(ALL_LABELS)
     assert both.get_object(IMAGE_NAME).tag == "Image"
+    # the reference views: one read-only Image each, no control draws on them
+    for key in VIEW_DATA_KEYS:
+        assert brush_only.get_object(key).tag == "Image"
+    assert all(control.to_name == [IMAGE_NAME] for control in both.controls)
+    assert brush_only.get_control(VERDICT_NAME).tag.lower() == "choices"
     with pytest.raises(Exception, match="not found"):
         brush_only.get_control(POLYGON_NAME)
     assert set(LABEL_CODES.values()) == {BACKGROUND, CLEAN_ICE, DEBRIS}
@@ -284,3 +295,53 @@ def test_a_region_box_between_pixel_centres_is_refused():
     box["value"].update(x=10.3, width=0.2)  # narrower than a pixel, between two centres (10.16 and 11.72 %)
     with pytest.raises(ResultError, match="cover no pixel"):
         results_to_mask([box], 64, 64)
+
+
+def _paint(mask: np.ndarray, label: str) -> dict:
+    result = mask_to_brush_results(mask.astype(np.uint8) * CLEAN_ICE)[0]
+    result["value"]["brushlabels"] = [label]
+    return result
+
+
+def _verdict_result() -> dict:
+    return {"from_name": VERDICT_NAME, "to_name": IMAGE_NAME, "type": "choices", "value": {"choices": [NO_GLACIER]}}
+
+
+def test_unsure_and_cloud_paint_are_unlabeled_and_counted():
+    ice = np.zeros((H, W), bool)
+    ice[10:30, 10:40] = True
+    unsure = np.zeros((H, W), bool)
+    unsure[20:25, 30:50] = True  # over the ice's edge and beyond: it wins over the ice
+    cloud = np.zeros((H, W), bool)
+    cloud[40:, :8] = True
+    read = read_results([_paint(ice, "Clean ice"), _paint(unsure, "Unsure"), _paint(cloud, "Cloud / no data")], H, W)
+    assert read.ignored == {"unsure": int(unsure.sum()), "cloud": int(cloud.sum())}
+    assert (read.mask[unsure | cloud] == UNLABELED).all()
+    assert (read.mask[ice & ~unsure] == CLEAN_ICE).all()
+    assert (read.mask[~(ice | unsure | cloud)] == BACKGROUND).all()
+    assert not read.no_glacier
+
+
+def test_an_empty_submission_is_no_label_unless_no_glacier_is_chosen():
+    with pytest.raises(EmptyAnnotation, match=NO_GLACIER):
+        read_results([], H, W)
+    box = region_to_result(Region(0, 0, 24, 32), H, W)
+    with pytest.raises(EmptyAnnotation):
+        read_results([box], H, W)  # the box of a region query is not paint
+    read = read_results([_verdict_result()], H, W)
+    assert read.no_glacier and (read.mask == BACKGROUND).all()
+    cloud = np.zeros((H, W), bool)
+    cloud[:5] = True
+    read = read_results([_verdict_result(), _paint(cloud, "Cloud / no data")], H, W)
+    assert (read.mask[cloud] == UNLABELED).all() and (read.mask[~cloud] == BACKGROUND).all()
+
+
+def test_no_glacier_beside_glacier_paint_is_refused():
+    ice = np.zeros((H, W), bool)
+    ice[5:9, 5:9] = True
+    with pytest.raises(ResultError, match="Clean ice"):
+        read_results([_verdict_result(), _paint(ice, "Clean ice")], H, W)
+    bad = _verdict_result()
+    bad["value"]["choices"] = ["Maybe"]
+    with pytest.raises(ResultError, match="Maybe"):
+        read_results([bad], H, W)
