@@ -13,6 +13,7 @@ from rich.table import Table
 
 from al_loop import logs
 from al_loop.config import WORKSPACE_ENV, open_workspace
+from al_loop.gate import describe_change, provisional
 from al_loop.jobs import JobLost
 from al_loop.model.training import TrainingCancelled
 from al_loop.workspace import init_workspace, open_store
@@ -269,6 +270,9 @@ def status(workspace: WorkspaceOption = None) -> None:
             *(f"{row[k]:,}" for k in ("background", "clean_ice", "debris", "glacier")),
         )
     console.print(labels)
+    if summary["ignored"]:
+        console.print("  marked by experts as unlabeled (ignored by training and metrics): "
+                      + ", ".join(f"{key} {n:,} px" for key, n in sorted(summary["ignored"].items())))
     splits = Table(title="validation: labelled patches by split (the model never trains on validation)")
     for column in ("split", "source", "patches", "background", "clean ice", "debris", "glacier, type unknown"):
         splits.add_column(column, justify="left" if column in ("split", "source") else "right")
@@ -282,10 +286,18 @@ def status(workspace: WorkspaceOption = None) -> None:
     models = ", ".join(f"{n} {s}" for s, n in summary["models"].items()) or "none"
     jobs = ", ".join(f"{n} {s}" for s, n in summary["jobs"].items()) or "none"
     console.print(f"rounds: {summary['rounds']}   models: {models}   training jobs: {jobs}")
+    for r in summary["open_rounds"]:
+        console.print(f"  round {r['number']} open: {r['labelled']} of {r['patches']} patches labelled, "
+                      f"{r['patches'] - r['labelled']} to go")
     if summary["newest"]:
         newest = summary["newest"]
         console.print(f"champion: {summary['champion'] or 'none'}; newest version {newest['name']} ({newest['status']}): "
                       f"{newest['gate']}", highlight=False)
+        console.print(f"  last training: {describe_change(newest['name'], newest['metrics'])}", highlight=False)
+    weak = provisional(summary["champion_metrics"]) if summary["champion"] else None
+    if weak:
+        console.print(f"  [yellow]champion {summary['champion']} is provisional ({weak}): its pre-labels are a "
+                      "rough guess; label more patches and retrain[/yellow]")
 
 
 models_app = typer.Typer(help="The model registry.", invoke_without_command=True)
@@ -592,9 +604,22 @@ def connect(workspace: WorkspaceOption = None) -> None:
         report = run(ws, store)
     console.print(f"{'created' if report.created else 'updated'} Label Studio project {report.project_id} "
                   f"({ws.config.label_studio.url}/projects/{report.project_id})")
+    if report.refreshed:
+        console.print(f"  {report.refreshed} open tasks brought up to date (views, description)")
     for number, n in report.imported.items():
         console.print(f"  round {number}: {n} tasks imported")
     console.print(f"  {report.predictions} predictions pushed with model {report.model_version or 'none (no model yet)'}")
+
+
+@app.command("label-config")
+def label_config_command(
+    polygons: Annotated[bool, typer.Option("--polygons", help="offer polygon tools beside the brushes")] = False,
+) -> None:
+    """Print the labeling config XML, for teams that create the Label Studio project themselves
+    (title it as label_studio.project_title says; `al-loop connect` then adopts it)."""
+    from backends.label_config import label_config
+
+    typer.echo(label_config(polygons=polygons), nl=False)
 
 
 @app.command()

@@ -86,3 +86,41 @@ def decide(candidate: dict[str, dict[str, Any]], served: dict[str, dict[str, dic
     if na:
         summary += f" ({', '.join(na)}: n/a, not in the validation labels)"
     return GateDecision(not failures, summary, validation_set, margin, rows)
+
+
+# A version below any of these is served (something beats nothing) but flagged as provisional,
+# so that experts read its pre-labels as a rough guess.
+MIN_TRAIN_PATCHES = 10
+MIN_VAL_PATCHES = 2
+MIN_GLACIER_IOU = 0.5
+
+
+def provisional(metrics: dict[str, Any]) -> str | None:
+    """Why a version is trained on too little to trust (in words), or None."""
+    reasons = []
+    train, val = metrics.get("train_patches"), metrics.get("val_patches")
+    if train is not None and train < MIN_TRAIN_PATCHES:
+        reasons.append(f"trained on {train} patches")
+    if val is not None and val < MIN_VAL_PATCHES:
+        reasons.append(f"validated on {val} patch{'es' if val != 1 else ''}")
+    glacier = _iou(metrics.get("val", {}), "glacier")
+    if not math.isnan(glacier) and glacier < MIN_GLACIER_IOU:
+        reasons.append(f"glacier IoU {glacier:.2f}")
+    return "; ".join(reasons) or None  # no commas: Label Studio lists model versions comma-separated
+
+
+def describe_change(name: str, metrics: dict[str, Any]) -> str:
+    """What a training changed, in words: per glacier row, the IoU of the champion before it and of
+    the new version on the same validation set (from the recorded gate decision), and the verdict."""
+    decision = metrics.get("gate") or {}
+    before = metrics.get("champion_before")
+
+    def figure(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    rows = [f"{row.replace('_', ' ')} {figure(r.get('champion')) + ' -> ' if before else ''}{figure(r.get('candidate'))}"
+            for row, r in (decision.get("rows") or {}).items()]
+    against = f"IoU, {before} -> {name}" if before else f"IoU of {name}"
+    where = f"on {metrics.get('val_patches')} validation patches"
+    verdict = "promoted" if decision.get("passed") else "rejected"
+    return f"{name} {verdict}: {against} {where}: {'; '.join(rows) or 'no glacier rows'}"

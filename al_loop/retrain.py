@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from al_loop import gate, jobs
 from al_loop.config import Workspace
 from al_loop.evaluation import ValidationSet, scores_record, version_scores
+from al_loop.model.calibration import calibrate
 from al_loop.model.checkpoints import load_version, save_model
 from al_loop.model.data import (
     TrainingData,
@@ -106,6 +107,7 @@ def run_training(
                 should_stop=stop, quiet=quiet, device=device,
             )
             overall, per_scene = evaluate_samples(result.model, data.val, norm, classes, device)
+            calibration = calibrate(result.model, data.val, norm, device)
             scores = scores_record(overall, per_scene)
             decision, champion_name = _judge(workspace, store, scores["val"], data, channels, classes)
             heart.should_stop()  # still ours? (raises JobLost if another runner took it over)
@@ -129,6 +131,7 @@ def run_training(
         "history": result.history,
         "gate": decision.as_dict(),
         "champion_before": champion_name,
+        "calibration": calibration,
     }
     label_ids = data.label_ids
     with store.session() as session:

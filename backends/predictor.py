@@ -5,11 +5,13 @@
 loads the new version beside the old one and then swaps one reference: a request in flight keeps
 the model it started with, so none fails and none mixes two versions.
 
-A prediction's ``score`` is what Label Studio orders by: its "Uncertainty sampling" serves the
-lowest score first. For a patch handed out in a round, the score is its place in the round's
-acquisition ranking, ``rank / (round size + 1)`` (rank 1, the patch the sampler wants most, comes
-first); for any other patch it is the model's confidence, the mean top-class probability over
-valid pixels.
+A prediction's ``score``, which Label Studio shows beside the model version, is the model's
+calibrated confidence for the patch: the expected share of its valid pixels the pre-label gets
+right (:mod:`al_loop.model.calibration`: temperature scaling fitted on validation pixels). The
+sampler's order reaches Label Studio through the task data instead (``round``, ``rank``: the
+project's "al-loop rank" view and sequential sampling in import order, see :mod:`backends.studio`).
+The model version shown is the version's name, with "(provisional: why)" when it is trained on
+too little to trust (:func:`al_loop.gate.provisional`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
 from al_loop.classes import UNLABELED, class_code
+from al_loop.gate import provisional
+from al_loop.model.calibration import patch_confidence
 from al_loop.config import Workspace
 from al_loop.model.inference import pick_device, predict_proba
 from al_loop.model.network import UNet
@@ -43,7 +47,7 @@ from backends.results import (
     validate_with_sdk,
 )
 from db import queries, registry
-from db.models import Patch, RoundPatch
+from db.models import Patch
 from db.session import Store
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,13 @@ class ServedModel:
     channels: list[str]
     codes: np.ndarray  # mask code of each model output class
     normalization: dict
+    temperature: float = 1.0  # of the calibrated confidence
+    provisional: str | None = None  # why the version is too weakly trained to trust, or None
+
+    @property
+    def title(self) -> str:
+        """The model version Label Studio shows."""
+        return self.name + (f" (provisional: {self.provisional})" if self.provisional else "")
 
 
 class ModelHolder:
@@ -91,6 +102,12 @@ class ModelHolder:
         served = self._served
         return served.name if served else None
 
+    @property
+    def version_title(self) -> str | None:
+        """The model version as Label Studio shows it (see :attr:`ServedModel.title`)."""
+        served = self._served
+        return served.title if served else None
+
     def refresh(self, force: bool = True) -> bool:
         """Serve the store's champion if it changed; True when a new model was swapped in.
         Without ``force``, looks at the store at most every ``check_every`` seconds."""
@@ -113,6 +130,9 @@ class ModelHolder:
                     log.error(self.problem)
                     return False
             self._served, self._failed, self.problem = served, None, None
+            if served.provisional:
+                log.warning("model %s is provisional (%s): its pre-labels are a rough guess; label more patches "
+                            "and retrain", served.name, served.provisional)
             return True
 
     def _load(self, champion) -> ServedModel:
@@ -120,14 +140,16 @@ class ModelHolder:
         if unknown:
             raise PredictionError(f"model {champion.name} predicts {unknown}, which the labeling config has no label for")
         model, _ = load_version(self.workspace, champion)
+        metrics = champion.metrics or {}
         return ServedModel(champion.id, champion.name, model.to(self.device).eval(), list(champion.channels),
                            np.array([class_code(c) for c in champion.classes], dtype=np.uint8),
-                           dict(champion.normalization))
+                           dict(champion.normalization),
+                           float((metrics.get("calibration") or {}).get("temperature", 1.0)), provisional(metrics))
 
 
 def predict_masks(workspace: Workspace, served: ServedModel, patches: Sequence[Patch], device: torch.device,
                   batch_size: int) -> tuple[list[np.ndarray], list[float]]:
-    """Class masks (al-loop codes; nodata pixels unlabeled) and confidences of ``patches``."""
+    """Class masks (al-loop codes; nodata pixels unlabeled) and calibrated confidences of ``patches``."""
     masks, confidences = [], []
     for start in range(0, len(patches), batch_size):
         batch = [read_patch(workspace, p, served.channels) for p in patches[start : start + batch_size]]
@@ -137,24 +159,8 @@ def predict_masks(workspace: Workspace, served: ServedModel, patches: Sequence[P
             mask = served.codes[p.argmax(0)]
             mask[~valid] = UNLABELED
             masks.append(mask)
-            confidences.append(float(p.max(0)[valid].mean()) if valid.any() else 0.0)
+            confidences.append(patch_confidence(p, valid, served.temperature))
     return masks, confidences
-
-
-def round_scores(store: Store, patch_ids: Sequence[int]) -> dict[int, float]:
-    """``rank / (round size + 1)`` of each patch in the newest round that holds it."""
-    with store.session() as session:
-        rows = session.execute(
-            select(RoundPatch.patch_id, RoundPatch.round_id, RoundPatch.rank)
-            .where(RoundPatch.patch_id.in_(list(patch_ids)))
-            .order_by(RoundPatch.round_id)
-        ).all()
-        sizes = dict(session.execute(
-            select(RoundPatch.round_id, func.count())
-            .where(RoundPatch.round_id.in_({round_id for _, round_id, _ in rows}))
-            .group_by(RoundPatch.round_id)
-        ).all())
-    return {patch_id: rank / (sizes[round_id] + 1) for patch_id, round_id, rank in rows}
 
 
 def to_prediction(mask: np.ndarray, served_name: str, score: float, fmt: str, config_xml: str | None,
@@ -192,11 +198,10 @@ def predict_patch_ids(workspace: Workspace, store: Store, holder: ModelHolder, p
         raise PredictionError(f"no patch {missing[0]} in the store" + (f" (nor {missing[1:]})" if missing[1:] else ""))
     cfg = workspace.config.backend
     masks, confidences = predict_masks(workspace, served, [found[i] for i in patch_ids], holder.device, cfg.batch_size)
-    ranked = round_scores(store, patch_ids)
     with store.session() as session:
         regions = queries.newest_round_regions(session, list(patch_ids))
     return [
-        to_prediction(mask, served.name, ranked.get(i, confidence), cfg.prediction_format, config_xml,
+        to_prediction(mask, served.title, confidence, cfg.prediction_format, config_xml,
                       Region.from_list(regions[i], *mask.shape) if i in regions else None)
         for i, mask, confidence in zip(patch_ids, masks, confidences)
     ]

@@ -15,6 +15,7 @@ import time
 
 from al_loop import jobs
 from al_loop.config import Workspace
+from al_loop.gate import describe_change
 from al_loop.retrain import TrainingReport
 from al_loop.rounds import next_round
 from backends import studio
@@ -92,11 +93,12 @@ class Backend:
             self.worker.wake.set()
 
     def after_training(self, report: TrainingReport) -> None:
+        log.info("%s", describe_change(report.version, report.metrics))
         if self.connected:  # the experts see what their labels did, promoted or not
             studio.describe_models(studio.client(self.workspace), self.workspace, self.store)
         if report.status != "champion" or not self.holder.refresh():
             return
-        log.info("serving %s", self.holder.version_name)
+        log.info("serving %s", self.holder.version_title)
         ls = project_id = None
         if self.connected:
             ls = studio.client(self.workspace)

@@ -5,12 +5,16 @@ Decisions:
 
 * The project is found by its title (``label_studio.project_title``); ``connect`` creates it or
   brings its settings up to date, so running it again is safe.
-* Task data: ``image`` (the patch's natural-colour quicklook through the project's local-files
-  storage), ``label_use`` (whether the label will validate or train, shown above the image),
-  ``patch_id``, ``round``, ``rank``, ``acquisition`` (the round's score) and each score component. A task's id is kept on its round patch as ``<project>:<task>``.
-* Order: predictions carry the round rank as score (see :mod:`backends.predictor`), the project
-  uses "Uncertainty sampling" on the served model version, and a Data Manager view "al-loop
-  rank" sorts by round and rank, so experts get the sampler's order either way.
+* Task data: ``image`` (the false colour the expert paints on) and one field per reference view
+  (:mod:`al_loop.io.views`), all through the project's local-files storage; ``label_use`` (whether
+  the label will validate or train) and ``about`` (scene, date, path/row, place, round and why the
+  sampler chose it, in words), shown above the images; ``patch_id``, ``round``, ``rank``,
+  ``acquisition`` (the round's score) and each score component. A task's id is kept on its round
+  patch as ``<project>:<task>``.
+* Order: only the chosen rounds are imported, each in rank order, and the project uses
+  "Sequential sampling" (import order), so the label stream serves the sampler's order; a Data
+  Manager view "al-loop rank" sorts by round and rank. Predictions' scores are the model's
+  calibrated confidence (see :mod:`backends.predictor`), not the order.
 """
 
 from __future__ import annotations
@@ -22,13 +26,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from rasterio.crs import CRS
+from rasterio.warp import transform
 from sqlalchemy import select
 
 from al_loop.config import Workspace
 from backends import annotations
 from backends.annotations import AnnotationError
 from backends.app import SECRET_HEADER
-from backends.label_config import IMAGE_DATA_KEY, LABEL_USE_KEY, label_config
+from al_loop.gate import describe_change, provisional
+from al_loop.io.landsat import path_row
+from al_loop.io.views import patch_view_files
+from al_loop.sampling.explain import why_chosen
+from backends.label_config import (
+    ABOUT_KEY,
+    IMAGE_DATA_KEY,
+    LABEL_USE_KEY,
+    PAINTED_VIEW,
+    TERRAIN_TITLE_KEY,
+    VIEW_DATA_KEYS,
+    label_config,
+)
 from backends.label_writer import after_labels, write
 from backends.predictor import ModelHolder, predict_patch_ids
 from db import queries, registry
@@ -85,6 +103,7 @@ class ConnectReport:
     model_version: str | None  # of the predictions pushed
     imported: dict[int, int] = field(default_factory=dict)  # round number -> tasks imported
     predictions: int = 0
+    refreshed: int = 0  # open tasks whose data was brought up to date (views, about)
 
 
 def connect(workspace: Workspace, store: Store, holder: ModelHolder | None = None) -> ConnectReport:
@@ -100,22 +119,23 @@ def connect(workspace: Workspace, store: Store, holder: ModelHolder | None = Non
     created = project is None
     if created:
         project = ls.projects.create(title=cfg.label_studio.project_title, label_config=config_xml)
-    ls.projects.update(id=project.id, label_config=config_xml, sampling="Uncertainty sampling",
+    ls.projects.update(id=project.id, label_config=config_xml, sampling="Sequential sampling",
                        show_collab_predictions=True, description=project_description(store))
     _ensure_storage(ls, workspace, project.id)
     _ensure_ml_backend(ls, workspace, project.id)
     _ensure_webhook(ls, workspace, project.id)
     _ensure_rank_view(ls, project.id)
-    report = ConnectReport(project.id, created, holder.version_name)
+    report = ConnectReport(project.id, created, holder.version_title)
     with store.session() as session:
         rounds = session.scalars(select(Round.number).where(Round.status == "open").order_by(Round.number)).all()
+    report.refreshed = refresh_open_tasks(ls, workspace, store, project.id)
     for number in rounds:
         tasks = import_round(ls, workspace, store, project.id, number)
         report.imported[number] = len(tasks)
     # Connecting again adds no prediction a task already holds from the served version (asking
     # for the tasks' model versions only: listing predictions would bring every mask along).
     predicted = {t.id for t in ls.tasks.list(project=project.id, include="id,predictions_model_versions")
-                 if holder.version_name in _versions(t.predictions_model_versions)}
+                 if holder.version_title in _versions(t.predictions_model_versions)}
     unpredicted = {patch: task for patch, task in open_tasks(store, project.id).items() if task not in predicted}
     report.predictions = push_predictions(ls, workspace, store, holder, project.id, unpredicted)
     return report
@@ -134,11 +154,18 @@ def project_description(store: Store) -> str:
         iou = ", ".join(f"{name.replace('_', ' ')} {values['iou']:.2f}" for name, values in figures.items()
                         if name != "background" and values.get("iou") is not None)
         lines.append(f"Model served: {champion.name} (IoU on {patches} validation patches when trained: {iou or 'n/a'}).")
+        weak = provisional(champion.metrics or {})
+        if weak:
+            lines.append(f"Provisional model ({weak}): its pre-labels are a rough guess.")
     newest = summary["newest"]
     if newest and (champion is None or newest["name"] != champion.name):
         lines.append(f"Newest candidate {newest['name']}: {newest['gate']}.")
     elif newest:
         lines.append(f"Gate: {newest['gate']}.")
+    if newest:
+        lines.append(f"Last training: {describe_change(newest['name'], newest['metrics'])}.")
+    for r in summary["open_rounds"]:
+        lines.append(f"Round {r['number']}: {r['labelled']} of {r['patches']} patches labelled.")
     return "\n".join(lines)
 
 
@@ -179,7 +206,7 @@ def document_path(workspace: Workspace, path: Path) -> str:
 
 def _ensure_storage(ls, workspace: Workspace, project_id: int) -> None:
     workspace.scenes_dir.mkdir(parents=True, exist_ok=True)  # Label Studio refuses a folder that is not there
-    folder = str(workspace.scenes_dir.resolve())  # quicklooks lie in scenes/<scene>/quicklooks/
+    folder = str(workspace.scenes_dir.resolve())  # quicklooks and views lie under scenes/
     document_path(workspace, workspace.scenes_dir)  # fails early when outside the root
     if not any(s.path == folder for s in ls.import_storage.local.list(project=project_id)):
         ls.import_storage.local.create(project=project_id, path=folder, title=STORAGE_TITLE, use_blob_urls=False)
@@ -233,7 +260,10 @@ def import_round(ls, workspace: Workspace, store: Store, project_id: int, number
         ).all()
         todo = [rp for rp in round_patches if not (rp.external_id or "").startswith(prefix)]
         existing = queries.patch_tasks(session, [rp.patch_id for rp in todo], prefix)
-        data = {rp.patch_id: _task_data(workspace, session.get(Patch, rp.patch_id), number, rp) for rp in todo}
+        strategy = round_patches[0].round.strategy if round_patches else ""
+        components = [rp.components for rp in round_patches]
+        data = {rp.patch_id: task_data(workspace, session.get(Patch, rp.patch_id), number, rp, strategy, components)
+                for rp in todo}
     reused = {rp.patch_id: existing[rp.patch_id] for rp in todo if rp.patch_id in existing}
     for patch_id, task_id in reused.items():
         ls.tasks.update(id=task_id, data=data[patch_id])
@@ -253,13 +283,37 @@ def import_round(ls, workspace: Workspace, store: Store, project_id: int, number
     return tasks
 
 
-def _task_data(workspace: Workspace, patch: Patch, number: int, rp: RoundPatch) -> dict:
-    if not patch.quicklook_rgb:
-        raise ValueError(f"patch {patch.id} has no quicklook to show; re-ingest with ingest.quicklooks = true")
-    image = workspace.resolve(patch.quicklook_rgb)
+def refresh_open_tasks(ls, workspace: Workspace, store: Store, project_id: int) -> int:
+    """Bring the data of the project's open, unlabelled tasks up to date (a project made by an
+    older al-loop gets the views and the description its new labeling config shows)."""
+    tasks = open_tasks(store, project_id)
+    with store.session() as session:
+        rows = session.scalars(select(RoundPatch).join(Round).where(RoundPatch.patch_id.in_(list(tasks)),
+                                                                   Round.status == "open")).all()
+        data = {}
+        for rp in rows:
+            siblings = [other.components for other in rp.round.patches]
+            data[rp.patch_id] = task_data(workspace, session.get(Patch, rp.patch_id), rp.round.number, rp,
+                                          rp.round.strategy, siblings)
+    for patch_id, values in data.items():
+        ls.tasks.update(id=tasks[patch_id], data=values)
+    return len(data)
+
+
+def task_data(workspace: Workspace, patch: Patch, number: int, rp: RoundPatch, strategy: str,
+              round_components: list[dict]) -> dict:
+    """A round patch's task data: its views (written if need be) and what is known about it."""
+    views, contours = patch_view_files(workspace, patch)
+    url = {key: "/data/local-files/?d=" + quote(document_path(workspace, path)) for key, path in views.items()}
+    size = len(round_components)
+    about = [*_describe_scene(patch), f"round {number}, rank {rp.rank} of {size}",
+             why_chosen(rp.components, round_components, strategy)]
     return {
-        IMAGE_DATA_KEY: "/data/local-files/?d=" + quote(document_path(workspace, image)),
+        IMAGE_DATA_KEY: url[PAINTED_VIEW],
+        **{key: url[key] for key in VIEW_DATA_KEYS},
+        TERRAIN_TITLE_KEY: "Terrain: hillshade" + (f", elevation contours every {contours:g} m" if contours else ""),
         LABEL_USE_KEY: LABEL_USE[patch.split] + (REGION_HINT if rp.region else ""),
+        ABOUT_KEY: " · ".join(about),
         annotations.PATCH_ID_KEY: patch.id,
         "scene": patch.scene.name,
         "round": number,
@@ -267,6 +321,23 @@ def _task_data(workspace: Workspace, patch: Patch, number: int, rp: RoundPatch) 
         "acquisition": rp.score,
         **{f"score_{k}": v for k, v in rp.components.items()},
     }
+
+
+def _describe_scene(patch: Patch) -> list[str]:
+    """Scene, acquisition date, WRS-2 path/row and the patch centre in degrees, as far as known."""
+    scene = patch.scene
+    words = [f"scene {scene.name}"]
+    if scene.acquired:
+        words.append(f"acquired {scene.acquired.isoformat()}")
+    found = path_row(scene.name)
+    if found:
+        words.append(f"path {found[0]:03d} row {found[1]:03d}")
+    if scene.crs and None not in (patch.minx, patch.miny, patch.maxx, patch.maxy):
+        xs, ys = transform(CRS.from_wkt(scene.crs), "EPSG:4326", [(patch.minx + patch.maxx) / 2],
+                           [(patch.miny + patch.maxy) / 2])
+        words.append(f"centre {abs(ys[0]):.4f}° {'N' if ys[0] >= 0 else 'S'}, "
+                     f"{abs(xs[0]):.4f}° {'E' if xs[0] >= 0 else 'W'}")
+    return words
 
 
 def open_tasks(store: Store, project_id: int) -> dict[int, int]:
@@ -292,7 +363,7 @@ def push_predictions(ls, workspace: Workspace, store: Store, holder: ModelHolder
         batch = patch_ids[start : start + PREDICTION_BATCH]
         for patch_id, prediction in zip(batch, predict_patch_ids(workspace, store, holder, batch)):
             ls.predictions.create(task=tasks[patch_id], project=project_id, **prediction)
-    ls.projects.update(id=project_id, model_version=holder.version_name)
+    ls.projects.update(id=project_id, model_version=holder.version_title)
     return len(patch_ids)
 
 

@@ -321,17 +321,32 @@ def status_summary(session: Session) -> dict[str, Any]:
             select(TrainingJob.status, func.count(TrainingJob.id)).group_by(TrainingJob.status)
         ).all()
     )
+    ignored: dict[str, int] = {}
+    for details in session.scalars(select(Label.details).where(Label.status == "accepted", Label.source == "annotation")):
+        for key, n in ((details or {}).get("ignored") or {}).items():
+            ignored[key] = ignored.get(key, 0) + int(n)
+    open_rounds = [
+        {"number": number, "patches": total, "labelled": int(done or 0)}
+        for number, total, done in session.execute(
+            select(Round.number, func.count(RoundPatch.id),
+                   func.count(RoundPatch.id).filter(RoundPatch.patch_id.in_(labelled_patch_ids())))
+            .join(RoundPatch, RoundPatch.round_id == Round.id)
+            .where(Round.status == "open").group_by(Round.number).order_by(Round.number))
+    ]
     return {
         "scenes": scenes,
         "labels": labels,
+        "ignored": ignored,
+        "open_rounds": open_rounds,
         "rounds": session.scalar(select(func.count(Round.id))) or 0,
         "splits": splits,
         "validation_reserved": reserved,
         "models": models,
         "champion": champion.name if champion else None,
+        "champion_metrics": champion.metrics if champion else {},
         "newest": None if newest is None else {
             "name": newest.name, "status": newest.status,
-            "gate": gate_summary(newest.metrics),
+            "gate": gate_summary(newest.metrics), "metrics": newest.metrics,
         },
         "jobs": jobs,
     }

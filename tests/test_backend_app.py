@@ -89,7 +89,9 @@ def _labels(store):
 
 def test_health_is_open_and_everything_else_needs_basic_auth(served):
     ws, _, backend, client, patches = served
-    assert client.get("/health", auth=None).json() == {"status": "UP", "model_class": "al-loop", "model_version": "v1"}
+    health = client.get("/health", auth=None).json()
+    assert health == {"status": "UP", "model_class": "al-loop", "model_version": backend.holder.version_title}
+    assert health["model_version"].split(" ")[0] == "v1"
     task = {"id": 1, "data": {"patch_id": patches[0]}}
     for method, path, body in [("post", "/setup", {}), ("post", "/predict", {"tasks": [task]}),
                                ("post", "/webhook", {}), ("get", "/versions", None)]:
@@ -106,30 +108,31 @@ def test_health_is_open_and_everything_else_needs_basic_auth(served):
 
 
 def test_setup_answers_the_model_version_and_refuses_a_foreign_config(served):
-    _, _, _, client, _ = served
+    _, _, backend, client, _ = served
     response = client.post("/setup", json={"project": "3.1700000000", "schema": label_config()})
-    assert response.json() == {"model_version": "v1"}
+    assert response.json() == {"model_version": backend.holder.version_title}
     foreign = label_config().replace('value="Clean ice"', 'value="Snow"')
     response = client.post("/setup", json={"project": "4.1700000000", "schema": foreign})
     assert response.status_code == 422 and "Snow" in response.json()["error"]
 
 
 @pytest.mark.parametrize("fmt", ["brush", "polygons"])
-def test_predict_answers_one_result_per_task_in_order_with_version_and_rank_score(served, fmt):
+def test_predict_answers_one_result_per_task_in_order_with_version_and_calibrated_confidence(served, fmt):
     ws, store, backend, client, patches = served
     ws.config.backend.prediction_format = fmt
     asked = [patches[2], patches[0], patches[1]]
     body = {"tasks": [{"id": 10 + i, "data": {"patch_id": p}} for i, p in enumerate(asked)],
             "label_config": label_config(polygons=True), "project": "1.0"}
     results = client.post("/predict", json=body).json()["results"]
-    assert len(results) == 3 and {r["model_version"] for r in results} == {"v1"}
-    # The round's rank as score: Label Studio's uncertainty sampling serves the lowest first.
-    assert [r["score"] for r in results] == pytest.approx([3 / 5, 1 / 5, 2 / 5])
+    assert len(results) == 3 and {r["model_version"] for r in results} == {backend.holder.version_title}
     with store.session() as session:
         patch_rows = [session.get(Patch, p) for p in asked]
         for p in patch_rows:
             p.scene
-    expected, _ = predict_masks(ws, backend.holder.current, patch_rows, backend.holder.device, 4)
+    expected, confidences = predict_masks(ws, backend.holder.current, patch_rows, backend.holder.device, 4)
+    # The score is the model's calibrated confidence for the patch, not its place in the round.
+    assert [r["score"] for r in results] == pytest.approx(confidences, abs=1e-6)
+    assert all(0 < c <= 1 for c in confidences)
     for result, mask in zip(results, expected):
         kinds = {r["type"] for r in result["result"]}
         assert kinds <= ({"brushlabels"} if fmt == "brush" else {"polygonlabels"})
@@ -251,8 +254,8 @@ def test_label_count_queues_one_job_the_worker_trains_and_the_new_champion_is_se
         assert job.status == "done" and job.result_model_id is not None
     task = {"id": 1, "data": {"patch_id": patches[3]}}
     served_version = client.post("/predict", json={"tasks": [task]}).json()["results"][0]["model_version"]
-    assert served_version == backend.holder.version_name
-    assert served_version == ("v2" if backend.holder.current.version_id == job.result_model_id else "v1")
+    assert served_version == backend.holder.version_title
+    assert served_version.split(" ")[0] == ("v2" if backend.holder.current.version_id == job.result_model_id else "v1")
 
 
 def test_start_training_from_label_studio_queues_at_most_one_job(served):
@@ -298,7 +301,7 @@ def test_a_new_champion_is_swapped_in_while_requests_are_in_flight(served):
     assert {status for status, _ in answers} == {200}
     assert all(len(versions) == 1 for _, versions in answers)  # no answer mixes two models
     after = client.post("/predict", json=body).json()["results"]
-    assert {r["model_version"] for r in after} == {"v2"} and backend.holder.version_name == "v2"
+    assert {r["model_version"] for r in after} == {backend.holder.version_title} and backend.holder.version_name == "v2"
 
 
 def test_a_region_query_is_predicted_as_a_box_and_only_its_pixels_are_stored_and_trained(served):

@@ -13,18 +13,23 @@ import time
 import uuid
 from collections.abc import Callable
 
+import io
+
 import httpx
+import PIL.Image
 import numpy as np
 import pytest
 from sqlalchemy import select
 
 from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, UNLABELED
 from al_loop.config import write_config
+from al_loop.io.views import VIEW_SIZE
 from al_loop.retrain import run_training
 from al_loop.rounds import next_round, pool_patches
 from al_loop.sampling.regions import Region
 from backends import studio
 from backends.app import SECRET_HEADER
+from backends.label_config import VIEW_DATA_KEYS
 from backends.results import mask_to_brush_results
 from backends.service import Backend, ThreadedServer
 from backends.studio_process import free_port
@@ -112,8 +117,11 @@ def test_the_live_loop_from_connect_to_a_new_champion_and_the_next_round(live):
         again = studio.connect(ws, store)  # connecting again changes nothing
         assert (again.project_id, again.created, again.imported, again.predictions) == (report.project_id, False, {1: 0}, 0)
         project = ls.projects.get(id=report.project_id)
-        assert project.model_version == "v1" and project.sampling == "Uncertainty sampling"
+        v1 = report.model_version  # "v1", with "(provisional: why)" when trained on too little
+        assert v1.split(" ")[0] == "v1" and project.model_version == v1
+        assert project.sampling == "Sequential sampling"  # import order: the sampler's rank order
         assert "Model served: v1 (IoU on" in project.description
+        assert "Round 1: 0 of 4 patches labelled" in project.description
         hooks = ls.webhooks.list(project=project.id)
         assert [h.headers.get(SECRET_HEADER) for h in hooks] == [ws.config.backend.webhook_secret]
         tasks = sorted(_tasks(ls, project.id), key=lambda t: t.data["rank"])
@@ -131,17 +139,26 @@ def test_the_live_loop_from_connect_to_a_new_champion_and_the_next_round(live):
         image = httpx.get(ws.config.label_studio.url + tasks[0].data["image"],
                           headers={"Authorization": f"Bearer {server.access_token()}"})
         assert image.status_code == 200 and image.content[:4] == b"\x89PNG"
+        # Every view is served too, on the patch's grid (the context view is a fixed-size overview).
+        for key in VIEW_DATA_KEYS:
+            view = httpx.get(ws.config.label_studio.url + tasks[0].data[key],
+                             headers={"Authorization": f"Bearer {server.access_token()}"})
+            assert view.status_code == 200, key
+            size = PIL.Image.open(io.BytesIO(view.content)).size
+            assert size == ((VIEW_SIZE, VIEW_SIZE) if key == "context" else (128, 128)), key
+        about = tasks[0].data["about"]
+        assert about.startswith("scene ") and "round 1, rank 1 of 4" in about and "chosen by bald:" in about
 
         # Label Studio asks the backend itself (the Data Manager's "Retrieve Predictions") for
         # a task without a prediction of the project's model version.
         pushed = ls.predictions.list(task=tasks[0].id)
-        assert [p.model_version for p in pushed] == ["v1"]
+        assert [p.model_version for p in pushed] == [v1]
         ls.predictions.delete(id=pushed[0].id)
         ls.actions.create(id="retrieve_tasks_predictions", project=project.id,
                           selected_items={"all": False, "included": [tasks[0].id]})
         asked = ls.predictions.list(task=tasks[0].id)
-        assert [p.model_version for p in asked] == ["v1"] and asked[0].id != pushed[0].id
-        assert asked[0].score == pytest.approx(tasks[0].data["rank"] / 5)
+        assert [p.model_version for p in asked] == [v1] and asked[0].id != pushed[0].id
+        assert 0 < asked[0].score <= 1 and asked[0].score == pytest.approx(pushed[0].score)  # calibrated confidence
         assert asked[0].result == pushed[0].result
 
         # Experts save annotations; the webhook brings them into the store.
@@ -157,14 +174,16 @@ def test_the_live_loop_from_connect_to_a_new_champion_and_the_next_round(live):
             wait_for(lambda: session.scalar(select(Round).where(Round.number == 2)), 120, "round 2")
         wait_for(lambda: len(_tasks(ls, project.id)) == 8, 120, "round 2's tasks in Label Studio")
         fresh = ls.predictions.list(task=tasks[3].id)  # the open task of round 1 was re-predicted
-        assert {p.model_version for p in fresh} == {"v1", "v2"}
-        assert ls.projects.get(id=project.id).model_version == "v2"
+        v2 = served.backend.holder.version_title
+        assert {p.model_version for p in fresh} == {v1, v2}
+        assert ls.projects.get(id=project.id).model_version == v2
         description = ls.projects.get(id=project.id).description  # the experts see what their labels did
         assert "Model served: v2" in description and "Gate: promoted" in description
-        ls.predictions.delete(id=[p for p in fresh if p.model_version == "v2"][0].id)
+        assert "Last training: v2 promoted: IoU, v1 -> v2 on" in description
+        ls.predictions.delete(id=[p for p in fresh if p.model_version == v2][0].id)
         ls.actions.create(id="retrieve_tasks_predictions", project=project.id,
                           selected_items={"all": False, "included": [tasks[3].id]})
-        assert sorted(p.model_version for p in ls.predictions.list(task=tasks[3].id)) == ["v1", "v2"]
+        assert sorted(p.model_version for p in ls.predictions.list(task=tasks[3].id)) == sorted([v1, v2])
     finally:
         served.stop()
 
