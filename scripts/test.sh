@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs al-loop, Label Studio (in .ls-venv) and a
-# PostgreSQL server (the tests start throwaway ones on loopback), then runs pytest.
+# PostgreSQL server (the tests start throwaway ones on loopback) and Debian's chromium (browser
+# tests), then runs pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/install-label-studio.sh
 bash .ci/install-postgres.sh
+bash .ci/install-chromium.sh
 exec .venv/bin/python -m pytest "$@"
