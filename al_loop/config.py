@@ -170,6 +170,10 @@ class BackendConfig:
     webhook_secret: str = setting("", "shared secret expected in the X-Al-Loop-Secret header of webhooks (random at init)")
     prediction_format: str = setting("brush", "predictions as brush (RLE masks, exact) or polygons", ("brush", "polygons"))
     batch_size: int = setting(4, "patches per inference batch in /predict")
+    min_mapping_unit_m2: float = setting(
+        10_000.0, "pre-labels: parts of a class smaller than this take their surroundings' class "
+                  "(GLIMS' 0.01 km² minimum glacier; 0: off)")
+    smoothing_radius: int = setting(1, "pre-labels: radius in pixels of the majority filter smoothing class boundaries (0: off)")
     worker: bool = setting(True, "run the training worker inside `al-loop serve`")
 
 
@@ -347,6 +351,9 @@ def check(config: Config, origin: str) -> Config:
         problems.append(f"sampling.region_fraction must be in (0, 1], found {c.sampling.region_fraction}")
     if c.sampling.warmup_labels < 0:
         problems.append(f"sampling.warmup_labels must be at least 0, found {c.sampling.warmup_labels}")
+    for key in ("min_mapping_unit_m2", "smoothing_radius"):
+        if getattr(c.backend, key) < 0:
+            problems.append(f"backend.{key} must be at least 0, found {getattr(c.backend, key)}")
     if not 0 <= c.model.dropout < 1:
         problems.append(f"model.dropout must be in [0, 1), found {c.model.dropout}")
     if problems:

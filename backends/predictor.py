@@ -12,6 +12,11 @@ sampler's order reaches Label Studio through the task data instead (``round``, `
 project's "al-loop rank" view and sequential sampling in import order, see :mod:`backends.studio`).
 The model version shown is the version's name, with "(provisional: why)" when it is trained on
 too little to trust (:func:`al_loop.gate.provisional`).
+
+Pre-labels are cleaned before they are sent (:mod:`al_loop.prelabels`): class boundaries
+smoothed by a majority filter (``backend.smoothing_radius``) and parts below the minimum mapping
+unit (``backend.min_mapping_unit_m2``) given their surroundings' class, so an expert corrects a
+few outlines instead of erasing speckle.
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from affine import Affine
 from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
 from al_loop.classes import UNLABELED, class_code
 from al_loop.gate import provisional
 from al_loop.model.calibration import patch_confidence
+from al_loop.prelabels import clean_prediction, min_pixels_for_area
+from al_loop.terrain import pixel_size_metres
 from al_loop.config import Workspace
 from al_loop.model.inference import pick_device, predict_proba
 from al_loop.model.network import UNet
@@ -163,6 +171,17 @@ def predict_masks(workspace: Workspace, served: ServedModel, patches: Sequence[P
     return masks, confidences
 
 
+def mapping_unit_pixels(patch: Patch, area_m2: float) -> int:
+    """The minimum mapping unit in pixels of ``patch``'s grid (30 m pixels without a georeferenced grid)."""
+    if area_m2 <= 0:
+        return 0
+    scene = patch.scene
+    if scene.transform and scene.crs:
+        xres, yres = pixel_size_metres(Affine(*scene.transform[:6]), scene.crs, [patch.row_off + patch.height // 2])
+        return min_pixels_for_area(area_m2, float(xres[0, 0]), float(yres[0, 0]))
+    return min_pixels_for_area(area_m2, 30.0, 30.0)
+
+
 def to_prediction(mask: np.ndarray, served_name: str, score: float, fmt: str, config_xml: str | None,
                   region: Region | None = None) -> dict:
     """One Label Studio prediction, checked against the project's labeling config (default:
@@ -198,6 +217,8 @@ def predict_patch_ids(workspace: Workspace, store: Store, holder: ModelHolder, p
         raise PredictionError(f"no patch {missing[0]} in the store" + (f" (nor {missing[1:]})" if missing[1:] else ""))
     cfg = workspace.config.backend
     masks, confidences = predict_masks(workspace, served, [found[i] for i in patch_ids], holder.device, cfg.batch_size)
+    masks = [clean_prediction(mask, mapping_unit_pixels(found[i], cfg.min_mapping_unit_m2), cfg.smoothing_radius)
+             for i, mask in zip(patch_ids, masks)]
     with store.session() as session:
         regions = queries.newest_round_regions(session, list(patch_ids))
     return [

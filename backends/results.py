@@ -38,6 +38,7 @@ from shapely.ops import split
 
 from al_loop.classes import BACKGROUND, UNLABELED
 from al_loop.io.labels import PAINT_ORDER
+from al_loop.prelabels import simplify_outlines
 from al_loop.sampling.regions import Region
 from backends import rle as rle_codec
 from backends.label_config import (
@@ -135,36 +136,34 @@ def _cut_holes(polygon: Polygon) -> list[Polygon]:
 
 def mask_to_polygon_results(
     mask: np.ndarray,
-    simplify_tolerance_px: float = 1.0,
+    simplify_tolerance_px: float = 2.0,
     min_hole_px: float = 4.0,
     include_background: bool = False,
     min_part_px: int = 1,
 ) -> list[dict]:
     """PolygonLabels regions tracing each class in ``mask`` (H, W), points in percent of the size.
 
-    Outlines follow pixel edges, simplified (topology preserved) by ``simplify_tolerance_px``:
-    parts only a pixel or two wide lose much of their area; 0 keeps the exact pixel outlines.
-    Parts (4-connected) smaller than ``min_part_px`` are left out: a weak model's speckle would
-    otherwise make thousands of regions. Holes are filled or cut as the module docstring says.
+    Outlines follow pixel edges and are simplified together as one coverage by
+    ``simplify_tolerance_px`` (:func:`al_loop.prelabels.simplify_outlines`): neighbouring
+    polygons share their simplified boundary, neither overlapping nor leaving gaps; 0 keeps the
+    exact pixel outlines. Parts smaller than ``min_part_px`` pixels are left out: a weak model's
+    speckle would otherwise make thousands of regions. Holes are filled or cut as the module
+    docstring says.
     """
     codes = _codes_present(mask, include_background)
     height, width = mask.shape
     results = []
-    for code in codes:
-        inside = mask == code
-        if min_part_px > 1:
-            parts, _ = ndimage.label(inside)
-            inside &= (np.bincount(parts.ravel()) >= min_part_px)[parts]
-        for geometry, _ in shapes(inside.astype(np.uint8), mask=inside, connectivity=4):
-            outline = shape(geometry).simplify(simplify_tolerance_px, preserve_topology=True)
-            holes = [ring for ring in outline.interiors if Polygon(ring).area >= min_hole_px]
-            for piece in _cut_holes(Polygon(outline.exterior, holes)):
-                points = [
-                    [round(x / width * 100, 4), round(y / height * 100, 4)]
-                    for x, y in piece.exterior.coords[:-1]
-                ]
-                value = {"points": points, "closed": True, POLYGON_TYPE: [LABEL_NAMES[code]]}
-                results.append(_region(POLYGON_TYPE, mask, value))
+    for code, outline in simplify_outlines(mask, simplify_tolerance_px, codes):
+        if min_part_px > 1 and outline.area < min_part_px:  # area after simplification: about the pixels
+            continue
+        holes = [ring for ring in outline.interiors if Polygon(ring).area >= min_hole_px]
+        for piece in _cut_holes(Polygon(outline.exterior, holes)):
+            points = [
+                [round(x / width * 100, 4), round(y / height * 100, 4)]
+                for x, y in piece.exterior.coords[:-1]
+            ]
+            value = {"points": points, "closed": True, POLYGON_TYPE: [LABEL_NAMES[code]]}
+            results.append(_region(POLYGON_TYPE, mask, value))
     return results
 
 

@@ -22,7 +22,8 @@ from al_loop.rounds import next_round
 from al_loop.sampling.regions import Region
 from backends.app import SECRET_HEADER, create_app
 from backends.label_config import label_config
-from backends.predictor import MIN_PART_PX, predict_masks
+from al_loop.prelabels import clean_prediction
+from backends.predictor import MIN_PART_PX, mapping_unit_pixels, predict_masks
 from backends.results import (
     mask_to_brush_results,
     mask_to_polygon_results,
@@ -130,6 +131,11 @@ def test_predict_answers_one_result_per_task_in_order_with_version_and_calibrate
         for p in patch_rows:
             p.scene
     expected, confidences = predict_masks(ws, backend.holder.current, patch_rows, backend.holder.device, 4)
+    # Pre-labels are the model's masks cleaned: smoothed, nothing below the mapping unit.
+    cfg = ws.config.backend
+    expected = [clean_prediction(m, mapping_unit_pixels(p, cfg.min_mapping_unit_m2), cfg.smoothing_radius)
+                for m, p in zip(expected, patch_rows)]
+    assert mapping_unit_pixels(patch_rows[0], cfg.min_mapping_unit_m2) == 12  # 0.01 km² on 30 m pixels
     # The score is the model's calibrated confidence for the patch, not its place in the round.
     assert [r["score"] for r in results] == pytest.approx(confidences, abs=1e-6)
     assert all(0 < c <= 1 for c in confidences)
