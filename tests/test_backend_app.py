@@ -31,6 +31,7 @@ from backends.results import (
 )
 from backends.service import Backend
 from db.models import Label, Patch, RoundPatch, TrainingJob
+from db.queries import status_summary, unpack_mask
 from tests.test_rounds import labelled_and_pool
 
 PROJECT = {"id": 7, "title": "glaciers"}
@@ -372,3 +373,24 @@ def test_effort_puts_each_version_against_the_expert_seconds_behind_it(served):
     assert "6.0" in result.output and "v2" in result.output  # 360 s = 6.0 expert minutes
     with Image.open(ws.root / "reports" / "effort.png") as png:
         assert png.size[0] > 400
+
+
+def test_unsure_and_cloud_pixels_are_stored_unlabeled_and_counted_and_an_empty_submission_is_no_label(served):
+    ws, store, backend, client, patches = served
+    mask = _mask()
+    results = mask_to_brush_results(mask)
+    unsure = np.zeros(mask.shape, bool)
+    unsure[100:110, :] = True
+    layer = mask_to_brush_results(unsure.astype(np.uint8) * CLEAN_ICE)[0]
+    layer["value"]["brushlabels"] = ["Unsure"]
+    _post_webhook(ws, client, _event(patches[0], results + [layer], annotation_id=701))
+    _post_webhook(ws, client, _event(patches[1], [], annotation_id=702))  # submitted with nothing painted
+    backend.writer.join()
+    with store.session() as session:
+        labels = {l.patch_id: l for l in session.scalars(select(Label).where(Label.source == "annotation"))}
+        assert set(labels) == {patches[0]}  # the empty one is no label
+        stored = labels[patches[0]]
+        assert stored.details["ignored"] == {"unsure": int(unsure.sum())}
+        assert stored.n_unlabeled == int(unsure.sum())  # ignored by the loss and metrics
+        assert (unpack_mask(stored.mask, 128, 128)[unsure] == UNLABELED).all()
+        assert status_summary(session)["ignored"] == {"unsure": int(unsure.sum())}

@@ -73,30 +73,35 @@ def test_the_labeling_page_shows_every_view_the_labels_and_the_pre_label(live, b
         files = {key: task.data[key].split("d=")[-1].split("%2F")[-1].split("/")[-1]
                  for key in (IMAGE_DATA_KEY, *VIEW_DATA_KEYS)}
 
-        def all_views_loaded():
+        def body() -> str:
+            return browser.find_element(By.TAG_NAME, "body").text
+
+        def all_views_loaded():  # the Data Manager's table shows them too: wait for the editor first
             loaded = _loaded_images(browser)
-            return all(any(name in src for src in loaded) for name in files.values()) and loaded
+            return ("(paint here)" in body() and all(any(name in src for src in loaded) for name in files.values())
+                    and loaded)
 
         try:
-            loaded = wait_for(all_views_loaded, 120, "every view of the task to load")
+            loaded = wait_for(all_views_loaded, 180, "the labeling editor with every view of the task loaded")
+            page = wait_for(lambda: any(name in body() for name in painted_labels) and body(), 60,
+                            "the pre-label's regions")
         finally:
             browser.save_screenshot(str(tmp_path / "labeling-page.png"))
-        page = browser.find_element(By.TAG_NAME, "body").text
         # The patch's description, the view titles, every label and the verdict are on the page.
         assert task.data["about"].split(" · ")[0] in page and "round 1, rank 1 of 4" in page
         assert "(paint here)" in page and "Natural colour B3/B2/B1" in page and "Terrain: hillshade" in page
         for label in ALL_LABELS:
             assert label in page, label
         assert NO_GLACIER in page
-        # The pre-label is drawn: its regions are listed with their labels.
-        outliner = wait_for(lambda: any(name in browser.find_element(By.TAG_NAME, "body").text for name in painted_labels)
-                            and browser.find_element(By.TAG_NAME, "body").text, 60, "the pre-label's regions")
-        assert any(name in outliner for name in painted_labels)
+        # The pre-label is drawn: its regions are listed with their labels (waited for above).
+        assert any(name in page for name in painted_labels)
         # The painted view is a canvas stage with a drawn layer (Konva), the others plain images.
         assert browser.find_elements(By.CSS_SELECTOR, "canvas")
         # One screenshot per view, as the annotator sees it.
         for key, name in files.items():
-            element = browser.find_element(By.CSS_SELECTOR, f"img[src*='{name}']")
+            # the editor's image is the largest on the page (the table shows thumbnails)
+            element = max(browser.find_elements(By.CSS_SELECTOR, f"img[src*='{name}']"),
+                          key=lambda e: e.size["width"])
             browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
             path = tmp_path / f"view-{key}.png"
             try:

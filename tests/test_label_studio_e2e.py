@@ -303,3 +303,40 @@ def test_a_region_query_shows_its_box_and_the_webhook_keeps_only_the_box(live):
         label = session.scalars(select(Label).where(Label.origin.endswith(f":{made.id}"))).one()
         stored = unpack_mask(label.mask, 128, 128)
     assert (stored[window.mask(128, 128)] == CLEAN_ICE).all() and (stored[~window.mask(128, 128)] == UNLABELED).all()
+
+
+OLD_CONFIG = """<View>
+  <Header value="$label_use" size="6"/>
+  <Image name="image" value="$image" zoom="true" zoomControl="true"/>
+  <BrushLabels name="brush" toName="image">
+    <Label value="Clean ice" background="#66C2FF"/>
+    <Label value="Debris-covered glacier" background="#D95F02"/>
+    <Label value="Background" background="#8B7D6B"/>
+  </BrushLabels>
+</View>
+"""  # the labeling config of projects made before the views and the unsure/cloud labels
+
+
+def test_connect_adopts_a_project_made_by_hand_or_by_an_older_al_loop_and_migrates_it(live):
+    ws, store, ls, _ = live
+    from typer.testing import CliRunner
+
+    import cli
+
+    printed = CliRunner().invoke(cli.app, ["label-config"]).output
+    assert printed == studio.label_config(polygons=False)
+    project = ls.projects.create(title=ws.config.label_studio.project_title, label_config=OLD_CONFIG)
+    served = ServedBackend(ws, store, worker=False)
+    try:
+        report = studio.connect(ws, store)
+        assert report.project_id == project.id and not report.created and report.imported == {1: 4}
+        assert "Unsure" in ls.projects.get(id=project.id).label_config  # the config was brought up to date
+        task = _tasks(ls, project.id)[0]
+        # A task as an older al-loop made it: no views, no description.
+        ls.tasks.update(id=task.id, data={k: task.data[k] for k in ("image", "label_use", "patch_id", "round", "rank")})
+        again = studio.connect(ws, store)
+        assert again.refreshed == 4
+        data = ls.tasks.get(id=task.id).data
+        assert set(VIEW_DATA_KEYS) <= set(data) and data["about"].startswith("scene ")
+    finally:
+        served.stop()
