@@ -14,8 +14,8 @@ Masks use the :mod:`al_loop.classes` encoding; labels and tag names come from
   :data:`al_loop.io.labels.PAINT_ORDER`: debris over clean ice, an explicit background region
   over both (a correction); "unsure" and "cloud / no data" over everything (unlabeled, counted).
 * An annotation with nothing painted says nothing (:class:`EmptyAnnotation`), unless the expert
-  chose "no glacier in this patch": then it is all background (outside unsure or cloud paint).
-  That choice beside glacier paint is a contradiction, refused.
+  chose "no glacier in this patch": then it is all background outside unsure or cloud paint,
+  whatever class paint it holds (the pre-label an expert did not bother to erase).
 * Region queries: a ``region`` box (RectangleLabels, not rotated) bounds what the annotation
   says: pixels outside every box are unlabeled, whatever was painted there; inside, the rules
   above hold. No box: the whole patch.
@@ -281,13 +281,9 @@ def read_results(results: list[dict], height: int, width: int, complete: bool = 
     if not layers and not no_glacier:
         raise EmptyAnnotation(f"nothing is painted and {NO_GLACIER!r} is not chosen: the annotation says nothing "
                               "(paint the glacier, or choose that there is none)")
-    glacier = [name for name in layers if name in LABEL_CODES and LABEL_CODES[name] != BACKGROUND]
-    if no_glacier and glacier:
-        raise ResultError(f"the annotation chooses {NO_GLACIER!r} but paints {', '.join(glacier)}: "
-                          "clear one of the two")
     mask = np.full((height, width), BACKGROUND if complete or no_glacier else UNLABELED, dtype=np.uint8)
     for code in PAINT_ORDER:
-        if LABEL_NAMES.get(code) in layers:
+        if LABEL_NAMES.get(code) in layers and not no_glacier:
             mask[layers[LABEL_NAMES[code]]] = code
     inside = np.ones((height, width), bool) if boxes is None else boxes
     ignored = {}

@@ -336,11 +336,13 @@ def test_an_empty_submission_is_no_label_unless_no_glacier_is_chosen():
     assert (read.mask[cloud] == UNLABELED).all() and (read.mask[~cloud] == BACKGROUND).all()
 
 
-def test_no_glacier_beside_glacier_paint_is_refused():
+def test_no_glacier_wins_over_class_paint_but_not_over_unsure_or_cloud():
     ice = np.zeros((H, W), bool)
-    ice[5:9, 5:9] = True
-    with pytest.raises(ResultError, match="Clean ice"):
-        read_results([_verdict_result(), _paint(ice, "Clean ice")], H, W)
+    ice[5:9, 5:9] = True  # a pre-label the expert did not erase
+    cloud = np.zeros((H, W), bool)
+    cloud[20:, :10] = True
+    read = read_results([_verdict_result(), _paint(ice, "Clean ice"), _paint(cloud, "Cloud / no data")], H, W)
+    assert read.no_glacier and (read.mask[~cloud] == BACKGROUND).all() and (read.mask[cloud] == UNLABELED).all()
     bad = _verdict_result()
     bad["value"]["choices"] = ["Maybe"]
     with pytest.raises(ResultError, match="Maybe"):
