@@ -28,12 +28,14 @@ from sqlalchemy.orm import Session
 from al_loop.classes import UNLABELED
 from al_loop.config import Workspace
 from al_loop.io.handout import HandoutPatch, write_handout
+from al_loop.io.views import patch_view_files
 from al_loop.io.rasters import read_decimated
 from al_loop.model.inference import mc_predict, pick_device
 from al_loop.model.training import normalize
 from al_loop.patches import read_patch
 from al_loop.model.checkpoints import load_version
 from al_loop.sampling import acquisition, cost
+from al_loop.sampling.explain import why_chosen
 from al_loop.sampling.regions import Region, ambiguity_map, best_window, region_side
 from al_loop.sampling.selection import select_batch
 from al_loop.validation import route_patches
@@ -222,17 +224,20 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
         session.add(round_)
         route_patches(session, [pool[i] for i in chosen], workspace.config.training)
         handout = []
-        for rank, index in enumerate(chosen, start=1):
+        chosen_parts = [{**{k: float(v[index]) for k, v in components.items()},
+                         "expected_seconds": float(expected[index])} for index in chosen]
+        for rank, (index, parts) in enumerate(zip(chosen, chosen_parts), start=1):
             patch = pool[index]
-            parts = {**{k: float(v[index]) for k, v in components.items()}, "expected_seconds": float(expected[index])}
             region = regions[patch.id].as_list() if patch.id in regions else None
             session.add(RoundPatch(round=round_, patch_id=patch.id, rank=rank, score=float(scores[index]),
                                    components=parts, region=region))
-            looks = [workspace.resolve(q) for q in (patch.quicklook_rgb, patch.quicklook_false) if q]
+            # The views an expert judges the patch by (pictures are off in simulations).
+            looks = list(patch_view_files(workspace, patch)[0].values()) if workspace.config.ingest.quicklooks else []
             handout.append(HandoutPatch(rank, patch.id, patch.scene.name, patch.row_off, patch.col_off,
                                         float(scores[index]), parts,
                                         (patch.minx, patch.miny, patch.maxx, patch.maxy) if has_centers else None,
-                                        patch.scene.crs, looks, patch.split, region))
+                                        patch.scene.crs, looks, patch.split, region,
+                                        why_chosen(parts, chosen_parts, used)))
         folder = write_handout(workspace.root / "rounds" / f"round-{number:03d}", number, used,
                                version.name if version else None, handout)
     return RoundResult(number, used, version.name if version else None, handout, folder, scored, notes)

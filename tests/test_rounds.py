@@ -50,8 +50,11 @@ def test_cold_start_round_uses_priors_and_is_handed_out(pool_ws):
     assert [int(r["patch_id"]) for r in rows] == [p.patch_id for p in result.patches]
     assert {"glacier", "debris", "cloud"} <= set(rows[0])
     for row in rows:
-        for look in row["quicklooks"].split(";"):
+        looks = row["quicklooks"].split(";")
+        assert len(looks) == 5  # every view of the labeling page (al_loop.io.views)
+        for look in looks:
             assert (result.handout / look).is_file()
+        assert row["why_chosen"].startswith("chosen by prior: ")
     footprints = json.loads((result.handout / "footprints.geojson").read_text())
     lon, lat = footprints["features"][0]["geometry"]["coordinates"][0][0]
     assert 80 < lon < 100 and 20 < lat < 40  # WGS84, in the Himalaya

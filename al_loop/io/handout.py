@@ -1,6 +1,6 @@
 """A round handed out as a folder, when no Label Studio is configured: the chosen patches'
-quicklooks, a CSV manifest (rank, patch, window, the region to label, score components) and the footprints as
-GeoJSON (WGS84, as RFC 7946 asks)."""
+views (:mod:`al_loop.io.views`), a CSV manifest (rank, patch, window, the region to label, why it
+was chosen, score components) and the footprints as GeoJSON (WGS84, as RFC 7946 asks)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ class HandoutPatch:
     quicklooks: list[Path]
     split: str | None = None  # val: the label will validate, never train; None: decided when labelled
     region: list[int] | None = None  # region query: [row0, col0, row1, col1] to label; None: the whole patch
+    why: str = ""  # why the sampler chose it, in words (al_loop.sampling.explain)
 
 
 SPLIT_WORDS = {"val": "validation", "train": "training", None: "decided when labelled"}
@@ -43,16 +44,16 @@ def write_handout(folder: Path, round_number: int, strategy: str, model: str | N
     names = sorted({name for p in patches for name in p.components})
     with open(tmp / "manifest.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["rank", "patch_id", "scene", "row_off", "col_off", "label_used_for", "label_region", "score",
-                         *names, "quicklooks"])
+        writer.writerow(["rank", "patch_id", "scene", "row_off", "col_off", "label_used_for", "label_region",
+                         "why_chosen", "score", *names, "quicklooks"])
         for p in patches:
             copied = []
             for look in p.quicklooks:
-                target = tmp / "quicklooks" / f"{p.rank:03d}_patch{p.patch_id}_{look.name}"
+                target = tmp / "quicklooks" / f"{p.rank:03d}_{look.name}"
                 shutil.copyfile(look, target)
                 copied.append(f"quicklooks/{target.name}")
             writer.writerow([p.rank, p.patch_id, p.scene, p.row_off, p.col_off, SPLIT_WORDS[p.split],
-                             "whole patch" if p.region is None else " ".join(map(str, p.region)), f"{p.score:.6f}",
+                             "whole patch" if p.region is None else " ".join(map(str, p.region)), p.why, f"{p.score:.6f}",
                              *(f"{p.components.get(n, float('nan')):.6f}" for n in names), ";".join(copied)])
     features = [_feature(p, round_number) for p in patches if p.bounds and p.crs]
     (tmp / "footprints.geojson").write_text(json.dumps(
@@ -69,4 +70,5 @@ def _feature(p: HandoutPatch, round_number: int) -> dict[str, Any]:
     geometry = transform_geom(CRS.from_wkt(p.crs), "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})
     return {"type": "Feature", "geometry": geometry,
             "properties": {"round": round_number, "rank": p.rank, "patch_id": p.patch_id, "scene": p.scene,
-                           "label_used_for": SPLIT_WORDS[p.split], "score": p.score, **p.components}}
+                           "label_used_for": SPLIT_WORDS[p.split], "why_chosen": p.why, "score": p.score,
+                           **p.components}}
