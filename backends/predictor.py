@@ -34,15 +34,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
 from al_loop.classes import UNLABELED, class_code
+from al_loop.config import Workspace
 from al_loop.gate import provisional
 from al_loop.model.calibration import patch_confidence
-from al_loop.prelabels import clean_prediction, min_pixels_for_area
-from al_loop.terrain import pixel_size_metres
-from al_loop.config import Workspace
 from al_loop.model.inference import pick_device, predict_proba
 from al_loop.model.network import UNet
 from al_loop.model.training import normalize
 from al_loop.patches import read_patch
+from al_loop.prelabels import clean_prediction, min_pixels_for_area
+from al_loop.terrain import pixel_size_metres
 from al_loop.model.checkpoints import CheckpointError, load_version
 from al_loop.sampling.regions import Region
 from backends.label_config import LABEL_NAMES, REGION_NAME, label_config
