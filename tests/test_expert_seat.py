@@ -4,6 +4,7 @@ on the patch grid, the provisional flag and the change a training made, in words
 from __future__ import annotations
 
 import numpy as np
+import PIL.Image
 import pytest
 
 from al_loop.gate import describe_change, provisional
@@ -97,3 +98,27 @@ def test_the_change_a_training_made_compares_the_champion_before_on_the_same_val
     first = {"champion_before": None, "val_patches": 4, "gate": {"passed": True, "rows": {
         "glacier": {"candidate": 0.7}}}}
     assert describe_change("v1", first) == "v1 promoted: IoU of v1 on 4 validation patches: glacier 0.70"
+
+
+def test_the_views_of_a_real_hkh_tile_are_all_drawn_and_line_up(shared_data, sqlite_workspace):
+    from al_loop.ingest import ingest_hkh_tile
+    from al_loop.io.views import patch_view_files
+    from al_loop.patches import read_patch
+    from al_loop.workspace import open_store
+    from db.models import Patch
+
+    store = open_store(sqlite_workspace)
+    ingest_hkh_tile(sqlite_workspace, store, shared_data / "lila_hkh" / "LE07_134040_20070922_clip.tif", quiet=True)
+    with store.session() as session:
+        patch = session.query(Patch).first()
+        patch.scene
+        paths, step = patch_view_files(sqlite_workspace, patch)
+        _, valid = read_patch(sqlite_workspace, patch, ["B1"])
+    images = {key: np.asarray(PIL.Image.open(path).convert("RGBA")) for key, path in paths.items()}
+    assert step == 200.0  # about 1,400 m of relief in the clip: round 200 m contours, nodata ignored
+    for key in ("false_colour", "natural", "swir_thermal", "terrain"):
+        image = images[key]
+        assert image.shape[:2] == valid.shape, key  # the patch grid
+        np.testing.assert_array_equal(image[..., 3] > 0, valid, err_msg=key)  # transparent exactly off the scene
+        assert image[valid][:, :3].std() > 10, key  # drawn, not a grey card
+    store.dispose()

@@ -21,6 +21,7 @@ from affine import Affine
 from PIL import Image, ImageDraw
 from rasterio.enums import Resampling
 from rasterio.windows import Window
+from scipy import ndimage
 
 from al_loop import bands
 from al_loop.io.quicklooks import FALSE_COLOUR, NATURAL
@@ -30,6 +31,7 @@ VIEW_SIZE = 256  # pixels of a context view (the patch views keep the patch's si
 CONTEXT_SPAN = 3  # the context view covers this many patch widths, centred on the patch
 OUTLINE = (255, 212, 0, 255)  # the patch outline on the context view (the region box's yellow)
 THERMAL = ("B6_VCID_1", "B6_VCID_2")  # low gain first: it saturates less over warm rock
+SHADE_SMOOTHING_PX = 1.5  # Gaussian sigma of the DEM the hillshade is drawn from
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,8 @@ class View:
 VIEWS: tuple[View, ...] = (
     View("false_colour", "False colour B5/B4/B2: ice and snow cyan, cloud white, rock and debris brown"),
     View("natural", "Natural colour B3/B2/B1"),
-    View("swir_thermal", "SWIR 1 / cold / blue (B5, inverted B6, B1): cloud white, snow and ice cyan, "
-                         "debris and rock red"),
+    View("swir_thermal", "SWIR and cold (B5, B7, inverted B6): cloud white, snow and ice blue, "
+                         "rock and debris yellow to orange"),
     View("terrain", "Terrain: hillshade, elevation contours"),
     View("context", "Context: 3 patch widths around the patch (outlined)"),
 )
@@ -103,17 +105,25 @@ def contour_interval(dem: np.ndarray, lines: int = 8) -> float:
 def terrain(dem: np.ndarray, valid: np.ndarray, xres: float | np.ndarray, yres: float | np.ndarray
             ) -> tuple[Image.Image, float]:
     """Hillshade (sun from the north-west at 45°) with elevation contours in orange; returns the
-    image and the contour interval in metres."""
-    shade = hillshade(dem, xres, yres)
+    image and the contour interval in metres. The shading is of the DEM smoothed over a few
+    pixels: DEMs resampled from 90 m onto 30 m pixels are terraced, which a hillshade shows as
+    stripes."""
+    known = np.isfinite(dem) & valid  # nodata (outside the scene: 0 or NaN) would be a cliff
+    if known.any():  # each unknown pixel takes its nearest known height: no cliff at the edge
+        nearest = ndimage.distance_transform_edt(~known, return_distances=False, return_indices=True)
+        filled = dem[tuple(nearest)]
+    else:
+        filled = np.zeros(dem.shape)
+    shade = hillshade(ndimage.gaussian_filter(filled, SHADE_SMOOTHING_PX), xres, yres)
     grey = np.nan_to_num(shade * 255.0, nan=0.0).astype(np.uint8)
-    step = contour_interval(dem)
-    level = np.floor(np.nan_to_num(dem, nan=-1e9) / step)
+    step = contour_interval(np.where(known, dem, np.nan))
+    level = np.floor(filled / step)
     edge = np.zeros(dem.shape, bool)
     edge[:-1] |= level[:-1] != level[1:]
     edge[:, :-1] |= level[:, :-1] != level[:, 1:]
-    edge &= np.isfinite(dem)
+    edge &= known
     rgb = [np.where(edge, value, grey).astype(np.uint8) for value in (255, 140, 0)]
-    return _rgba(rgb, valid & np.isfinite(dem)), step
+    return _rgba(rgb, known), step
 
 
 def outline(image: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
@@ -132,7 +142,7 @@ def patch_views(pixels: dict[str, np.ndarray], valid: np.ndarray, stretch: dict,
     views = {
         "false_colour": composite(pixels, valid, stretch, FALSE_COLOUR),
         "natural": composite(pixels, valid, stretch, NATURAL),
-        "swir_thermal": composite(pixels, valid, stretch, ("B5", thermal, "B1"), invert=(False, True, False)),
+        "swir_thermal": composite(pixels, valid, stretch, ("B5", "B7", thermal), invert=(False, False, True)),
     }
     step = None
     if "elevation" in pixels and np.isfinite(pixels["elevation"]).any():
