@@ -55,6 +55,10 @@ def test_why_chosen_names_the_components_the_patch_ranks_highest_on_in_its_round
     assert words == "chosen by combined: it looks like debris-covered ice (1st of 3)"
     assert "BALD" in why_chosen(round_components[1], round_components, "combined", top=1)
     assert "at random" in why_chosen({}, [{}], "random")
+    # a component the strategy does not weigh is never given as a reason
+    with_entropy = [{**c, "entropy": 1.0 - k} for k, c in enumerate(round_components)]
+    assert "entropy" not in why_chosen(with_entropy[2], with_entropy, "combined", top=3)
+    assert "entropy" in why_chosen(with_entropy[0], with_entropy, "entropy")
 
 
 def test_views_share_the_patch_grid_and_a_missing_band_is_a_card_saying_so():

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from al_loop.sampling.acquisition import PRIOR_WEIGHTS, STRATEGIES
+
 COMPONENT_WORDS: dict[str, str] = {
     "entropy": "the model is unsure of the class (entropy)",
     "margin": "its two likeliest classes are close (margin)",
@@ -28,8 +30,10 @@ def _ordinal(n: int) -> str:
 def why_chosen(components: Mapping[str, float], round_components: Sequence[Mapping[str, float]],
                strategy: str, top: int = 2) -> str:
     """The ``top`` components ``components`` ranks highest on among ``round_components`` (the
-    round's patches, this one included), in words; "at random" for a random choice."""
-    named = [name for name in components if name in COMPONENT_WORDS]
+    round's patches, this one included), of those ``strategy`` weighs (a cold start: the priors),
+    in words; "at random" for a random choice."""
+    weighed = STRATEGIES.get(strategy) or (PRIOR_WEIGHTS if strategy == "prior" else components)
+    named = [name for name in components if name in COMPONENT_WORDS and name in weighed]
     if strategy == "random" or not named:
         return "chosen at random (the baseline every strategy is measured against)"
     places = {}
