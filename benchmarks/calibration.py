@@ -1,0 +1,136 @@
+"""Is the prediction score Label Studio shows an honest confidence? Temperature scaling measured on
+a scene it was not fitted on.
+
+    python benchmarks/calibration.py [--workspace DIR] [--quick]
+
+Runs the README's walkthrough in a throwaway workspace (as ``benchmarks/prelabels.py`` does;
+``--workspace`` reuses one that has been through it: a champion and an unlabelled synthetic pool
+scene), then, with the champion:
+
+* the temperature fitted when it was trained, and the ECE on its validation pixels before and
+  after (in-sample: the pixels T was fitted on), from the version's metrics;
+* on the pool scene (another place, never trained on, never fitted on; truth regenerated from
+  its seed): the pixel ECE (15 bins) with T = 1 and with the fitted T, and per patch the
+  difference between the score (the mean calibrated top-class probability) and the patch's
+  pixel accuracy (mean absolute error) and their Spearman rank correlation.
+
+The last line: ``calibration: T X, pool pixel ECE A -> B, patch |score - accuracy| C -> D`` (T = 1
+-> fitted T).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from scipy.stats import spearmanr
+from sqlalchemy import select
+from sqlalchemy.orm import joinedload
+
+from al_loop.classes import UNLABELED
+from al_loop.config import open_workspace
+from al_loop.model.calibration import expected_calibration_error, log_softmax, patch_confidence
+from al_loop.model.inference import predict_proba
+from al_loop.model.training import normalize
+from al_loop.patches import read_patch
+from al_loop.synthetic import generate
+from al_loop.workspace import open_store
+from backends.predictor import ModelHolder
+from db import registry
+from db.models import Patch, Scene
+from prelabels import walkthrough  # benchmarks/prelabels.py: the same walkthrough
+
+console = Console(width=160)
+
+
+def pool_probabilities(root: Path):
+    """The champion's class probabilities on the pool scene's patches, their truth (model class
+    indices, -1 unknown) and valid masks, the fitted temperature and the version's metrics."""
+    ws = open_workspace(root)
+    store = open_store(ws)
+    holder = ModelHolder(ws, store)
+    holder.refresh()
+    served = holder.current
+    with store.session() as session:
+        scene = next(s for s in session.scalars(select(Scene).order_by(Scene.id)) if not s.details.get("labelled", True))
+        patches = list(session.scalars(select(Patch).options(joinedload(Patch.scene))
+                                       .where(Patch.scene_id == scene.id).order_by(Patch.id)))
+        seed, height, width = scene.details["seed"], scene.height, scene.width
+        metrics = registry.champion(session).metrics
+    _, labels, _ = generate(height, width, seed)
+    index = np.full(256, -1, dtype=np.int64)
+    for k, code in enumerate(served.codes):
+        index[code] = k
+    probs, truths, valids = [], [], []
+    for p in patches:
+        pixels, valid = read_patch(ws, p, served.channels)
+        x = torch.from_numpy(normalize(pixels, valid, served.normalization)[None])
+        probs.append(predict_proba(served.model, x, device=holder.device)[0].numpy())
+        window = np.full((p.height, p.width), UNLABELED, dtype=np.uint8)
+        part = labels[p.row_off : p.row_off + p.height, p.col_off : p.col_off + p.width]
+        window[: part.shape[0], : part.shape[1]] = part
+        truths.append(index[window])
+        valids.append(valid & (index[window] >= 0))
+    store.dispose()
+    return probs, truths, valids, served.temperature, metrics, served.name
+
+
+def scores(probs, truths, valids, temperature: float) -> dict[str, float]:
+    confidence, correct, patch_scores, patch_accuracy = [], [], [], []
+    for p, truth, valid in zip(probs, truths, valids):
+        if not valid.any():
+            continue
+        logp = log_softmax(np.log(np.clip(p[:, valid], 1e-12, None)).T, temperature)
+        top = np.exp(logp.max(axis=1))
+        right = logp.argmax(axis=1) == truth[valid]
+        confidence.append(top)
+        correct.append(right)
+        patch_scores.append(patch_confidence(p, valid, temperature))
+        patch_accuracy.append(right.mean())
+    patch_scores, patch_accuracy = np.array(patch_scores), np.array(patch_accuracy)
+    return {
+        "pixel ECE": expected_calibration_error(np.concatenate(confidence), np.concatenate(correct)),
+        "patch |score - accuracy|": float(np.abs(patch_scores - patch_accuracy).mean()),
+        "patch Spearman": float(spearmanr(patch_scores, patch_accuracy).statistic),
+        "mean score": float(patch_scores.mean()),
+        "mean accuracy": float(patch_accuracy.mean()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, help="a workspace that has been through the walkthrough")
+    parser.add_argument("--quick", action="store_true", help="train 3 epochs: checks that it runs")
+    args = parser.parse_args()
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.workspace
+        if root is None:
+            root = Path(tmp) / "ws"
+            with console.status("walkthrough: init, ingest synthetic, train, ingest synthetic --unlabelled"):
+                walkthrough(root, args.quick)
+        with console.status("predicting the pool"):
+            probs, truths, valids, temperature, metrics, version = pool_probabilities(root)
+    before, after = scores(probs, truths, valids, 1.0), scores(probs, truths, valids, temperature)
+    fit = metrics.get("calibration") or {}
+    table = Table(title=f"{version}: temperature {temperature:.3f} fitted on {fit.get('pixels', 0):,} validation pixels "
+                        f"(ECE there {fit.get('ece_before')} -> {fit.get('ece_after')}); pool scene, {len(probs)} patches; "
+                        f"{time.perf_counter() - began:.0f} s")
+    for column in ("on the pool scene", "T = 1", f"T = {temperature:.3f}"):
+        table.add_column(column, justify="left" if column.startswith("on") else "right")
+    for key in before:
+        table.add_row(key, f"{before[key]:.4f}", f"{after[key]:.4f}")
+    console.print(table)
+    console.print(f"calibration: T {temperature:.3f}, pool pixel ECE {before['pixel ECE']:.4f} -> {after['pixel ECE']:.4f}, "
+                  f"patch |score - accuracy| {before['patch |score - accuracy|']:.4f} -> "
+                  f"{after['patch |score - accuracy|']:.4f}", highlight=False)
+
+
+if __name__ == "__main__":
+    main()
