@@ -28,7 +28,7 @@ IMAGE_DATA_KEY = "image"  # the task data field holding the painted view's URL (
 PAINTED_VIEW = "false_colour"
 LABEL_USE_KEY = "label_use"  # the task data field saying whether the label will validate or train
 ABOUT_KEY = "about"  # the task data field describing the patch and why it was chosen
-TERRAIN_TITLE_KEY = "terrain_title"  # the terrain view's title (its contour interval varies)
+TITLE_PREFIX = "title_"  # task data ``title_<view>``: a view's title (the contour interval, a fallback composite vary)
 BRUSH_NAME = "brush"  # the BrushLabels tag's name: ``from_name`` of brush results
 POLYGON_NAME = "polygon"  # the PolygonLabels tag's name: ``from_name`` of polygon results
 REGION_NAME = "region"  # the RectangleLabels tag of region queries: the box to label in
@@ -67,21 +67,21 @@ def _labels_xml(hotkeys: bool) -> str:
     )
 
 
-def _title(view) -> str:
-    return f"${TERRAIN_TITLE_KEY}" if view.key == "terrain" else view.title
+def title_key(view_key: str) -> str:
+    """The task data field holding a view's title."""
+    return TITLE_PREFIX + view_key
 
 
 def label_config(polygons: bool = False) -> str:
     """The labeling config XML: the painted view with BrushLabels, the verdict, the region box,
     PolygonLabels if ``polygons``, and the reference views beside it."""
-    painted = next(v for v in VIEWS if v.key == PAINTED_VIEW)
     parts = [
         "<View>",
         f'  <Header value="${LABEL_USE_KEY}" size="6"/>',
         f'  <Header value="${ABOUT_KEY}" size="6"/>',
         '  <View style="display:flex; gap:12px; align-items:flex-start">',
         '    <View style="flex:3; min-width:0">',
-        f"    <Header value={quoteattr(painted.title + ' (paint here)')} size=\"6\"/>",
+        f'    <Header value="${title_key(PAINTED_VIEW)}" size="6"/>',
         f'    <Image name="{IMAGE_NAME}" value="${IMAGE_DATA_KEY}" zoom="true" zoomControl="true"'
         ' brightnessControl="true" contrastControl="true"/>',
         f'    <BrushLabels name="{BRUSH_NAME}" toName="{IMAGE_NAME}">',
@@ -110,7 +110,7 @@ def label_config(polygons: bool = False) -> str:
             continue
         parts += [
             "      <View>",
-            f"        <Header value={quoteattr(_title(view))} size=\"6\"/>",
+            f'        <Header value="${title_key(view.key)}" size="6"/>',
             f'        <Image name="{view.key}" value="${view.key}"/>',
             "      </View>",
         ]

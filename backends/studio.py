@@ -43,9 +43,9 @@ from backends.label_config import (
     IMAGE_DATA_KEY,
     LABEL_USE_KEY,
     PAINTED_VIEW,
-    TERRAIN_TITLE_KEY,
     VIEW_DATA_KEYS,
     label_config,
+    title_key,
 )
 from backends.label_writer import after_labels, write
 from backends.predictor import ModelHolder, predict_patch_ids
@@ -303,7 +303,7 @@ def refresh_open_tasks(ls, workspace: Workspace, store: Store, project_id: int) 
 def task_data(workspace: Workspace, patch: Patch, number: int, rp: RoundPatch, strategy: str,
               round_components: list[dict]) -> dict:
     """A round patch's task data: its views (written if need be) and what is known about it."""
-    views, contours = patch_view_files(workspace, patch)
+    views, titles = patch_view_files(workspace, patch)
     url = {key: "/data/local-files/?d=" + quote(document_path(workspace, path)) for key, path in views.items()}
     size = len(round_components)
     about = [*_describe_scene(patch), f"round {number}, rank {rp.rank} of {size}",
@@ -311,7 +311,7 @@ def task_data(workspace: Workspace, patch: Patch, number: int, rp: RoundPatch, s
     return {
         IMAGE_DATA_KEY: url[PAINTED_VIEW],
         **{key: url[key] for key in VIEW_DATA_KEYS},
-        TERRAIN_TITLE_KEY: "Terrain: hillshade" + (f", elevation contours every {contours:g} m" if contours else ""),
+        **{title_key(key): title + (" (paint here)" if key == PAINTED_VIEW else "") for key, title in titles.items()},
         LABEL_USE_KEY: LABEL_USE[patch.split] + (REGION_HINT if rp.region else ""),
         ABOUT_KEY: " · ".join(about),
         annotations.PATCH_ID_KEY: patch.id,

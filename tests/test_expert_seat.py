@@ -67,14 +67,20 @@ def test_views_share_the_patch_grid_and_a_missing_band_is_a_card_saying_so():
     pixels = {name: rng.uniform(0, 200, shape).astype(np.float32) for name in ("B1", "B2", "B3", "B4", "B5")}
     pixels["elevation"] = np.add.outer(np.arange(32.0), np.arange(48.0)) * 30
     valid = np.ones(shape, bool)
-    views, step = patch_views(pixels, valid, {}, (30.0, 30.0))
+    views, titles = patch_views(pixels, valid, {}, (30.0, 30.0))
     assert set(views) == {v.key for v in VIEWS} - {"context"}
     assert all(image.size == (48, 32) for image in views.values())  # PIL sizes are (width, height)
-    assert step == contour_interval(pixels["elevation"])
+    assert titles["terrain"] == f"Terrain: hillshade, elevation contours every {contour_interval(pixels['elevation']):g} m"
+    assert titles["false_colour"].startswith("False colour B5/B4/B2")
     # no thermal band: the SWIR/thermal view is a grey card, the others are drawn
     card = np.asarray(views["swir_thermal"])
     assert (card[..., :3] == 96).mean() > 0.8
     assert np.asarray(views["false_colour"])[..., :3].std() > 20
+    # a scene without B5 is painted in natural colour, and says so
+    del pixels["B5"]
+    views, titles = patch_views(pixels, valid, {}, (30.0, 30.0))
+    assert titles["false_colour"].startswith("Natural colour") and "no B5" in titles["false_colour"]
+    np.testing.assert_array_equal(np.asarray(views["false_colour"]), np.asarray(views["natural"]))
 
 
 def test_terrain_draws_contours_at_round_intervals():
@@ -116,10 +122,11 @@ def test_the_views_of_a_real_hkh_tile_are_all_drawn_and_line_up(shared_data, sql
     with store.session() as session:
         patch = session.query(Patch).first()
         patch.scene
-        paths, step = patch_view_files(sqlite_workspace, patch)
+        paths, titles = patch_view_files(sqlite_workspace, patch)
         _, valid = read_patch(sqlite_workspace, patch, ["B1"])
     images = {key: np.asarray(PIL.Image.open(path).convert("RGBA")) for key, path in paths.items()}
-    assert step == 200.0  # about 1,400 m of relief in the clip: round 200 m contours, nodata ignored
+    # about 1,400 m of relief in the clip: round 200 m contours, nodata ignored
+    assert titles["terrain"] == "Terrain: hillshade, elevation contours every 200 m"
     for key in ("false_colour", "natural", "swir_thermal", "terrain"):
         image = images[key]
         assert image.shape[:2] == valid.shape, key  # the patch grid

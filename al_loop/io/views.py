@@ -11,6 +11,7 @@ the bands for is a grey card saying which bands are missing, so every task has t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ VIEWS: tuple[View, ...] = (
     View("natural", "Natural colour B3/B2/B1"),
     View("swir_thermal", "SWIR and cold (B5, B7, inverted B6): cloud white, snow and ice blue, "
                          "rock and debris yellow to orange"),
-    View("terrain", "Terrain: hillshade, elevation contours"),
+    View("terrain", "Terrain: hillshade"),
     View("context", "Context: 3 patch widths around the patch (outlined)"),
 )
 VIEW_KEYS = tuple(v.key for v in VIEWS)
@@ -133,35 +134,45 @@ def outline(image: Image.Image, box: tuple[float, float, float, float]) -> Image
     return drawn
 
 
+def painted_bands(available: Sequence[str]) -> tuple[tuple[str, ...], str]:
+    """The composite the expert paints on (and the context shows) and its title: the false colour,
+    or natural colour for a scene without B5."""
+    if all(name in available for name in FALSE_COLOUR):
+        return FALSE_COLOUR, VIEWS[0].title
+    return NATURAL, "Natural colour B3/B2/B1 (no B5 in this scene for the false colour)"
+
+
 def patch_views(pixels: dict[str, np.ndarray], valid: np.ndarray, stretch: dict,
                 pixel_size: tuple[float | np.ndarray, float | np.ndarray] | None
-                ) -> tuple[dict[str, Image.Image], float | None]:
-    """The patch-grid views (all but the context) from a patch's bands by name; returns them
-    and the terrain's contour interval (None without a DEM)."""
+                ) -> tuple[dict[str, Image.Image], dict[str, str]]:
+    """The patch-grid views (all but the context) from a patch's bands by name, and their titles."""
     thermal = next((t for t in THERMAL if t in pixels), THERMAL[0])
+    painted, painted_title = painted_bands(list(pixels))
+    titles = {v.key: v.title for v in VIEWS}
+    titles["false_colour"] = painted_title
     views = {
-        "false_colour": composite(pixels, valid, stretch, FALSE_COLOUR),
+        "false_colour": composite(pixels, valid, stretch, painted),
         "natural": composite(pixels, valid, stretch, NATURAL),
         "swir_thermal": composite(pixels, valid, stretch, ("B5", "B7", thermal), invert=(False, False, True)),
     }
-    step = None
     if "elevation" in pixels and np.isfinite(pixels["elevation"]).any():
         xres, yres = pixel_size or (30.0, 30.0)
         views["terrain"], step = terrain(pixels["elevation"], valid, xres, yres)
+        titles["terrain"] = f"Terrain: hillshade, elevation contours every {step:g} m"
     else:
         views["terrain"] = card(*valid.shape, "no elevation (DEM) for this scene")
-    return views, step
+    return views, titles
 
 
 def read_context(path: Path, channel_index: dict[str, int], row_off: int, col_off: int, height: int,
                  width: int, stretch: dict) -> Image.Image:
-    """The false colour of ``CONTEXT_SPAN`` patch sizes around a patch of a scene raster,
-    read decimated to :data:`VIEW_SIZE` pixels, the patch outlined."""
+    """The painted composite (:func:`painted_bands`) of ``CONTEXT_SPAN`` patch sizes around a
+    patch of a scene raster, read decimated to :data:`VIEW_SIZE` pixels, the patch outlined."""
     span_h, span_w = height * CONTEXT_SPAN, width * CONTEXT_SPAN
     top, left = row_off - (span_h - height) // 2, col_off - (span_w - width) // 2
-    names = [n for n in FALSE_COLOUR if n in channel_index]
-    if len(names) < 3:
-        return card(VIEW_SIZE, VIEW_SIZE, f"no {', '.join(n for n in FALSE_COLOUR if n not in names)} in this scene")
+    names, _ = painted_bands(list(channel_index))
+    if any(n not in channel_index for n in names):
+        return card(VIEW_SIZE, VIEW_SIZE, f"no {', '.join(n for n in names if n not in channel_index)} in this scene")
     with rasterio.open(path) as src:
         data = src.read([channel_index[n] + 1 for n in names], window=Window(left, top, span_w, span_h),
                         out_shape=(3, VIEW_SIZE, VIEW_SIZE), boundless=True, fill_value=0,
@@ -171,7 +182,7 @@ def read_context(path: Path, channel_index: dict[str, int], row_off: int, col_of
     scale_y, scale_x = VIEW_SIZE / span_h, VIEW_SIZE / span_w
     box = ((col_off - left) * scale_x, (row_off - top) * scale_y,
            (col_off - left + width) * scale_x - 1, (row_off - top + height) * scale_y - 1)
-    return outline(composite(pixels, valid, stretch, FALSE_COLOUR), box)
+    return outline(composite(pixels, valid, stretch, names), box)
 
 
 def grid_pixel_size(transform: Sequence[float] | None, crs: str | None, row_off: int, height: int):
@@ -194,24 +205,23 @@ def write_views(images: dict[str, Image.Image], folder: Path, stem: str) -> dict
     return paths
 
 
-def patch_view_files(workspace, patch) -> tuple[dict[str, Path], float | None]:
+def patch_view_files(workspace, patch) -> tuple[dict[str, Path], dict[str, str]]:
     """The views of a stored patch as PNGs under ``scenes/views/`` (written once, then reused);
-    returns their paths by view key and the terrain's contour interval in metres."""
+    returns their paths and titles by view key."""
     from al_loop.patches import read_patch
 
     folder = workspace.scenes_dir / "views"
     stem = f"patch{patch.id}"
     paths = {v.key: folder / f"{stem}_{v.key}.png" for v in VIEWS}
-    step_file = folder / f"{stem}_contours.txt"
-    if all(p.exists() for p in paths.values()) and step_file.exists():
-        text = step_file.read_text().strip()
-        return paths, float(text) if text else None
+    titles_file = folder / f"{stem}_titles.json"
+    if all(p.exists() for p in paths.values()) and titles_file.exists():
+        return paths, json.loads(titles_file.read_text())
     scene = patch.scene
     wanted = [c for c in (*FALSE_COLOUR, *NATURAL, "B7", *THERMAL, "elevation") if c in scene.available_channels]
     wanted = list(dict.fromkeys(wanted))
     pixels, valid = read_patch(workspace, patch, wanted)
     size = grid_pixel_size(scene.transform, scene.crs, patch.row_off, patch.height) if not patch.data_path else None
-    images, step = patch_views(dict(zip(wanted, pixels)), valid, scene.stretch or {}, size)
+    images, titles = patch_views(dict(zip(wanted, pixels)), valid, scene.stretch or {}, size)
     if patch.data_path or not scene.data_path:
         images["context"] = card(VIEW_SIZE, VIEW_SIZE, "no wider context: this scene is stored as separate slices")
     else:
@@ -219,5 +229,5 @@ def patch_view_files(workspace, patch) -> tuple[dict[str, Path], float | None]:
         images["context"] = read_context(workspace.resolve(scene.data_path), index, patch.row_off, patch.col_off,
                                          patch.height, patch.width, scene.stretch or {})
     written = write_views(images, folder, stem)
-    step_file.write_text("" if step is None else f"{step:g}")
-    return written, step
+    titles_file.write_text(json.dumps(titles))  # last: its presence says every view is written
+    return written, titles
