@@ -164,8 +164,6 @@ def project_description(store: Store) -> str:
         lines.append(f"Gate: {newest['gate']}.")
     if newest:
         lines.append(f"Last training: {describe_change(newest['name'], newest['metrics'])}.")
-    for r in summary["open_rounds"]:
-        lines.append(f"Round {r['number']}: {r['labelled']} of {r['patches']} patches labelled.")
     return "\n".join(lines)
 
 
