@@ -64,6 +64,7 @@ class Annotation:
     updated_at: dt.datetime | None
     empty: bool = False  # submitted with nothing painted and no "no glacier" choice
     ignored: dict[str, int] | None = None  # unsure / cloud pixels (see backends.results.read_results)
+    no_glacier: bool = False  # the expert chose "no glacier in this patch"
 
     @property
     def origin(self) -> str:
@@ -149,14 +150,14 @@ def read_annotation(
     if patch is None:
         raise AnnotationError(f"task {task.get('id')}: no patch {patch_id} in the store")
     cancelled = bool(annotation.get("was_cancelled"))
-    mask, ignored, empty = None, {}, False
+    mask, ignored, empty, no_glacier = None, {}, False, False
     if not cancelled:
         result = annotation.get("result")
         if not isinstance(result, list):
             raise AnnotationError(f"annotation {annotation_id}: result must be a list, found {type(result).__name__}")
         try:
             read = read_results(result, patch.height, patch.width, complete=True)
-            mask, ignored = read.mask, read.ignored
+            mask, ignored, no_glacier = read.mask, read.ignored, read.no_glacier
         except EmptyAnnotation:
             cancelled = empty = True
         except ResultError as exc:
@@ -175,6 +176,7 @@ def read_annotation(
         empty=empty,
         mask=mask,
         ignored=ignored,
+        no_glacier=no_glacier,
         author=author,
         email=email,
         lead_time=None if lead_time is None else float(lead_time),
@@ -208,6 +210,8 @@ def apply(session: Session, annotation: Annotation) -> str:
     }
     if annotation.ignored:
         details["ignored"] = annotation.ignored
+    if annotation.no_glacier:
+        details["no_glacier"] = True
     if annotation.email:
         details["email"] = annotation.email
     label, outcome = save_label(

@@ -184,6 +184,9 @@ def test_an_expert_paints_with_the_mouse_says_no_glacier_or_submits_nothing(live
         wait_for(lambda: _stored_label(store, empty_task.data["patch_id"]) is not None, 60, "the no-glacier label")
         verdict = _stored_label(store, empty_task.data["patch_id"])
         assert (verdict == BACKGROUND).all()
+        with store.session() as session:
+            assert session.scalar(select(Label.details).where(Label.patch_id == empty_task.data["patch_id"]))[
+                "no_glacier"] is True
 
         # 3. The pre-label erased (Ctrl+Backspace: delete all regions), nothing chosen: Label Studio
         # keeps the annotation, al-loop no label.
