@@ -112,7 +112,9 @@ def provisional(metrics: dict[str, Any]) -> str | None:
 def describe_change(name: str, metrics: dict[str, Any]) -> str:
     """What a training changed, in words: per glacier row, the IoU of the champion before it and of
     the new version on the same validation set (from the recorded gate decision), and the verdict."""
-    decision = metrics.get("gate") or {}
+    decision = metrics.get("gate")
+    if not isinstance(decision, dict) or "passed" not in decision:
+        return f"{name}: no per-class comparison recorded (trained before the gate kept its figures)"
     before = metrics.get("champion_before")
 
     def figure(value: float | None) -> str:

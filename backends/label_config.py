@@ -3,8 +3,8 @@
 A task shows, under a line saying what its label will be used for (``data.label_use``) and one
 about the patch (``data.about``: scene, date, path/row, place, round, why it was chosen):
 
-* the false colour B5/B4/B2 (``data.image``), the view experts paint on, with brushes (exact,
-  pixel masks) and, optionally, polygons;
+* the false colour B5/B4/B2 (``data.image``; natural colour for a scene without B5), the view
+  experts paint on, with brushes (exact, pixel masks) and, optionally, polygons;
 * beside it, read-only views on the same pixel grid (:data:`al_loop.io.views.VIEWS`): natural
   colour, SWIR/thermal, terrain and a wider context. Label Studio 1.23 has no image layers and
   keeps regions on the image they were drawn on, so the views are separate images, not layers.
@@ -24,7 +24,7 @@ from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS
 from al_loop.io.views import VIEWS
 
 IMAGE_NAME = "image"  # the painted Image tag's name: the ``to_name`` of every result
-IMAGE_DATA_KEY = "image"  # the task data field holding the painted view's URL (the false colour)
+IMAGE_DATA_KEY = "image"  # the task data field holding the painted view's URL
 PAINTED_VIEW = "false_colour"
 LABEL_USE_KEY = "label_use"  # the task data field saying whether the label will validate or train
 ABOUT_KEY = "about"  # the task data field describing the patch and why it was chosen

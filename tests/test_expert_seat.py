@@ -108,6 +108,7 @@ def test_the_change_a_training_made_compares_the_champion_before_on_the_same_val
     first = {"champion_before": None, "val_patches": 4, "gate": {"passed": True, "rows": {
         "glacier": {"candidate": 0.7}}}}
     assert describe_change("v1", first) == "v1 promoted: IoU of v1 on 4 validation patches: glacier 0.70"
+    assert "no per-class comparison" in describe_change("v0", {"val_patches": 4})  # a version from before the gate
 
 
 def test_the_views_of_a_real_hkh_tile_are_all_drawn_and_line_up(shared_data, sqlite_workspace):
