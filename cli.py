@@ -439,6 +439,39 @@ def predict(
     console.print(f"prediction written: {path}")
 
 
+@app.command()
+def export(
+    scenes: Annotated[Optional[list[int]], typer.Argument(help="Scene ids (al-loop status); default every raster scene.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for the exports; default <workspace>/exports.")] = None,
+    wgs84: Annotated[bool, typer.Option("--wgs84", help="Polygons in WGS84 longitude/latitude instead of the scene's CRS.")] = False,
+    inventory: Annotated[Optional[Path], typer.Option("--inventory", help="An outline inventory (RGI, GLIMS): each polygon gets the id of the glacier it lies in, and a per-glacier table.")] = None,
+    inventory_id: Annotated[Optional[str], typer.Option("--inventory-id", help="The inventory's id field (default: RGIId, GLIMSId, ... as found).")] = None,
+    min_area: Annotated[Optional[float], typer.Option("--min-area", help="Minimum mapping unit in m² (default backend.min_mapping_unit_m2).")] = None,
+    version: Annotated[Optional[str], typer.Option("--version", help="Model version for unlabelled pixels (default: the champion).")] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Glacier outlines per scene: a GeoPackage of clean-ice, debris and glacier polygons (expert
+    labels first, then inventories, then the model), the class mosaic as a Cloud-Optimized
+    GeoTIFF, and with --inventory a per-glacier table."""
+    from al_loop.export import export_scene
+    from db.queries import raster_scene_ids
+
+    with _clear_errors(), _store(workspace) as (ws, store):
+        if not scenes:
+            with store.session() as session:
+                scenes = raster_scene_ids(session)
+        for scene_id in scenes:
+            result = export_scene(ws, store, scene_id, out or ws.root / "exports", wgs84=wgs84,
+                                  inventory_path=inventory, inventory_id=inventory_id, min_area_m2=min_area,
+                                  version_name=version)
+            counts = ", ".join(f"{layer} {result.polygons[layer]} ({result.area_km2[layer]:.2f} km²)"
+                               for layer in result.polygons)
+            console.print(f"scene {scene_id} ({result.scene}): {counts}; model {result.model_version or 'none'}; "
+                          f"{result.seconds:.1f} s", highlight=False)
+            console.print(f"  {result.gpkg}\n  {result.mosaic}" + (f"\n  {result.table}" if result.table else ""),
+                          highlight=False)
+
+
 @app.command("next-round")
 def next_round(
     size: Annotated[Optional[int], typer.Option(help="Patches to choose (config sampling.round_size).")] = None,

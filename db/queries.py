@@ -380,3 +380,8 @@ def timed_labels(session: Session) -> list[tuple[np.ndarray, float]]:
     ).all()
     return [(unpack_mask(mask, h, w), float(details["lead_time"])) for mask, h, w, details in rows
             if (details or {}).get("lead_time") is not None]
+
+
+def raster_scene_ids(session: Session) -> list[int]:
+    """The ids of the scenes stored as one raster (not slices), in order."""
+    return list(session.scalars(select(Scene.id).where(Scene.data_path.is_not(None)).order_by(Scene.id)))
