@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import sqlite3
-import struct
 
 import fiona
 import numpy as np
@@ -20,12 +19,15 @@ from scipy import ndimage
 from shapely.geometry import mapping, shape
 from typer.testing import CliRunner
 
-from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS
+import cli
+from al_loop.classes import BACKGROUND, DEBRIS
 from al_loop.export import EXPERT, INVENTORY, MODEL, export_scene
+from al_loop.ingest import ingest_hkh_tile
 from al_loop.io.inventory import InventoryError, read_inventory
 from al_loop.outlines import LAYERS, apply_mapping_unit
 from al_loop.retrain import run_training
-from db.models import Patch
+from al_loop.synthetic import make_scene
+from db.models import Label, Patch
 from db.queries import save_label
 from tests.test_rounds import labelled_and_pool
 
@@ -133,14 +135,13 @@ def test_expert_labels_win_over_inventories_which_win_over_the_model(trained, tm
                              for row in rows)
     finally:
         with store.session() as session:
-            session.query(__import__("db.models", fromlist=["Label"]).Label).filter_by(
-                origin="label-studio:1:9999").delete()
+            session.query(Label).filter_by(origin="label-studio:1:9999").delete()
 
 
 def test_an_inventory_names_each_outline_and_gives_a_per_glacier_table_in_wgs84_on_request(trained, tmp_path):
     ws, store, root = trained
-    inventory = _inventory(tmp_path / "rgi.gpkg", __import__("al_loop.synthetic", fromlist=["make_scene"])
-                           .make_scene(root / "again", height=384, seed=5, name="LE07_145039_20081012"))
+    pool = make_scene(root / "again", height=384, seed=5, name="LE07_145039_20081012")  # the pool scene's twin
+    inventory = _inventory(tmp_path / "rgi.gpkg", pool)
     result = export_scene(ws, store, 2, tmp_path / "out", inventory_path=inventory, wgs84=True)
     layers = read_gpkg(result.gpkg)
     (org, code, _), features = layers["glacier"]
@@ -158,8 +159,6 @@ def test_an_inventory_names_each_outline_and_gives_a_per_glacier_table_in_wgs84_
 
 def test_the_real_clip_exports_in_its_crs_and_the_oggm_outlines_read_as_an_inventory(trained, shared_data, tmp_path):
     ws, store, _ = trained
-    from al_loop.ingest import ingest_hkh_tile
-
     scene = ingest_hkh_tile(ws, store, shared_data / "lila_hkh" / "LE07_134040_20070922_clip.tif", quiet=True)
     result = export_scene(ws, store, scene.scene_id, tmp_path)
     layers = read_gpkg(result.gpkg)
@@ -177,8 +176,6 @@ def test_the_real_clip_exports_in_its_crs_and_the_oggm_outlines_read_as_an_inven
 
 
 def test_the_export_command_and_its_errors(trained, tmp_path):
-    import cli
-
     ws, _, _ = trained
     runner = CliRunner()
     ok = runner.invoke(cli.app, ["export", "2", "--out", str(tmp_path), "-w", str(ws.root)])
