@@ -448,6 +448,7 @@ def export(
     inventory_id: Annotated[Optional[str], typer.Option("--inventory-id", help="The inventory's id field (default: RGIId, GLIMSId, ... as found).")] = None,
     min_area: Annotated[Optional[float], typer.Option("--min-area", help="Minimum mapping unit in m² (default backend.min_mapping_unit_m2).")] = None,
     version: Annotated[Optional[str], typer.Option("--version", help="Model version for unlabelled pixels (default: the champion).")] = None,
+    glims: Annotated[bool, typer.Option("--glims", help="Also a GLIMS-style shapefile (WGS84; glac_bound and debris_cov polygons).")] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Glacier outlines per scene: a GeoPackage of clean-ice, debris and glacier polygons (expert
@@ -463,13 +464,14 @@ def export(
         for scene_id in scenes:
             result = export_scene(ws, store, scene_id, out or ws.root / "exports", wgs84=wgs84,
                                   inventory_path=inventory, inventory_id=inventory_id, min_area_m2=min_area,
-                                  version_name=version)
+                                  version_name=version, glims=glims)
             counts = ", ".join(f"{layer} {result.polygons[layer]} ({result.area_km2[layer]:.2f} km²)"
                                for layer in result.polygons)
             console.print(f"scene {scene_id} ({result.scene}): {counts}; model {result.model_version or 'none'}; "
                           f"{result.seconds:.1f} s", highlight=False)
-            console.print(f"  {result.gpkg}\n  {result.mosaic}" + (f"\n  {result.table}" if result.table else ""),
-                          highlight=False)
+            for path in (result.gpkg, result.mosaic, result.picture, result.table, result.glims):
+                if path is not None:
+                    console.print(f"  {path}", highlight=False)
 
 
 @app.command("next-round")

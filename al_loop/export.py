@@ -28,6 +28,7 @@ from pyproj import CRS as ProjCRS
 from pyproj import Geod, Transformer
 from rasterio.crs import CRS
 from rasterio.features import rasterize
+from shapely.geometry import mapping
 from shapely.ops import transform as reproject_geometry
 
 from al_loop import bands
@@ -35,7 +36,8 @@ from al_loop.classes import GLACIER, UNLABELED, combine_masks
 from al_loop.config import Workspace
 from al_loop.io.gpkg import write_gpkg
 from al_loop.io.inventory import Inventory, read_inventory
-from al_loop.io.rasters import read_window
+from al_loop.io.rasters import read_decimated, read_window
+from al_loop.io.views import composite, painted_bands
 from al_loop.model.calibration import log_softmax
 from al_loop.model.checkpoints import load_version
 from al_loop.model.data import labelled_patches
@@ -75,6 +77,8 @@ class SceneExport:
     gpkg: Path
     mosaic: Path
     table: Path | None
+    picture: Path | None = None  # the outlines over the scene, as a GIS map canvas shows them
+    glims: Path | None = None  # the GLIMS-style shapefile, when asked for
     polygons: dict[str, int] = field(default_factory=dict)
     area_km2: dict[str, float] = field(default_factory=dict)
     model_version: str | None = None
@@ -141,7 +145,8 @@ def _area_m2(geometry, crs_wkt: str) -> float:
 
 def export_scene(workspace: Workspace, store: Store, scene_id: int, out: Path, *, wgs84: bool = False,
                  inventory_path: Path | None = None, inventory_id: str | None = None,
-                 min_area_m2: float | None = None, version_name: str | None = None) -> SceneExport:
+                 min_area_m2: float | None = None, version_name: str | None = None, glims: bool = False
+                 ) -> SceneExport:
     """Export one scene (see the module docstring) into ``out``/<scene name>/."""
     began = time.perf_counter()
     with store.session() as session:
@@ -163,6 +168,7 @@ def export_scene(workspace: Workspace, store: Store, scene_id: int, out: Path, *
                 "acquired": scene.acquired.isoformat() if scene.acquired else "",
                 "model_version": version.name if version else ""}
         crs_wkt, transform = scene.crs, Affine(*scene.transform[:6])
+        scene_path, scene_channels, stretch = scene.data_path, list(scene.channels), dict(scene.stretch or {})
     folder = Path(out) / meta["scene"]
     folder.mkdir(parents=True, exist_ok=True)
     inventory = read_inventory(inventory_path, crs_wkt, inventory_id) if inventory_path else None
@@ -175,10 +181,12 @@ def export_scene(workspace: Workspace, store: Store, scene_id: int, out: Path, *
     result = SceneExport(meta["scene_id"], meta["scene"], folder, folder / "outlines.gpkg", folder / "classes.tif",
                          None, model_version=meta["model_version"] or None)
     to_wgs84 = Transformer.from_crs(ProjCRS.from_wkt(crs_wkt), 4326, always_xy=True).transform if wgs84 else None
+    traced: dict[str, list] = {}  # in the scene's CRS, for the picture
     for layer, codes in LAYERS.items():
         mask = apply_mapping_unit(np.isin(mosaic.classes, codes), unit_px)
-        features = []
+        features, traced[layer] = [], []
         for part in trace(mask, transform, mosaic.source, mosaic.confidence, owners):
+            traced[layer].append(part.geometry)
             area = _area_m2(part.geometry, crs_wkt)
             shares = {SOURCE_NAMES[c]: float(part.sources[c] / part.pixels) for c in SOURCE_NAMES}
             main = [name for name, share in shares.items() if share > 0]
@@ -201,6 +209,11 @@ def export_scene(workspace: Workspace, store: Store, scene_id: int, out: Path, *
     table = _glacier_table(inventory, owners, mosaic.classes, pixel_area, crs_wkt, transform) if inventory else None
     write_gpkg(result.gpkg, layers, "EPSG:4326" if wgs84 else crs_wkt, table)
     _write_mosaic(result.mosaic, mosaic, crs_wkt, transform)
+    if glims:
+        result.glims = write_glims(folder / f"{meta['scene']}_glims.shp", layers, meta,
+                                   None if wgs84 else crs_wkt)
+    result.picture = plot_export(folder / "outlines.png", workspace.resolve(scene_path), scene_channels, stretch,
+                                 traced, transform, (height, width), meta)
     if table is not None:
         result.table = folder / "glaciers.csv"
         with open(result.table, "w", newline="") as handle:
@@ -255,6 +268,67 @@ def _glacier_table(inventory: Inventory, owners: np.ndarray, classes: np.ndarray
                      "debris_fraction": round(debris[i] / (clean[i] + debris[i]), 4) if clean[i] + debris[i] else None,
                      "nodata_km2": round(nodata[i], 6)})
     return rows
+
+
+def write_glims(path: Path, layers: dict[str, list[dict]], meta: dict, crs_wkt: str | None) -> Path:
+    """A GLIMS-style shapefile in WGS84: glacier outlines as ``glac_bound`` (nunataks as their
+    holes), debris-covered parts as ``debris_cov``; ``crs_wkt`` is the layers' CRS (None: WGS84)."""
+    import fiona
+
+    to_wgs84 = Transformer.from_crs(ProjCRS.from_wkt(crs_wkt), 4326, always_xy=True).transform if crs_wkt else None
+    schema = {"geometry": "Polygon", "properties": {"line_type": "str:12", "glac_id": "str:32", "area": "float",
+                                                     "src_date": "str:10", "anlys_id": "str:64", "rc_id": "str:32"}}
+    with fiona.open(path, "w", driver="ESRI Shapefile", crs="EPSG:4326", schema=schema) as dst:
+        for layer, line_type in (("glacier", "glac_bound"), ("debris", "debris_cov")):
+            for feature in layers[layer]:
+                p = feature["properties"]
+                geometry = reproject_geometry(to_wgs84, feature["geometry"]) if to_wgs84 else feature["geometry"]
+                dst.write({"geometry": mapping(geometry), "properties": {
+                    "line_type": line_type, "glac_id": p.get("inventory_id") or "", "area": p["area_km2"],
+                    "src_date": p["acquired"], "anlys_id": f"al-loop {p['model_version'] or 'labels'}",
+                    "rc_id": str(p["scene"])[:32]}})
+    return path
+
+
+def plot_export(path: Path, raster: Path, channels: list[str], stretch: dict, traced: dict[str, list],
+                transform: Affine, shape: tuple[int, int], meta: dict) -> Path:
+    """The outlines over the scene's painted composite (decimated), in the scene's coordinates:
+    what a QGIS user sees when opening the GeoPackage over the scene."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, _ = painted_bands(channels)
+    overview = read_decimated(raster, [channels.index(n) for n in names if n in channels])
+    valid = bands.valid_mask(overview, [n for n in names if n in channels])
+    if len(overview) == 3:
+        rgb = np.asarray(composite(dict(zip(names, overview)), valid, stretch, names))
+    else:
+        rgb = np.zeros(valid.shape + (4,), np.uint8)
+    height, width = shape
+    left, top = transform * (0, 0)
+    right, bottom = transform * (width, height)
+    fig, ax = plt.subplots(figsize=(9, 9 * height / max(width, 1) + 0.6), dpi=110)
+    ax.imshow(rgb, extent=(left, right, bottom, top), interpolation="nearest")
+    colours = {"glacier": "#FFD400", "clean_ice": "#66C2FF", "debris": "#D95F02"}  # glacier: a halo under both
+    for layer in ("glacier", "clean_ice", "debris"):
+        for polygon in traced.get(layer, []):
+            for ring in (polygon.exterior, *polygon.interiors):
+                x, y = ring.xy
+                ax.plot(x, y, color=colours[layer], linewidth=2.4 if layer == "glacier" else 0.8)
+        ax.plot([], [], color=colours[layer], label=f"{CLASS_NAMES[layer]} ({len(traced.get(layer, []))})")
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, top)
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.8)
+    ax.set_title(f"{meta['scene']} {meta['acquired']} · outlines from expert labels, inventories and "
+                 f"{meta['model_version'] or 'no model'}", fontsize=9)
+    ax.ticklabel_format(style="plain", useOffset=False)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _write_mosaic(path: Path, mosaic: Mosaic, crs_wkt: str, transform: Affine) -> None:

@@ -10,6 +10,7 @@ import sqlite3
 
 import fiona
 import numpy as np
+import pyogrio
 import pytest
 import rasterio
 import shapely
@@ -111,6 +112,7 @@ def test_the_pool_scene_exports_model_outlines_that_read_back_and_match_the_pixe
         assert {"class", "area_km2", "expert_share", "inventory_share", "model_share", "scene_id", "sensor"} <= set(rows[0])
     holes = [g for g, _ in layers["glacier"][1] if g.interiors]
     assert holes, "nunataks (holes) are kept"
+    assert result.picture.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_expert_labels_win_over_inventories_which_win_over_the_model(trained, tmp_path):
@@ -142,7 +144,7 @@ def test_an_inventory_names_each_outline_and_gives_a_per_glacier_table_in_wgs84_
     ws, store, root = trained
     pool = make_scene(root / "again", height=384, seed=5, name="LE07_145039_20081012")  # the pool scene's twin
     inventory = _inventory(tmp_path / "rgi.gpkg", pool)
-    result = export_scene(ws, store, 2, tmp_path / "out", inventory_path=inventory, wgs84=True)
+    result = export_scene(ws, store, 2, tmp_path / "out", inventory_path=inventory, wgs84=True, glims=True)
     layers = read_gpkg(result.gpkg)
     (org, code, _), features = layers["glacier"]
     assert (org.upper(), code) == ("EPSG", 4326)
@@ -155,6 +157,14 @@ def test_an_inventory_names_each_outline_and_gives_a_per_glacier_table_in_wgs84_
     for row in table:
         assert float(row["clean_ice_km2"]) + float(row["debris_km2"]) <= float(row["inventory_area_km2"]) + 1e-9
     assert [r for _, r in layers["glaciers"][1]][0]["inventory_id"] == table[0]["inventory_id"]
+    # The GLIMS-style shapefile, read with pyogrio (GDAL's own bindings, not fiona)
+    meta, _, geometries, values = pyogrio.raw.read(result.glims)
+    assert meta["crs"] == "EPSG:4326" and meta["geometry_type"] == "Polygon"
+    fields = dict(zip(meta["fields"], values))
+    assert set(fields["line_type"]) == {"glac_bound", "debris_cov"}
+    glacier_area = sum(r["area_km2"] for _, r in features)
+    assert fields["area"][fields["line_type"] == "glac_bound"].sum() == pytest.approx(glacier_area, rel=1e-6)
+    assert all(shapely.from_wkb(g).is_valid for g in geometries)
 
 
 def test_the_real_clip_exports_in_its_crs_and_the_oggm_outlines_read_as_an_inventory(trained, shared_data, tmp_path):
