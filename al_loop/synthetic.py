@@ -25,6 +25,7 @@ not labelled in that clip, so bare ice is derived from its snow and debris from 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,16 +151,26 @@ HKH_COVER = Cover(glacier=(0.02, 0.035), debris=(0.002, 0.0035))
 where most patches hold no glacier, as in the real archive."""
 
 
-def generate(height: int, width: int, seed: int, cover: Cover = Cover()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def generate(height: int, width: int, seed: int, cover: Cover = Cover(), *, retreat_px: int = 0,
+             date: dt.date | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A synthetic scene as arrays: ``pixels`` float32 ``(15, H, W)`` in the order of
     :data:`bands.CHANNELS`, ``labels`` uint8 ``(H, W)`` (0 background, 1 clean ice, 2 debris) and
     the surface ``dem`` float32 ``(H, W)`` in metres, defined everywhere (the elevation channel
-    is 0 in the gaps, like the real tiles). ``cover`` sets the glacier and debris shares."""
+    is 0 in the gaps, like the real tiles). ``cover`` sets the glacier and debris shares.
+
+    The same ``seed`` at another time: ``retreat_px`` shrinks every glacier by that many pixels
+    all round (the ground it leaves is rock), and ``date`` draws other snow, clouds and SLC-off
+    gaps over the same landscape; the labels returned are the exact truth either way."""
     if height < 16 or width < 16:
         raise ValueError(f"scene must be at least 16x16 pixels, got {height}x{width}")
     rng = np.random.default_rng(seed)
     shape = (height, width)
     dem, labels, ice_age, ela = _landscape(rng, shape, cover)
+    if retreat_px > 0:
+        kept = ndimage.binary_erosion(labels > 0, ndimage.generate_binary_structure(2, 1), iterations=retreat_px)
+        labels = np.where(kept, labels, 0).astype(labels.dtype)
+    if date is not None:  # the weather of another day over the same ground
+        rng = np.random.default_rng([seed, date.toordinal()])
     slope = _slope(dem)
     snow = _seasonal_snow(rng, dem, labels, ela)
     # the real surface is rougher than SRTM: light falls on a few metres of extra relief
@@ -187,13 +198,15 @@ def make_scene(
     name: str = "synthetic",
     vector_crs: str | None = None,
     cover: Cover = Cover(),
+    retreat_px: int = 0,
+    date: dt.date | None = None,
 ) -> SyntheticScene:
     """Generate a scene and write ``{name}.tif`` (15 channels), ``{name}_labels.tif`` and
     ``{name}_labels.gpkg`` (polygons, attribute ``class``; in ``vector_crs`` if given)."""
     width = height if width is None else width
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pixels, labels, _ = generate(height, width, seed, cover)
+    pixels, labels, _ = generate(height, width, seed, cover, retreat_px=retreat_px, date=date)
     transform = _scene_transform(seed)
     scene = SyntheticScene(
         image=out_dir / f"{name}.tif",
