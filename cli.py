@@ -474,6 +474,35 @@ def export(
                     console.print(f"  {path}", highlight=False)
 
 
+@app.command()
+def change(
+    scenes: Annotated[list[int], typer.Argument(help="Scene ids of the same ground at different dates (al-loop status).")],
+    inventory: Annotated[Path, typer.Option("--inventory", help="The glacier outlines to measure in (RGI, GLIMS, ICIMOD).")],
+    inventory_id: Annotated[Optional[str], typer.Option("--inventory-id", help="The inventory's id field (default: RGIId, GLIMSId, ... as found).")] = None,
+    min_valid: Annotated[float, typer.Option("--min-valid", help="Share of a glacier's outline that must hold data for a date to count (Landsat 7 SLC-off gaps leave about 0.8).")] = 0.7,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for areas.csv, changes.csv and plots; default <workspace>/change.")] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Glacier area per inventory glacier, class and date, and its change between dates with an
+    uncertainty band (unsure model pixels, no data inside the outline); plots per glacier and region."""
+    from al_loop.change import run
+
+    if not 0 < min_valid <= 1:
+        errors.print(f"[bold red]error:[/] --min-valid must be in (0, 1], found {min_valid}", highlight=False)
+        raise typer.Exit(2)
+    with _clear_errors(), _store(workspace) as (ws, store):
+        rows, found, folder = run(ws, store, scenes, inventory, out or ws.root / "change", inventory_id, min_valid)
+    flagged = sum(r.flagged for r in rows)
+    console.print(f"{len({r.glacier for r in rows})} glaciers at {len({r.acquired for r in rows})} dates"
+                  + (f"; {flagged} glacier-dates flagged (under {min_valid:.0%} of the outline has data)" if flagged else ""),
+                  highlight=False)
+    for c in found:
+        if c.glacier == "region":
+            console.print(f"  region, {c.start} -> {c.end}: {c.delta_km2:+.3f} km² [{c.low_km2:+.3f}, {c.high_km2:+.3f}] "
+                          f"over {c.glaciers} glaciers", highlight=False)
+    console.print(f"  {folder / 'areas.csv'}\n  {folder / 'changes.csv'}\n  {folder / 'region.png'}", highlight=False)
+
+
 @app.command("next-round")
 def next_round(
     size: Annotated[Optional[int], typer.Option(help="Patches to choose (config sampling.round_size).")] = None,

@@ -143,12 +143,21 @@ def _area_m2(geometry, crs_wkt: str) -> float:
     return abs(Geod(ellps="WGS84").geometry_area_perimeter(lonlat)[0])
 
 
-def export_scene(workspace: Workspace, store: Store, scene_id: int, out: Path, *, wgs84: bool = False,
-                 inventory_path: Path | None = None, inventory_id: str | None = None,
-                 min_area_m2: float | None = None, version_name: str | None = None, glims: bool = False
-                 ) -> SceneExport:
-    """Export one scene (see the module docstring) into ``out``/<scene name>/."""
-    began = time.perf_counter()
+@dataclass
+class SceneMosaic:
+    """A scene's class mosaic and what an export needs to know of the scene."""
+
+    mosaic: Mosaic
+    meta: dict  # scene_id, scene, sensor, acquired (ISO date or ""), model_version ("" without one)
+    crs_wkt: str
+    transform: Affine
+    raster: str  # the scene's stored data path
+    channels: list[str]
+    stretch: dict
+
+
+def scene_mosaic(workspace: Workspace, store: Store, scene_id: int, version_name: str | None = None) -> SceneMosaic:
+    """The class mosaic of a stored raster scene: expert labels, then inventories, then the model."""
     with store.session() as session:
         scene = session.get(Scene, scene_id)
         if scene is None or not scene.data_path:
@@ -167,13 +176,23 @@ def export_scene(workspace: Workspace, store: Store, scene_id: int, out: Path, *
         meta = {"scene_id": scene.id, "scene": scene.name, "sensor": scene.sensor or "",
                 "acquired": scene.acquired.isoformat() if scene.acquired else "",
                 "model_version": version.name if version else ""}
-        crs_wkt, transform = scene.crs, Affine(*scene.transform[:6])
-        scene_path, scene_channels, stretch = scene.data_path, list(scene.channels), dict(scene.stretch or {})
+        return SceneMosaic(mosaic, meta, scene.crs, Affine(*scene.transform[:6]), scene.data_path,
+                           list(scene.channels), dict(scene.stretch or {}))
+
+
+def export_scene(workspace: Workspace, store: Store, scene_id: int, out: Path, *, wgs84: bool = False,
+                 inventory_path: Path | None = None, inventory_id: str | None = None,
+                 min_area_m2: float | None = None, version_name: str | None = None, glims: bool = False
+                 ) -> SceneExport:
+    """Export one scene (see the module docstring) into ``out``/<scene name>/."""
+    began = time.perf_counter()
+    built = scene_mosaic(workspace, store, scene_id, version_name)
+    mosaic, meta, crs_wkt, transform = built.mosaic, built.meta, built.crs_wkt, built.transform
+    height, width = mosaic.classes.shape
     folder = Path(out) / meta["scene"]
     folder.mkdir(parents=True, exist_ok=True)
     inventory = read_inventory(inventory_path, crs_wkt, inventory_id) if inventory_path else None
-    owners = _rasterize_inventory(inventory, transform, (height, width)) if inventory else None
-    pixel_area = _pixel_area_m2_of(crs_wkt, transform)
+    owners = rasterize_inventory(inventory, transform, (height, width)) if inventory else None
     unit_area = workspace.config.backend.min_mapping_unit_m2 if min_area_m2 is None else min_area_m2
     unit_px = min_pixels_for_area(unit_area, *_pixel_size(crs_wkt, transform, height)) if unit_area > 0 else 0
 
@@ -206,14 +225,15 @@ def export_scene(workspace: Workspace, store: Store, scene_id: int, out: Path, *
         layers[layer] = features
         result.polygons[layer] = len(features)
         result.area_km2[layer] = sum(f["properties"]["area_km2"] for f in features)
-    table = _glacier_table(inventory, owners, mosaic.classes, pixel_area, crs_wkt, transform) if inventory else None
+    table = _glacier_table(inventory, owners, mosaic.classes, pixel_area_grid(crs_wkt, transform, mosaic.classes.shape),
+                           ) if inventory else None
     write_gpkg(result.gpkg, layers, "EPSG:4326" if wgs84 else crs_wkt, table)
     _write_mosaic(result.mosaic, mosaic, crs_wkt, transform)
     if glims:
         result.glims = write_glims(folder / f"{meta['scene']}_glims.shp", layers, meta,
                                    None if wgs84 else crs_wkt)
-    result.picture = plot_export(folder / "outlines.png", workspace.resolve(scene_path), scene_channels, stretch,
-                                 traced, transform, (height, width), meta)
+    result.picture = plot_export(folder / "outlines.png", workspace.resolve(built.raster), built.channels,
+                                 built.stretch, traced, transform, (height, width), meta)
     if table is not None:
         result.table = folder / "glaciers.csv"
         with open(result.table, "w", newline="") as handle:
@@ -229,7 +249,8 @@ def _pixel_size(crs_wkt: str, transform: Affine, height: int) -> tuple[float, fl
     return float(xres[0, 0]), float(yres[0, 0])
 
 
-def _pixel_area_m2_of(crs_wkt: str, transform: Affine) -> float | None:
+def pixel_area_m2(crs_wkt: str, transform: Affine) -> float | None:
+    """The pixel area in m² of a projected grid; None for a geographic one (areas on the ellipsoid)."""
     crs = ProjCRS.from_wkt(crs_wkt)
     if crs.is_geographic:
         return None
@@ -237,21 +258,24 @@ def _pixel_area_m2_of(crs_wkt: str, transform: Affine) -> float | None:
     return abs(transform.a * transform.e) * metres**2
 
 
-def _rasterize_inventory(inventory: Inventory, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+def rasterize_inventory(inventory: Inventory, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
     """Per pixel, 1 + the index of the inventory glacier it lies in (0: none)."""
     shapes_ = [(g, i + 1) for i, g in enumerate(inventory.geometries) if not g.is_empty]
     return rasterize(shapes_, out_shape=shape, transform=transform, fill=0, dtype=np.int32)
 
 
-def _glacier_table(inventory: Inventory, owners: np.ndarray, classes: np.ndarray, pixel_area: float | None,
-                   crs_wkt: str, transform: Affine) -> list[dict]:
+def pixel_area_grid(crs_wkt: str, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+    """Each pixel's area in m² (per row on a geographic grid), broadcast to ``shape``."""
+    area = pixel_area_m2(crs_wkt, transform)
+    if area is None:
+        xres, yres = pixel_size_metres(transform, crs_wkt, np.arange(shape[0]))
+        return np.broadcast_to(xres * yres, shape)
+    return np.broadcast_to(np.float64(area), shape)
+
+
+def _glacier_table(inventory: Inventory, owners: np.ndarray, classes: np.ndarray, area: np.ndarray) -> list[dict]:
     """Per inventory glacier: its area and the clean, debris, unknown-type and nodata areas in it."""
     n = len(inventory.ids) + 1
-    if pixel_area is None:  # geographic grid: each row's pixel area on the ellipsoid
-        xres, yres = pixel_size_metres(transform, crs_wkt, np.arange(classes.shape[0]))
-        area = np.broadcast_to(xres * yres, classes.shape)
-    else:
-        area = np.full(classes.shape, pixel_area)
 
     def km2(where: np.ndarray) -> np.ndarray:
         return np.bincount(owners[where], weights=area[where], minlength=n) / 1e6
