@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +134,6 @@ def plot(path: Path, rows: list[GlacierDate], title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
-    from datetime import date
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
     when = [date.fromisoformat(r.acquired) for r in rows]
@@ -146,7 +146,7 @@ def plot(path: Path, rows: list[GlacierDate], title: str) -> Path:
     flagged = [(w, r) for w, r in zip(when, rows) if r.flagged]
     if flagged:
         ax.plot([w for w, _ in flagged], [r.glacier_km2 for _, r in flagged], "o", mfc="none", color="grey",
-                label=f"flagged: under {MIN_VALID:.0%} of the outline has data")
+                label="flagged: too little of the outline has data")
     ax.set_ylabel("km²")
     ax.set_title(title, fontsize=9)
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
