@@ -16,7 +16,6 @@ grid; never in degrees.
 from __future__ import annotations
 
 import csv
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from shapely.geometry import mapping
 from shapely.ops import transform as reproject_geometry
 
 from al_loop import bands
-from al_loop.classes import GLACIER, UNLABELED, combine_masks
+from al_loop.classes import GLACIER, UNLABELED, class_code, combine_masks
 from al_loop.config import Workspace
 from al_loop.io.gpkg import write_gpkg
 from al_loop.io.inventory import Inventory, read_inventory
@@ -50,8 +49,6 @@ from db import registry
 from db.models import Scene
 from db.queries import unpack_mask
 from db.session import Store
-
-log = logging.getLogger(__name__)
 
 NODATA, EXPERT, INVENTORY, MODEL = 0, 1, 2, 3  # source codes of the mosaic's second band
 SOURCE_NAMES = {EXPERT: "expert", INVENTORY: "inventory", MODEL: "model"}
@@ -90,8 +87,7 @@ def model_mosaic(workspace: Workspace, scene: Scene, version, mosaic: Mosaic) ->
     bands.require_channels(version.channels, scene.available_channels, where=f"scene {scene.id} ({scene.name})")
     model, _ = load_version(workspace, version)
     device = pick_device()
-    codes = np.array([{"background": 0, "clean_ice": 1, "debris": 2, "glacier": GLACIER}[c]
-                      for c in version.classes], dtype=np.uint8)
+    codes = np.array([class_code(c) for c in version.classes], dtype=np.uint8)
     temperature = float((version.metrics.get("calibration") or {}).get("temperature", 1.0))
     index = [scene.channels.index(c) for c in version.channels]
     reflective_names = [c for c in scene.available_channels if c in bands.REFLECTIVE_BANDS]
@@ -104,8 +100,7 @@ def model_mosaic(workspace: Workspace, scene: Scene, version, mosaic: Mosaic) ->
             span = min(height, top + rows + HALO) - start
             valid = bands.valid_mask(read_window(src, start, 0, span, width, reflective), reflective_names)
             x = normalize(read_window(src, start, 0, span, width, index), valid, version.normalization)
-            result = predict_scene(model, lambda r, c, h, w: x[:, r : r + h, c : c + w], span, width,
-                                   tile=min(512, 64 * ((max(span, width) + 63) // 64)), device=device)
+            result = predict_scene(model, lambda r, c, h, w: x[:, r : r + h, c : c + w], span, width, device=device)
             keep = slice(top - start, top - start + rows)
             probs = result.probs[:, keep]
             logp = log_softmax(np.log(np.clip(probs, 1e-12, None)), temperature, axis=0)
