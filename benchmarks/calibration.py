@@ -30,21 +30,16 @@ import torch
 from rich.console import Console
 from rich.table import Table
 from scipy.stats import spearmanr
-from sqlalchemy import select
-from sqlalchemy.orm import joinedload
 
-from al_loop.classes import UNLABELED
 from al_loop.config import open_workspace
 from al_loop.model.calibration import expected_calibration_error, log_softmax, patch_confidence
 from al_loop.model.inference import predict_proba
 from al_loop.model.training import normalize
 from al_loop.patches import read_patch
-from al_loop.synthetic import generate
 from al_loop.workspace import open_store
 from backends.predictor import ModelHolder
 from db import registry
-from db.models import Patch, Scene
-from prelabels import walkthrough  # benchmarks/prelabels.py: the same walkthrough
+from prelabels import pool_truth, walkthrough  # benchmarks/prelabels.py: the same walkthrough and truth
 
 console = Console(width=160)
 
@@ -58,23 +53,16 @@ def pool_probabilities(root: Path):
     holder.refresh()
     served = holder.current
     with store.session() as session:
-        scene = next(s for s in session.scalars(select(Scene).order_by(Scene.id)) if not s.details.get("labelled", True))
-        patches = list(session.scalars(select(Patch).options(joinedload(Patch.scene))
-                                       .where(Patch.scene_id == scene.id).order_by(Patch.id)))
-        seed, height, width = scene.details["seed"], scene.height, scene.width
+        patches, windows, _ = pool_truth(session)
         metrics = registry.champion(session).metrics
-    _, labels, _ = generate(height, width, seed)
     index = np.full(256, -1, dtype=np.int64)
     for k, code in enumerate(served.codes):
         index[code] = k
     probs, truths, valids = [], [], []
-    for p in patches:
+    for p, window in zip(patches, windows):
         pixels, valid = read_patch(ws, p, served.channels)
         x = torch.from_numpy(normalize(pixels, valid, served.normalization)[None])
         probs.append(predict_proba(served.model, x, device=holder.device)[0].numpy())
-        window = np.full((p.height, p.width), UNLABELED, dtype=np.uint8)
-        part = labels[p.row_off : p.row_off + p.height, p.col_off : p.col_off + p.width]
-        window[: part.shape[0], : part.shape[1]] = part
         truths.append(index[window])
         valids.append(valid & (index[window] >= 0))
     store.dispose()

@@ -101,6 +101,22 @@ def walkthrough(root: Path, quick: bool) -> dict[str, float]:
     return times
 
 
+def pool_truth(session) -> tuple[list[Patch], list[np.ndarray], list[float]]:
+    """The pool scene's patches (scene loaded), the exact labels of each window (regenerated from
+    the scene's seed; unlabeled past the scene's edge) and the scene's transform."""
+    scene = next(s for s in session.scalars(select(Scene).order_by(Scene.id)) if not s.details.get("labelled", True))
+    patches = list(session.scalars(select(Patch).options(joinedload(Patch.scene))
+                                   .where(Patch.scene_id == scene.id).order_by(Patch.id)))
+    _, labels, _ = generate(scene.height, scene.width, scene.details["seed"])
+    truths = []
+    for p in patches:
+        window = np.full((p.height, p.width), UNLABELED, dtype=np.uint8)
+        part = labels[p.row_off : p.row_off + p.height, p.col_off : p.col_off + p.width]
+        window[: part.shape[0], : part.shape[1]] = part
+        truths.append(window)
+    return patches, truths, list(scene.transform)
+
+
 def pool_predictions(root: Path) -> tuple[list[np.ndarray], list[np.ndarray], list[int], tuple[float, float], str]:
     """The champion's masks of the pool scene's patches, their truth windows, patch ids, pixel size."""
     ws = open_workspace(root)
@@ -109,17 +125,7 @@ def pool_predictions(root: Path) -> tuple[list[np.ndarray], list[np.ndarray], li
     holder.refresh()
     served = holder.current
     with store.session() as session:
-        scene = next(s for s in session.scalars(select(Scene).order_by(Scene.id)) if not s.details.get("labelled", True))
-        patches = list(session.scalars(select(Patch).options(joinedload(Patch.scene))
-                                       .where(Patch.scene_id == scene.id).order_by(Patch.id)))
-        seed, height, width, transform = scene.details["seed"], scene.height, scene.width, list(scene.transform)
-    _, labels, _ = generate(height, width, seed)
-    truths = []
-    for p in patches:
-        window = np.full((p.height, p.width), UNLABELED, dtype=np.uint8)
-        part = labels[p.row_off : p.row_off + p.height, p.col_off : p.col_off + p.width]
-        window[: part.shape[0], : part.shape[1]] = part
-        truths.append(window)
+        patches, truths, transform = pool_truth(session)
     masks, _ = predict_masks(ws, served, patches, holder.device, ws.config.backend.batch_size)
     store.dispose()
     return masks, truths, [p.id for p in patches], (abs(transform[0]), abs(transform[4])), served.name
