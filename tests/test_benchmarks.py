@@ -1,0 +1,42 @@
+"""The benchmarks of the expert's seat run end to end and print their figures' last line (the
+figures themselves are in the README, measured by the full runs)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from al_loop.synthetic import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> list[str]:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()
+
+
+def test_the_calibration_benchmark_runs_in_quick_mode():
+    last = _run("benchmarks/calibration.py", "--quick")[-1]
+    assert re.fullmatch(r"calibration: T \d+\.\d{3}, pool pixel ECE \d\.\d{4} -> \d\.\d{4}, "
+                        r"patch \|score - accuracy\| \d\.\d{4} -> \d\.\d{4}", last), last
+
+
+def test_the_prelabels_benchmark_scores_saved_predictions(tmp_path):
+    """A noisy copy of a synthetic truth stands in for a model's masks: cleaning must cut its parts."""
+    _, labels, _ = generate(256, 256, 1)
+    rng = np.random.default_rng(0)
+    noisy = np.where(rng.random(labels.shape) < 0.05, rng.integers(0, 3, labels.shape), labels).astype(np.uint8)
+    np.savez_compressed(tmp_path / "pool.npz", masks=noisy[None], truths=labels[None], patch_ids=np.array([1]),
+                        pixel_size=np.array([30.0, 30.0]), version="noisy")
+    last = _run("benchmarks/prelabels.py", "--predictions", str(tmp_path / "pool.npz"))[-1]
+    found = re.fullmatch(r"prelabels: parts/task (\d+) -> (\d+), polygon vertices/task (\d+) -> (\d+), "
+                         r"edit share \(brush\) (\S+) -> (\S+), edit share \(polygons\) (\S+) -> (\S+)", last)
+    assert found, last
+    assert int(found[2]) < int(found[1]) / 4  # speckle cleaned away
+    assert float(found[6]) < float(found[5])  # and fewer pixels to repaint
