@@ -35,12 +35,14 @@ console = Console(width=140)
 
 
 def big_scene(path: Path, tiles: int) -> tuple[int, int]:
-    """The synthetic scene tiled ``tiles`` x ``tiles`` times, as a tiled GeoTIFF named like an HKH tile."""
+    """The synthetic scene tiled ``tiles`` x ``tiles`` times, as a tiled, uncompressed, band-interleaved
+    GeoTIFF named like an HKH tile. (A deflate-compressed, pixel-interleaved one took over 18 minutes
+    to ingest here: the stretch's decimated read decompresses every tile once per band.)"""
     pixels, _, _ = generate(1024, 1024, 0)
     size = 1024 * tiles
     profile = dict(driver="GTiff", width=size, height=size, count=len(bands.CHANNELS), dtype="float32",
                    crs="EPSG:32645", transform=rasterio.transform.from_origin(400000, 3200000, 30, 30),
-                   tiled=True, blockxsize=256, blockysize=256, compress="deflate", predictor=3, BIGTIFF="YES")
+                   tiled=True, blockxsize=256, blockysize=256, interleave="band", BIGTIFF="YES")
     with rasterio.open(path, "w", **profile) as dst:
         for k, name in enumerate(bands.CHANNELS, start=1):
             dst.write(np.tile(pixels[k - 1], (tiles, tiles)), k)
