@@ -27,8 +27,8 @@ from pyproj import CRS as ProjCRS
 from pyproj import Geod, Transformer
 from rasterio.crs import CRS
 from rasterio.features import rasterize
+from shapely import transform as transform_coordinates
 from shapely.geometry import mapping
-from shapely.ops import transform as reproject_geometry
 
 from al_loop import bands
 from al_loop.classes import GLACIER, UNLABELED, class_code, combine_masks
@@ -129,12 +129,17 @@ def paint_labels(session, scene: Scene, mosaic: Mosaic) -> None:
             mosaic.confidence[rows, cols][says] = 0
 
 
+def reproject_geometry(to: Transformer, geometry):
+    """``geometry`` through a pyproj transformer (always_xy)."""
+    return transform_coordinates(geometry, lambda x, y: to.transform(x, y), interleaved=False)
+
+
 def _area_m2(geometry, crs_wkt: str) -> float:
     """A polygon's area in m²: planar in a projected CRS, on the WGS84 ellipsoid for a geographic one."""
     crs = ProjCRS.from_wkt(crs_wkt)
     if not crs.is_geographic:
         return float(geometry.area * crs.axis_info[0].unit_conversion_factor ** 2)
-    lonlat = reproject_geometry(Transformer.from_crs(ProjCRS.from_wkt(crs_wkt), 4326, always_xy=True).transform, geometry)
+    lonlat = reproject_geometry(Transformer.from_crs(ProjCRS.from_wkt(crs_wkt), 4326, always_xy=True), geometry)
     return abs(Geod(ellps="WGS84").geometry_area_perimeter(lonlat)[0])
 
 
@@ -194,7 +199,7 @@ def export_scene(workspace: Workspace, store: Store, scene_id: int, out: Path, *
     layers: dict[str, list[dict]] = {}
     result = SceneExport(meta["scene_id"], meta["scene"], folder, folder / "outlines.gpkg", folder / "classes.tif",
                          None, model_version=meta["model_version"] or None)
-    to_wgs84 = Transformer.from_crs(ProjCRS.from_wkt(crs_wkt), 4326, always_xy=True).transform if wgs84 else None
+    to_wgs84 = Transformer.from_crs(ProjCRS.from_wkt(crs_wkt), 4326, always_xy=True) if wgs84 else None
     traced: dict[str, list] = {}  # in the scene's CRS, for the picture
     for layer, codes in LAYERS.items():
         mask = apply_mapping_unit(np.isin(mosaic.classes, codes), unit_px)
@@ -294,7 +299,7 @@ def write_glims(path: Path, layers: dict[str, list[dict]], meta: dict, crs_wkt: 
     holes), debris-covered parts as ``debris_cov``; ``crs_wkt`` is the layers' CRS (None: WGS84)."""
     import fiona
 
-    to_wgs84 = Transformer.from_crs(ProjCRS.from_wkt(crs_wkt), 4326, always_xy=True).transform if crs_wkt else None
+    to_wgs84 = Transformer.from_crs(ProjCRS.from_wkt(crs_wkt), 4326, always_xy=True) if crs_wkt else None
     schema = {"geometry": "Polygon", "properties": {"line_type": "str:12", "glac_id": "str:32", "area": "float",
                                                      "src_date": "str:10", "anlys_id": "str:64", "rc_id": "str:32"}}
     with fiona.open(path, "w", driver="ESRI Shapefile", crs="EPSG:4326", schema=schema) as dst:

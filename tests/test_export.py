@@ -195,3 +195,17 @@ def test_the_export_command_and_its_errors(trained, tmp_path):
     assert bad.exit_code == 2 and "missing.shp" in bad.output
     none = runner.invoke(cli.app, ["export", "99", "-w", str(ws.root)])
     assert none.exit_code == 2 and "no raster scene with id 99" in none.output
+
+
+def test_areas_are_metres_on_projected_grids_and_the_ellipsoid_on_geographic_ones():
+    from pyproj import CRS as ProjCRS
+    from pyproj import Transformer
+    from shapely.geometry import box
+
+    from al_loop.export import _area_m2, reproject_geometry
+
+    utm = ProjCRS.from_epsg(32645).to_wkt()
+    square = box(500_000, 3_100_000, 501_000, 3_101_000)  # 1 km² near the central meridian
+    assert _area_m2(square, utm) == pytest.approx(1e6)
+    lonlat = reproject_geometry(Transformer.from_crs(ProjCRS.from_wkt(utm), 4326, always_xy=True), square)
+    assert _area_m2(lonlat, ProjCRS.from_epsg(4326).to_wkt()) == pytest.approx(1e6, rel=0.002)  # UTM's scale 0.9996
