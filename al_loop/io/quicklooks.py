@@ -34,6 +34,11 @@ def scene_stretch(
     return stretch
 
 
+def stretch_band(band: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``band`` linearly stretched from ``[low, high]`` to 0-255 (NaN as ``low``), uint8."""
+    return np.clip((np.nan_to_num(band, nan=low) - low) / (high - low) * 255.0, 0, 255).astype(np.uint8)
+
+
 def render(
     pixels: np.ndarray,
     channels: Sequence[str],
@@ -46,9 +51,7 @@ def render(
         return None
     rgb = np.empty(valid.shape + (4,), dtype=np.uint8)
     for k, name in enumerate(composite):
-        low, high = stretch[name]
-        band = np.nan_to_num(pixels[list(channels).index(name)], nan=low)
-        rgb[..., k] = np.clip((band - low) / (high - low) * 255.0, 0, 255).astype(np.uint8)
+        rgb[..., k] = stretch_band(pixels[list(channels).index(name)], *stretch[name])
     rgb[..., 3] = np.where(valid, 255, 0)
     return Image.fromarray(rgb, mode="RGBA")
 

@@ -25,7 +25,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from al_loop import bands
-from al_loop.io.quicklooks import FALSE_COLOUR, NATURAL
+from al_loop.io.quicklooks import FALSE_COLOUR, NATURAL, stretch_band
 from al_loop.terrain import hillshade, pixel_size_metres
 
 VIEW_SIZE = 256  # pixels of a context view (the patch views keep the patch's size)
@@ -57,8 +57,7 @@ def _scaled(band: np.ndarray, limits: Sequence[float] | None, valid: np.ndarray)
     if limits is None:
         values = band[valid & np.isfinite(band)]
         limits = np.percentile(values, [2, 98]) if values.size else (0.0, 1.0)
-    low, high = float(limits[0]), max(float(limits[1]), float(limits[0]) + 1e-6)
-    return np.clip((np.nan_to_num(band, nan=low) - low) / (high - low) * 255.0, 0, 255).astype(np.uint8)
+    return stretch_band(band, float(limits[0]), max(float(limits[1]), float(limits[0]) + 1e-6))
 
 
 def _rgba(channels: Sequence[np.ndarray], valid: np.ndarray) -> Image.Image:
