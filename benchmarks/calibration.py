@@ -31,15 +31,12 @@ from rich.console import Console
 from rich.table import Table
 from scipy.stats import spearmanr
 
-from al_loop.config import open_workspace
 from al_loop.model.calibration import expected_calibration_error, log_softmax, patch_confidence
 from al_loop.model.inference import predict_proba
 from al_loop.model.training import normalize
 from al_loop.patches import read_patch
-from al_loop.workspace import open_store
-from backends.predictor import ModelHolder
 from db import registry
-from prelabels import pool_truth, walkthrough  # benchmarks/prelabels.py: the same walkthrough and truth
+from prelabels import pool_truth, served_champion, walkthrough  # benchmarks/prelabels.py: the same walkthrough and truth
 
 console = Console(width=160)
 
@@ -47,10 +44,7 @@ console = Console(width=160)
 def pool_probabilities(root: Path):
     """The champion's class probabilities on the pool scene's patches, their truth (model class
     indices, -1 unknown) and valid masks, the fitted temperature and the version's metrics."""
-    ws = open_workspace(root)
-    store = open_store(ws)
-    holder = ModelHolder(ws, store)
-    holder.refresh()
+    ws, store, holder = served_champion(root)
     served = holder.current
     with store.session() as session:
         patches, windows, _ = pool_truth(session)

@@ -117,12 +117,18 @@ def pool_truth(session) -> tuple[list[Patch], list[np.ndarray], list[float]]:
     return patches, truths, list(scene.transform)
 
 
-def pool_predictions(root: Path) -> tuple[list[np.ndarray], list[np.ndarray], list[int], tuple[float, float], str]:
-    """The champion's masks of the pool scene's patches, their truth windows, patch ids, pixel size."""
+def served_champion(root: Path) -> tuple:
+    """The workspace at ``root``, its store and the champion loaded as the ML backend serves it."""
     ws = open_workspace(root)
     store = open_store(ws)
     holder = ModelHolder(ws, store)
     holder.refresh()
+    return ws, store, holder
+
+
+def pool_predictions(root: Path) -> tuple[list[np.ndarray], list[np.ndarray], list[int], tuple[float, float], str]:
+    """The champion's masks of the pool scene's patches, their truth windows, patch ids, pixel size."""
+    ws, store, holder = served_champion(root)
     served = holder.current
     with store.session() as session:
         patches, truths, transform = pool_truth(session)
