@@ -26,6 +26,9 @@ from scipy import ndimage
 
 from al_loop import bands
 from al_loop.io.quicklooks import FALSE_COLOUR, NATURAL, stretch_band
+from al_loop.config import Workspace
+from al_loop.patches import read_patch
+from db.models import Patch
 from al_loop.terrain import hillshade, pixel_size_metres
 
 VIEW_SIZE = 256  # pixels of a context view (the patch views keep the patch's size)
@@ -204,11 +207,9 @@ def write_views(images: dict[str, Image.Image], folder: Path, stem: str) -> dict
     return paths
 
 
-def patch_view_files(workspace, patch) -> tuple[dict[str, Path], dict[str, str]]:
+def patch_view_files(workspace: Workspace, patch: Patch) -> tuple[dict[str, Path], dict[str, str]]:
     """The views of a stored patch as PNGs under ``scenes/views/`` (written once, then reused);
     returns their paths and titles by view key."""
-    from al_loop.patches import read_patch
-
     folder = workspace.scenes_dir / "views"
     stem = f"patch{patch.id}"
     paths = {v.key: folder / f"{stem}_{v.key}.png" for v in VIEWS}
