@@ -120,10 +120,12 @@ def ingest_scene(
     ],
     dem: Annotated[Optional[Path], typer.Option(help="DEM on any grid and CRS (Level-1 folders and band stacks).")] = None,
     bands: Annotated[
-        Optional[str], typer.Option(help="Band mapping of a multi-band file, in file order, e.g. B1,B2,B3,B4,B5,B7.")
+        Optional[str], typer.Option(help="Band mapping of a multi-band file, in file order, with the sensor's band names, e.g. "
+                                  "B1,B2,B3,B4,B5,B7 (ETM+, TM) or B2,B3,B4,B5,B6,B7 (OLI).")
     ] = None,
     sensor: Annotated[
-        Optional[str], typer.Option(help="Sensor when the file names cannot tell it (renamed bands): LE07 (Landsat 7 ETM+).")
+        Optional[str], typer.Option(help="Sensor when the file names cannot tell it (renamed bands, band stacks): LT05 (Landsat 5 TM), "
+                    "LE07 (Landsat 7 ETM+, the default for stacks), LC08 or LC09 (Landsat 8/9 OLI).")
     ] = None,
     date: Annotated[
         Optional[str], typer.Option(help="Acquisition date YYYY-MM-DD when the file names cannot tell it.")

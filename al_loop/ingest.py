@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import re
 import shutil
 import uuid
@@ -29,7 +30,7 @@ from rasterio.transform import Affine
 from rich.progress import Progress, track
 from sqlalchemy.orm import Session
 
-from al_loop import bands
+from al_loop import bands, sensors
 from al_loop.config import Workspace
 from al_loop.io import landsat, quicklooks
 from al_loop.io.rasters import (
@@ -45,6 +46,8 @@ from al_loop.tiling import patch_windows
 from db import queries
 from db.models import Patch, Scene
 from db.session import Store
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -277,22 +280,31 @@ def ingest_landsat(
     patches. Missing bands are recorded. ``sensor`` and ``acquired`` tell what the file names
     cannot (renamed files must say the sensor)."""
     path = Path(path).resolve()
-    sensor = landsat.sensor_name(sensor) if sensor else None
+    given = landsat.sensor_option(sensor) if sensor else None
     if path.is_dir():
         scene = landsat.find_level1_scene(path)
-        sources, kind = [landsat.BandSource(n, p) for n, p in scene.bands.items()], "usgs_l1"
-        named_sensor, named_date = scene.sensor, scene.acquired
-        if named_sensor is None and sensor is None:
+        named_sensor, named_date, mtl, kind = scene.sensor, scene.acquired, scene.mtl, "usgs_l1"
+        if named_sensor is None and given is None:
             raise ValueError(f"{path}: the band file names ({scene.naming}) do not tell the sensor: give it with "
-                             "--sensor LE07 (only Landsat 7 ETM+ fits), and the date with --date YYYY-MM-DD")
+                             "--sensor (LT05, LE07, LC08 or LC09), and the date with --date YYYY-MM-DD")
     elif band_mapping:
-        sources, kind = landsat.band_files_from_stack(path, band_mapping), "band_stack"
-        named_sensor, named_date = _scene_id_metadata(path.name)
+        (named_sensor, named_date), mtl, kind = _scene_id_metadata(path.name), {}, "band_stack"
     else:
         raise ValueError(f"{path}: a single file needs a band mapping (e.g. --bands B1,B2,B3,B4,B5,B7)")
+    if given is not None and named_sensor is not None and given.name != named_sensor:
+        raise ValueError(f"{path}: the file names say the scene is {named_sensor}, --sensor says {given.name}")
     if acquired is not None and named_date is not None and acquired != named_date:
         raise ValueError(f"{path}: the file names say the scene was acquired on {named_date}, --date says {acquired}")
-    sensor, acquired = named_sensor or sensor, named_date or acquired
+    instrument = landsat.sensor_of(named_sensor) if named_sensor else given or sensors.ETM_PLUS
+    acquired = named_date or acquired
+    if path.is_dir():
+        sources = scene.sources(instrument)
+    else:
+        sources = landsat.band_files_from_stack(path, band_mapping, instrument)
+    calibration = None if instrument.native else sensors.calibration(instrument, acquired, mtl)
+    if calibration and calibration.reflectance and acquired is None and "EARTH_SUN_DISTANCE" not in mtl:
+        logger.warning("%s: no acquisition date (--date) nor MTL file: the Earth-Sun distance is taken as 1 AU, "
+                       "so reflective bands may be off by up to 3.4%%", path)
     inputs = sorted({s.path.resolve() for s in sources}) + ([Path(dem).resolve()] if dem else [])
     fingerprint = quick_fingerprint(*inputs, extra=f"{kind}:{[(s.name, s.band_index) for s in sources]}")
     existing = _existing(store, fingerprint)
@@ -304,6 +316,7 @@ def ingest_landsat(
             stack = landsat.build_stack(
                 sources, staging.path / "stack.tif", dem,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                sensor=instrument, calibration=calibration,
             )
         return ingest_raster_scene(
             workspace,
@@ -316,15 +329,22 @@ def ingest_landsat(
             source_uri=str(path),
             fingerprint=fingerprint,
             name=path.stem,
-            sensor=sensor,
+            sensor=instrument.name if (named_sensor or given) else None,
             acquired=acquired,
             details={
                 "bands": {s.name: f"{s.path}#{s.band_index}" for s in sources},
                 "dem": str(dem) if dem else None,
                 "missing_channels": stack.missing_channels,
+                **(_harmonised(instrument, calibration, stack.available_channels) if calibration else {}),
             },
             quiet=quiet,
         )
+
+
+def _harmonised(sensor: sensors.Sensor, calibration: sensors.Calibration, channels: list[str]) -> dict[str, Any]:
+    """What the store keeps about a scene brought into the ETM+ layout from another sensor."""
+    return {"harmonised_from": sensor.name, "calibration": calibration.source,
+            "approximations": {c: note for c, note in sensor.notes.items() if c in channels}}
 
 
 def _scene_id_metadata(name: str) -> tuple[str | None, dt.date | None]:

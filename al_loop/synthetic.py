@@ -38,8 +38,9 @@ from rasterio import features
 from rasterio.transform import Affine, from_origin
 from scipy import ndimage
 
-from al_loop import bands
+from al_loop import bands, sensors
 from al_loop.classes import BACKGROUND, CLASS_NAMES, CLEAN_ICE, DEBRIS
+from al_loop.io.landsat import parse_scene_id, sensor_of
 from al_loop.terrain import slope_degrees
 
 CRS = "EPSG:32645"  # UTM 45N: Nepal east of ~84 E, Sikkim, southern Tibet
@@ -685,6 +686,36 @@ def _write_label_vector(path: Path, labels: np.ndarray, transform, crs: str) -> 
         tmp.unlink(missing_ok=True)
 
 
+def _write_bands(folder: Path, scene_id: str, etm: dict[str, np.ndarray], transform, seed: int) -> None:
+    """ETM+ channels as the scene id's sensor would have recorded them: its band files (8 or
+    16-bit, its own band numbers) and, for TM and OLI, an MTL file with the DN scaling."""
+    sensor_name, acquired = parse_scene_id(scene_id)
+    sensor = sensor_of(sensor_name)
+    own = etm
+    if not sensor.native:
+        cal = sensors.calibration(sensor, acquired)
+        own = sensors.from_etm(etm, sensor, cal)
+        _write_mtl(folder / f"{scene_id}_MTL.txt", sensor, cal)
+    for name, band in own.items():
+        dtype = np.uint16 if sensor.bits == 16 or name == "BQA" else np.uint8  # BQA bit flags are 16-bit
+        _write_geotiff(folder / f"{scene_id}_{name}.TIF", band[None].astype(dtype), transform, (name,), seed)
+
+
+def _write_mtl(path: Path, sensor: sensors.Sensor, cal: sensors.Calibration) -> None:
+    """The radiometric part of a USGS MTL file."""
+    lines = ["GROUP = LEVEL1_RADIOMETRIC_RESCALING"]
+    for kind, table in (("RADIANCE", cal.radiance), ("REFLECTANCE", cal.reflectance)):
+        for band, (mult, add) in table.items():
+            lines += [f"    {kind}_MULT_BAND_{band[1:]} = {mult:.5E}", f"    {kind}_ADD_BAND_{band[1:]} = {add:.5f}"]
+    lines.append("END_GROUP = LEVEL1_RADIOMETRIC_RESCALING")
+    if cal.thermal and sensor.thermal:
+        number = sensor.thermal[1:]
+        lines += ["GROUP = LEVEL1_THERMAL_CONSTANTS", f"    K1_CONSTANT_BAND_{number} = {cal.thermal[0]:.4f}",
+                  f"    K2_CONSTANT_BAND_{number} = {cal.thermal[1]:.4f}", "END_GROUP = LEVEL1_THERMAL_CONSTANTS"]
+    lines.append(f"    EARTH_SUN_DISTANCE = {cal.earth_sun_au:.7f}")
+    path.write_text("\n".join(lines) + "\nEND\n")
+
+
 # --- data as people have it --------------------------------------------------------------------
 
 
@@ -697,23 +728,28 @@ class Level1Folder:
     glacier_map: Path  # clean ice 1 / debris 2 / 0 elsewhere around one glacier (0 is no label)
     truth: np.ndarray  # the full label mask, for checking
     transform: object
+    dem: Path | None = None  # the surface's DEM (float32, scene grid), when asked for
 
 
 def make_level1_folder(out_dir: Path, height: int = 655, width: int = 800, seed: int = 3,
                        band_names: tuple[str, ...] = ("B1", "B2", "B3", "B4"),
-                       scene_id: str = "LE71400412000304SGS00", outline_fraction: float = 0.6) -> Level1Folder:
-    """A small scene as a glaciologist may have it: a Landsat 7 Level-1 folder with some bands
-    only (pre-collection names by default), no DEM, glacier outlines of a public inventory over
-    part of it (a shapefile, "glacier" without type) and a clean-ice/debris map of one glacier
-    (a GeoTIFF whose 0 means "not mapped", not background)."""
+                       scene_id: str = "LE71400412000304SGS00", outline_fraction: float = 0.6,
+                       with_dem: bool = False) -> Level1Folder:
+    """A small scene as a glaciologist may have it: a Landsat Level-1 folder with some bands
+    only (Landsat 7, pre-collection names by default; a Landsat 5 or 8/9 ``scene_id`` gives that
+    sensor's bands, ``band_names`` being the ETM+ channels they stand for), no DEM (``with_dem``
+    adds ``dem.tif``), glacier outlines of a public inventory over part of it (a shapefile,
+    "glacier" without type) and a clean-ice/debris map of one glacier (a GeoTIFF whose 0 means
+    "not mapped", not background)."""
     out_dir = Path(out_dir)
     folder = out_dir / scene_id
     folder.mkdir(parents=True, exist_ok=True)
-    pixels, labels, _ = generate(height, width, seed)
+    pixels, labels, surface = generate(height, width, seed)
     transform = _scene_transform(seed)
-    for name in band_names:
-        band = pixels[bands.CHANNELS.index(name)][None].astype(np.uint8)
-        _write_geotiff(folder / f"{scene_id}_{name}.TIF", band, transform, (name,), seed)
+    dem = out_dir / "dem.tif" if with_dem else None
+    if dem is not None:
+        _write_geotiff(dem, surface[None], transform, ("elevation",), seed)
+    _write_bands(folder, scene_id, {name: pixels[bands.CHANNELS.index(name)] for name in band_names}, transform, seed)
     glacier = (labels != BACKGROUND).astype(np.uint8)
     glacier[:, int(outline_fraction * width) :] = 0
     outlines = out_dir / "outlines.shp"
@@ -732,4 +768,4 @@ def make_level1_folder(out_dir: Path, height: int = 655, width: int = 800, seed:
     mapped = np.where(chosen, labels, 0)[r0:r1, c0:c1].astype(np.uint8)
     glacier_map = out_dir / "glacier_map.tif"
     _write_geotiff(glacier_map, mapped[None], transform * Affine.translation(c0, r0), ("class",), seed)
-    return Level1Folder(folder, outlines, glacier_map, labels, transform)
+    return Level1Folder(folder, outlines, glacier_map, labels, transform, dem)

@@ -86,9 +86,12 @@ def test_renamed_band_files_need_the_sensor_and_take_the_date_by_option(tmp_path
     ws = tmp_path / "ws"
     assert _invoke("init", ws).exit_code == 0
     refused = _invoke("ingest", "scene", renamed, "-w", ws)
-    assert refused.exit_code == 2 and "--sensor LE07" in " ".join(refused.output.split())
-    other = _invoke("ingest", "scene", renamed, "--sensor", "LC08", "-w", ws)
-    assert other.exit_code == 2 and "Landsat 8" in other.output
+    assert refused.exit_code == 2 and "--sensor (LT05, LE07, LC08 or LC09)" in " ".join(refused.output.split())
+    other = _invoke("ingest", "scene", renamed, "--sensor", "LC08", "-w", ws)  # ETM+ files called OLI
+    assert other.exit_code == 2 and "is 8-bit (uint8), but Landsat 8 OLI/TIRS Level-1 bands are 16-bit" in " ".join(
+        other.output.split())
+    unknown = _invoke("ingest", "scene", renamed, "--sensor", "MSS", "-w", ws)
+    assert unknown.exit_code == 2 and "--sensor 'MSS': not a sensor al-loop knows" in " ".join(unknown.output.split())
     bad_date = _invoke("ingest", "scene", renamed, "--sensor", "LE07", "--date", "30/10/2000", "-w", ws)
     assert bad_date.exit_code == 2 and "--date '30/10/2000': expected YYYY-MM-DD" in bad_date.output
     result = _invoke("ingest", "scene", renamed, "--sensor", "L7", "--date", "2000-10-30", "-w", ws, "-q")

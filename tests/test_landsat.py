@@ -129,9 +129,9 @@ def test_find_level1_bands_names_the_folder_when_empty(tmp_path):
         find_level1_bands(tmp_path)
 
 
-def test_find_level1_bands_refuses_other_sensors(tmp_path):
-    (tmp_path / "LC08_L1TP_134040_20170922_20170930_01_T1_B5.TIF").touch()
-    with pytest.raises(RasterInputError, match="Landsat 8"):
+def test_find_level1_bands_refuses_sensors_without_a_mapping(tmp_path):
+    (tmp_path / "LT04_L1TP_134040_19890922_20170930_01_T1_B5.TIF").touch()
+    with pytest.raises(RasterInputError, match="LT04.*Landsat 4 TM scenes are not supported"):
         find_level1_bands(tmp_path)
 
 
@@ -166,8 +166,8 @@ def test_band_files_of_two_scenes_or_another_sensor_are_refused(tmp_path):
         find_level1_scene(tmp_path)
     other = tmp_path / "tm"
     other.mkdir()
-    (other / "LT51400412000304SGS00_B1.TIF").touch()
-    with pytest.raises(RasterInputError, match="Landsat 5 TM"):
+    (other / "LT41400411990304SGS00_B1.TIF").touch()
+    with pytest.raises(RasterInputError, match="Landsat 4 TM"):
         find_level1_scene(other)
 
 

@@ -1,10 +1,11 @@
-"""Raw Landsat 7 ETM+ data to the HKH dataset's 15-channel layout.
+"""Raw Landsat data (5 TM, 7 ETM+, 8/9 OLI) to the HKH dataset's 15-channel layout.
 
 Two inputs feed one builder: a USGS Level-1 folder (one GeoTIFF per band,
 :func:`band_files_from_folder`) and a multi-band stack with a band mapping
-(:func:`band_files_from_stack`). Both give a list of :class:`BandSource`, which
-:func:`build_stack` turns into a float32 GeoTIFF with the channels of ``bands.CHANNELS``,
-on the grid of the first reflective band.
+(:func:`band_files_from_stack`). Both give a list of :class:`BandSource`, named with the sensor's
+own band names, which :func:`build_stack` turns into a float32 GeoTIFF with the channels of
+``bands.CHANNELS``, on the grid of the first reflective band. Bands of TM and OLI scenes become
+ETM+ digital numbers on the way (:mod:`al_loop.sensors`).
 
 Conventions are those of the HKH fused tiles (checked on the real clip, where all 15 channels
 are 0 wherever ``bands.valid_mask`` is false):
@@ -43,8 +44,6 @@ from rasterio.windows import Window
 from al_loop.bands import (
     CHANNELS,
     INDEX_INPUTS,
-    RAW_BANDS,
-    REFLECTIVE_BANDS,
     TERRAIN_CHANNELS,
     BandNameError,
     channel_index,
@@ -52,6 +51,8 @@ from al_loop.bands import (
     valid_mask,
 )
 from al_loop.io.rasters import RasterInfo, RasterInputError, describe_raster
+from al_loop.sensors import ETM_PLUS, Calibration, Sensor, channels_from, to_etm
+from al_loop.sensors import SENSORS as SUPPORTED
 from al_loop.terrain import pixel_size_metres, slope_degrees
 
 SENSORS = {
@@ -70,7 +71,7 @@ _SENSOR_DATE = r"(?P<sensor>L[A-Z]\d{2})_(?:L1[A-Z]{2}_)?\d{6}_(?P<date>\d{8})"
 # Pre-collection ids (before 2017): LE71400412000304SGS00 = sensor E, Landsat 7, path 140, row
 # 041, year 2000, day of year 304, ground station SGS, archive version 00.
 _PRE_COLLECTION = r"(?P<pre>L[A-Z]\d)\d{6}(?P<year>\d{4})(?P<doy>\d{3})[A-Z]{3}\d{2}"
-_BAND = r"(?P<band>B[1-578]|B6_VCID_[12]|B6[12]|BQA|QA_PIXEL)"
+_BAND = r"(?P<band>B6_VCID_[12]|B6[12]|B1[01]|B[1-9]|BQA|QA_PIXEL)"
 _BAND_FILES = {
     "collection": re.compile(_SCENE_ID + "_" + _BAND + r"\.tif", re.IGNORECASE),
     "pre-collection": re.compile(_PRE_COLLECTION + "_" + _BAND + r"\.tif", re.IGNORECASE),
@@ -78,6 +79,7 @@ _BAND_FILES = {
     "renamed": re.compile(r"(?P<prefix>.+)_" + _BAND + r"\.tif", re.IGNORECASE),
 }
 _BAND_ALIASES = {"QA_PIXEL": "BQA", "B61": "B6_VCID_1", "B62": "B6_VCID_2"}
+_BAND_ORDER = ("B1", "B2", "B3", "B4", "B5", "B6", "B6_VCID_1", "B6_VCID_2", "B7", "B8", "B9", "B10", "B11", "BQA")
 
 # Resampling onto the 30 m grid when a band's grid differs: the 15 m panchromatic band is
 # averaged, the quality band's bit flags cannot be interpolated, the rest is bilinear.
@@ -148,37 +150,64 @@ def path_row(name: str) -> tuple[int, int] | None:
     return (int(match[1]), int(match[2])) if match else None
 
 
-def sensor_name(given: str) -> str:
-    """A sensor named by the user (``LE07``, ``L7``, ``ETM+``, ``Landsat 7 ETM+``) as al-loop
-    names it; only Landsat 7 ETM+ fits the HKH channel layout."""
+_SENSOR_ALIASES = {
+    "LE07": {"LE07", "LE7", "L7", "ETM+", "ETM", "LANDSAT7", "LANDSAT7ETM+"},
+    "LT05": {"LT05", "LT5", "L5", "TM", "LANDSAT5", "LANDSAT5TM"},
+    "LC08": {"LC08", "LC8", "L8", "OLI", "LANDSAT8", "LANDSAT8OLI", "LANDSAT8OLI/TIRS"},
+    "LC09": {"LC09", "LC9", "L9", "OLI-2", "LANDSAT9", "LANDSAT9OLI-2/TIRS-2"},
+}
+_SUPPORTED_NAMES = "Landsat 5 TM (LT05), 7 ETM+ (LE07), 8 OLI (LC08) or 9 OLI-2 (LC09)"
+
+
+def sensor_of(given: str) -> Sensor:
+    """A sensor named by the user (``LT05``, ``L5``, ``TM``, ``Landsat 8 OLI/TIRS`` ...) or by a
+    scene id's sensor code; a clear error for Landsat 4 and other sensors without a mapping."""
     key = given.strip().upper().replace(" ", "")
-    if key in {"LE07", "LE7", "L7", "ETM+", "ETM", "LANDSAT7", "LANDSAT7ETM+"}:
-        return SENSORS["LE07"]
-    known = {code: name for code, name in SENSORS.items()}
-    for code, name in known.items():
+    for code, aliases in _SENSOR_ALIASES.items():
+        if key in aliases or key == SENSORS[code].upper().replace(" ", ""):
+            return SUPPORTED[code]
+    for code, name in SENSORS.items():
         if key in {code, name.upper().replace(" ", "")}:
-            raise RasterInputError(f"--sensor {given}: {name} bands do not fit the HKH channel layout; only "
-                                   "Landsat 7 ETM+ (LE07) scenes can be ingested")
-    raise RasterInputError(f"--sensor {given!r}: not a Landsat sensor; give LE07 (Landsat 7 ETM+)")
+            raise RasterInputError(f"{given}: {name} scenes are not supported; give {_SUPPORTED_NAMES} scenes")
+    raise RasterInputError(f"{given!r}: not a sensor al-loop knows; give {_SUPPORTED_NAMES}")
+
+
+def sensor_option(given: str) -> Sensor:
+    """The sensor of the ``--sensor`` option (see :func:`sensor_of`)."""
+    try:
+        return sensor_of(given)
+    except RasterInputError as exc:
+        raise RasterInputError(f"--sensor {exc}") from None
 
 
 @dataclass(frozen=True)
 class Level1Scene:
     """The band files of a Level-1 folder and what their names tell."""
 
-    bands: dict[str, Path]  # channel name -> file, in RAW_BANDS order
+    bands: dict[str, Path]  # the sensor's own band name -> file
     naming: str  # collection, pre-collection or renamed
     sensor: str | None
     acquired: date | None
+    mtl: dict[str, str]  # the scene's MTL metadata, empty without an MTL file
+
+    def sources(self, sensor: Sensor) -> list[BandSource]:
+        """The band files ``sensor`` turns into the layout, in its order; its other bands (OLI's
+        coastal, pan, cirrus and second thermal band) are left out."""
+        foreign = [name for name in self.bands if name not in sensor.bands and name not in sensor.unused]
+        if foreign:
+            raise RasterInputError(f"{self.bands[foreign[0]]}: {sensor.name} has no band {foreign[0]} "
+                                   f"(its bands here: {', '.join((*sensor.bands, *sensor.unused))})")
+        return [BandSource(name, self.bands[name]) for name in sensor.bands if name in self.bands]
 
 
 def find_level1_scene(folder: Path) -> Level1Scene:
-    """Band files of one Landsat 7 Level-1 scene in ``folder``.
+    """Band files of one Landsat Level-1 scene in ``folder``.
 
-    Collection 1 and 2 names (``*_B1.TIF`` ... ``*_B6_VCID_2.TIF``, ``*_BQA.TIF``; Collection 2's
-    ``*_QA_PIXEL.TIF`` counts as BQA), pre-collection names (``LE71400412000304SGS00_B1.TIF``,
-    thermal ``_B61``/``_B62`` too) and renamed files (``<anything>_B1.TIF``) are recognised, any
-    case of ``.tif``. Other files (metadata, Level-2 ``_SR_``/``_ST_`` products) are ignored.
+    Collection 1 and 2 names (``*_B1.TIF`` ... ``*_B11.TIF``, ``*_B6_VCID_2.TIF``, ``*_BQA.TIF``;
+    Collection 2's ``*_QA_PIXEL.TIF`` counts as BQA), pre-collection names
+    (``LE71400412000304SGS00_B1.TIF``, thermal ``_B61``/``_B62`` too) and renamed files
+    (``<anything>_B1.TIF``) are recognised, any case of ``.tif``, and the ``*_MTL.txt`` metadata.
+    Other files (Level-2 ``_SR_``/``_ST_`` products) are ignored.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -196,12 +225,11 @@ def find_level1_scene(folder: Path) -> Level1Scene:
                                     or re.search(r"L[A-Z]\d{2}_L2", path.name, re.IGNORECASE)):
             continue  # a Level-2 product (surface reflectance or temperature), not Level-1 DN
         if naming != "renamed":
-            sensor = match["sensor"].upper() if naming == "collection" else f"{match['pre'][:2].upper()}0{match['pre'][2]}"
-            if sensor != "LE07":
-                raise RasterInputError(
-                    f"{path}: a {SENSORS.get(sensor, sensor)} file; only Landsat 7 ETM+ bands "
-                    "fit the HKH channel layout"
-                )
+            code = match["sensor"].upper() if naming == "collection" else f"{match['pre'][:2].upper()}0{match['pre'][2]}"
+            try:
+                sensor_of(code)
+            except RasterInputError as exc:
+                raise RasterInputError(f"{path}: {exc}") from None
         name = match["band"].upper()
         name = _BAND_ALIASES.get(name, name)
         if name in found:
@@ -228,26 +256,42 @@ def find_level1_scene(folder: Path) -> Level1Scene:
         except ValueError:
             sensor, acquired = None, None
     naming = "renamed" if "renamed" in namings else namings.pop()
-    return Level1Scene({name: found[name] for name in RAW_BANDS if name in found}, naming, sensor, acquired)
+    mtl = [p for p in folder.iterdir() if p.name.upper().endswith("_MTL.TXT")]
+    bands = {name: found[name] for name in _BAND_ORDER if name in found}
+    return Level1Scene(bands, naming, sensor, acquired, read_mtl(mtl[0]) if len(mtl) == 1 else {})
+
+
+def read_mtl(path: Path) -> dict[str, str]:
+    """``KEY = value`` pairs of a Landsat MTL metadata file (groups flattened, quotes dropped)."""
+    values = {}
+    for line in Path(path).read_text(errors="replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip().strip('"')
+    return values
 
 
 def find_level1_bands(folder: Path) -> dict[str, Path]:
-    """Band files of one Landsat 7 Level-1 scene in ``folder``, keyed by channel name (see
+    """Band files of one Landsat Level-1 scene in ``folder``, keyed by the sensor's band name (see
     :func:`find_level1_scene`)."""
     return find_level1_scene(folder).bands
 
 
-def band_files_from_folder(folder: Path) -> list[BandSource]:
-    """The bands of a USGS Level-1 folder as sources for :func:`build_stack`."""
-    return [BandSource(name, path) for name, path in find_level1_bands(folder).items()]
+def band_files_from_folder(folder: Path, sensor: Sensor | None = None) -> list[BandSource]:
+    """The bands of a USGS Level-1 folder as sources for :func:`build_stack`, for the sensor its
+    file names tell (``sensor`` for renamed files; Landsat 7 ETM+ when neither tells)."""
+    scene = find_level1_scene(folder)
+    return scene.sources(sensor or (sensor_of(scene.sensor) if scene.sensor else ETM_PLUS))
 
 
-def band_files_from_stack(path: Path, mapping: list[str] | dict[int, str]) -> list[BandSource]:
+def band_files_from_stack(
+    path: Path, mapping: list[str] | dict[int, str], sensor: Sensor = ETM_PLUS
+) -> list[BandSource]:
     """The bands of one multi-band file as sources for :func:`build_stack`.
 
     ``mapping`` names every band in file order (``["B1", "B2", "B3", "B4", "B5", "B7"]``), or
-    picks bands by 1-based index (``{1: "B1", 4: "B4"}``). Band descriptions in the file that
-    name a channel must agree with the mapping.
+    picks bands by 1-based index (``{1: "B1", 4: "B4"}``), with ``sensor``'s own band names
+    (OLI's blue is B2). Band descriptions in the file that name a band must agree with the mapping.
     """
     path = Path(path)
     info = describe_raster(path)
@@ -265,9 +309,9 @@ def band_files_from_stack(path: Path, mapping: list[str] | dict[int, str]) -> li
                 f"but the file has {info.count}"
             )
         sources = [BandSource(name, path, i) for i, name in enumerate(mapping, start=1)]
-    _check_names(sources)
+    _check_names(sources, sensor)
     for source in sources:
-        _check_band(source, info)
+        _check_band(source, info, sensor)
     return sources
 
 
@@ -277,8 +321,13 @@ def build_stack(
     dem: Path | None = None,
     block_size: int = 512,
     progress: Callable[[int, int], None] | None = None,
+    sensor: Sensor = ETM_PLUS,
+    calibration: Calibration | None = None,
 ) -> StackInfo:
-    """Write the 15-channel HKH layout of a Landsat 7 scene to ``out_path``.
+    """Write the 15-channel HKH layout of a Landsat scene to ``out_path``.
+
+    ``sources`` carry ``sensor``'s own band names; bands of sensors other than ETM+ become ETM+
+    DN with ``calibration`` (:func:`al_loop.sensors.to_etm`).
 
     Every input is checked before anything is written; the output is written to a temporary
     file beside ``out_path`` and renamed into place, so a failure leaves no file behind.
@@ -288,15 +337,15 @@ def build_stack(
     called after each block.
     """
     out_path = Path(out_path)
-    infos = _check_sources(sources)
-    reference = next(s for name in REFLECTIVE_BANDS for s in sources if s.name == name)
+    infos = _check_sources(sources, sensor)
+    reference = next(s for name in sensor.reflective for s in sources if s.name == name)
     grid = infos[reference.path]
     for info in infos.values():
         _check_overlap(info, grid)
     if dem is not None:
         dem = Path(dem)
         _check_overlap(describe_raster(dem), grid)
-    available = _available_channels([s.name for s in sources], dem is not None)
+    available = _available_channels(channels_from(sensor, {s.name for s in sources}), dem is not None)
     missing = [c for c in CHANNELS if c not in available]
 
     tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.part")
@@ -310,7 +359,7 @@ def build_stack(
             dst.update_tags(missing_channels=",".join(missing))
             windows = list(_blocks(grid.width, grid.height, block_size))
             for done, window in enumerate(windows, start=1):
-                block = _build_block(window, readers, terrain, available)
+                block = _build_block(window, readers, terrain, available, lambda raw: to_etm(raw, sensor, calibration))
                 dst.write(block, window=window)
                 if progress is not None:
                     progress(done, len(windows))
@@ -329,27 +378,33 @@ def build_stack(
     )
 
 
-def _check_names(sources: list[BandSource]) -> None:
+def _check_names(sources: list[BandSource], sensor: Sensor) -> None:
     names = [s.name for s in sources]
-    unknown = [n for n in names if n not in RAW_BANDS]
+    unknown = [n for n in names if n not in sensor.bands]
     if unknown:
         raise BandNameError(
-            f"unknown band name(s) {unknown}; Landsat bands are {', '.join(RAW_BANDS)}"
+            f"unknown band name(s) {unknown}; {sensor.name} bands are {', '.join(sensor.bands)}"
         )
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise BandNameError(f"band(s) {repeated} given more than once")
 
 
-def _check_band(source: BandSource, info: RasterInfo) -> None:
+def _check_band(source: BandSource, info: RasterInfo, sensor: Sensor) -> None:
     """The band must exist, and a description naming a channel must match the mapped name."""
     if not 1 <= source.band_index <= info.count:
         raise RasterInputError(
             f"{source.path}: has {info.count} band(s); band {source.band_index} "
             f"({source.name}) was asked for"
         )
+    dtype = info.dtypes[source.band_index - 1]
+    if sensor.bits == 16 and dtype in {"uint8", "int8"}:
+        raise RasterInputError(
+            f"{source.path}: band {source.band_index} ({source.name}) is 8-bit ({dtype}), but {sensor.name} "
+            "Level-1 bands are 16-bit; is the sensor right?"
+        )
     described = info.descriptions[source.band_index - 1]
-    known = {c.upper() for c in CHANNELS}
+    known = {c.upper() for c in (*CHANNELS, *sensor.bands, *sensor.unused)}
     if described and described.upper() in known and described.upper() != source.name.upper():
         raise BandNameError(
             f"{source.path}: band {source.band_index} is described as {described!r} "
@@ -357,19 +412,19 @@ def _check_band(source: BandSource, info: RasterInfo) -> None:
         )
 
 
-def _check_sources(sources: list[BandSource]) -> dict[Path, RasterInfo]:
+def _check_sources(sources: list[BandSource], sensor: Sensor) -> dict[Path, RasterInfo]:
     """Check every source file (readable, georeferenced, band names) before any writing."""
     if not sources:
         raise ValueError("no band sources given")
-    _check_names(sources)
-    if not any(s.name in REFLECTIVE_BANDS for s in sources):
+    _check_names(sources, sensor)
+    if not any(s.name in sensor.reflective for s in sources):
         raise BandNameError(
-            f"no reflective band ({', '.join(REFLECTIVE_BANDS)}) among "
+            f"no reflective {sensor.name} band ({', '.join(sensor.reflective)}) among "
             f"{[s.name for s in sources]}; one is needed for the 30 m grid and the valid-pixel rule"
         )
     infos = {s.path: describe_raster(s.path) for s in sources}
     for source in sources:
-        _check_band(source, infos[source.path])
+        _check_band(source, infos[source.path], sensor)
     return infos
 
 
@@ -387,8 +442,8 @@ def _check_overlap(info: RasterInfo, grid: RasterInfo) -> None:
         raise RasterInputError(f"{info.path}: does not overlap the scene {grid.path}")
 
 
-def _available_channels(band_names: list[str], has_dem: bool) -> list[str]:
-    have = set(band_names)
+def _available_channels(channels: list[str], has_dem: bool) -> list[str]:
+    have = set(channels)
     have |= {index for index, (a, b) in INDEX_INPUTS.items() if a in have and b in have}
     if has_dem:
         have |= set(TERRAIN_CHANNELS)
@@ -491,10 +546,12 @@ def _build_block(
     readers: dict[str, _Reader],
     terrain: _TerrainReader | None,
     available: list[str],
+    harmonise: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
 ) -> np.ndarray:
-    """The 15 channels of one window, NaN for missing channels, 0 at invalid pixels."""
+    """The 15 channels of one window, NaN for missing channels, 0 at invalid pixels.
+    ``harmonise`` turns the sensor's own bands into ETM+ channels."""
     out = np.full((len(CHANNELS), window.height, window.width), np.nan, dtype=np.float32)
-    raw = {name: reader.read(window) for name, reader in readers.items()}
+    raw = harmonise({name: reader.read(window) for name, reader in readers.items()})
     for name, data in raw.items():
         out[channel_index(name)] = data
     for name in INDEX_INPUTS:

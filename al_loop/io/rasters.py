@@ -27,6 +27,7 @@ class RasterInfo:
     height: int
     count: int
     descriptions: tuple[str | None, ...]
+    dtypes: tuple[str, ...] = ()
 
 
 def describe_raster(path: Path) -> RasterInfo:
@@ -48,6 +49,7 @@ def describe_raster(path: Path) -> RasterInfo:
                 height=src.height,
                 count=src.count,
                 descriptions=tuple(src.descriptions),
+                dtypes=tuple(src.dtypes),
             )
     except RasterioError as exc:
         raise RasterInputError(f"{path}: not a readable raster ({exc})") from None
