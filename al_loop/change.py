@@ -41,6 +41,7 @@ class GlacierDate:
     scene_id: int
     scene: str
     acquired: str
+    sensor: str  # a series may join Landsat 5, 7 and 8/9 scenes
     clean_km2: float
     debris_km2: float
     glacier_km2: float
@@ -78,7 +79,7 @@ def measure(workspace: Workspace, store: Store, scene_ids: list[int], inventory_
         for i, glacier_id in enumerate(inventory.ids, start=1):
             valid = 1.0 - missing[i] / outline[i] if outline[i] else 0.0
             rows.append(GlacierDate(glacier_id, scene_id, built.meta["scene"], built.meta["acquired"],
-                                    clean[i], debris[i], total[i], total[i] - unsure_in[i],
+                                    built.meta["sensor"], clean[i], debris[i], total[i], total[i] - unsure_in[i],
                                     total[i] + unsure_out[i] + missing[i], valid, valid < min_valid))
     return sorted(rows, key=lambda r: (r.glacier, r.acquired))
 
@@ -165,7 +166,7 @@ def region_rows(rows: list[GlacierDate]) -> list[GlacierDate]:
     for acquired in sorted({r.acquired for r in rows}):
         dated = [r for r in rows if r.acquired == acquired]
         ok = [r for r in dated if not r.flagged]
-        out.append(GlacierDate("region", dated[0].scene_id, dated[0].scene, acquired,
+        out.append(GlacierDate("region", dated[0].scene_id, dated[0].scene, acquired, dated[0].sensor,
                                sum(r.clean_km2 for r in ok), sum(r.debris_km2 for r in ok),
                                sum(r.glacier_km2 for r in ok), sum(r.low_km2 for r in ok),
                                sum(r.high_km2 for r in ok), min(r.valid_fraction for r in dated),

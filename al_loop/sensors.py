@@ -6,7 +6,8 @@ a 1990 TM scene and a 2020 OLI scene:
 
 * reflective bands, mapped by wavelength (:attr:`Sensor.optical`): the sensor's DN -> the
   top-of-atmosphere reflectance it measured (TM: radiance over its solar irradiance; OLI: its
-  Level-1 reflectance scaling) -> the radiance ETM+ would have measured over that reflectance
+  Level-1 reflectance scaling, less OLI's mean difference to ETM+ over the same ground,
+  :attr:`Sensor.between_sensors`) -> the radiance ETM+ would have measured over that reflectance
   under the same sun (ETM+ solar irradiance) -> ETM+ DN in the HKH tiles' gain;
 * thermal: DN -> radiance -> brightness temperature -> ETM+ DN at both thermal gains;
 * panchromatic: TM has none and OLI's leaves out the near infrared, so it is synthesised from the
@@ -74,6 +75,9 @@ class Sensor:
     unused: tuple[str, ...] = ()
     notes: Mapping[str, str] = field(default_factory=dict)
     bits: int = 8  # of the Level-1 DN
+    # ETM+ channel -> (slope, intercept) of this sensor's reflectance against ETM+'s over the same
+    # ground (own = slope * ETM+ + intercept); removed on the way to ETM+ DN
+    between_sensors: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
     @property
@@ -108,20 +112,26 @@ TM5 = Sensor(
     },
 )
 _OLI = {"B1": "B2", "B2": "B3", "B3": "B4", "B4": "B5", "B5": "B6", "B7": "B7"}
+_ADJUSTED = "; the mean difference to ETM+ removed (Roy et al. 2016, fitted on US surface reflectance)"
 _OLI_NOTES = {
-    "B1": "OLI band 2 (0.45-0.51 µm)",
-    "B2": "OLI band 3 (0.53-0.59 µm)",
-    "B3": "OLI band 4 (0.64-0.67 µm)",
-    "B4": "OLI band 5 (0.85-0.88 µm): approximation, narrower than ETM+ band 4 (0.77-0.90 µm)",
-    "B5": "OLI band 6 (1.57-1.65 µm)",
-    "B7": "OLI band 7 (2.11-2.29 µm)",
+    "B1": "OLI band 2 (0.45-0.51 µm)" + _ADJUSTED,
+    "B2": "OLI band 3 (0.53-0.59 µm)" + _ADJUSTED,
+    "B3": "OLI band 4 (0.64-0.67 µm)" + _ADJUSTED,
+    "B4": "OLI band 5 (0.85-0.88 µm): approximation, narrower than ETM+ band 4 (0.77-0.90 µm)" + _ADJUSTED,
+    "B5": "OLI band 6 (1.57-1.65 µm)" + _ADJUSTED,
+    "B7": "OLI band 7 (2.11-2.29 µm)" + _ADJUSTED,
     "B6_VCID_1": "TIRS band 10 (10.6-11.2 µm): approximation, narrower than ETM+ band 6 (10.4-12.5 µm)",
     "B6_VCID_2": "TIRS band 10 (10.6-11.2 µm): approximation, narrower than ETM+ band 6 (10.4-12.5 µm)",
     "B8": "OLI's pan (0.50-0.68 µm) leaves out the near infrared: " + _PAN_NOTE,
     "BQA": "QA_PIXEL; OLI adds a cirrus bit",
 }
-OLI8 = Sensor("LC08", "Landsat 8 OLI/TIRS", _OLI, "B10", ("B1", "B8", "B9", "B11"), _OLI_NOTES, bits=16)
-OLI9 = Sensor("LC09", "Landsat 9 OLI-2/TIRS-2", _OLI, "B10", ("B1", "B8", "B9", "B11"), _OLI_NOTES, bits=16)
+# OLI against ETM+ reflectance over the same ground and day, reduced major axis fits over the
+# conterminous US (Roy et al. 2016, Remote Sens. Environ. 185, table 2, surface reflectance; used
+# here on top-of-atmosphere reflectance, intercepts of at most 0.003 taken as they are).
+_ROY_RMA = {"B1": (0.9785, -0.0095), "B2": (0.9542, -0.0016), "B3": (0.9825, -0.0022),
+            "B4": (1.0073, -0.0021), "B5": (1.0171, -0.0030), "B7": (0.9949, 0.0029)}
+OLI8 = Sensor("LC08", "Landsat 8 OLI/TIRS", _OLI, "B10", ("B1", "B8", "B9", "B11"), _OLI_NOTES, 16, _ROY_RMA)
+OLI9 = Sensor("LC09", "Landsat 9 OLI-2/TIRS-2", _OLI, "B10", ("B1", "B8", "B9", "B11"), _OLI_NOTES, 16, _ROY_RMA)
 SENSORS: dict[str, Sensor] = {s.code: s for s in (ETM_PLUS, TM5, OLI8, OLI9)}
 
 # Published DN scaling, for scenes without an MTL file.
@@ -232,7 +242,9 @@ def _etm_radiance(sensor: Sensor, cal: Calibration, channel: str, dn: np.ndarray
     own = sensor.optical[channel]
     if own in cal.reflectance:
         mult, add = cal.reflectance[own]
-        return (mult * dn + add) * ETM_ESUN[channel] / (math.pi * cal.earth_sun_au**2)
+        slope, intercept = sensor.between_sensors.get(channel, (1.0, 0.0))
+        etm_reflectance = (mult * dn + add - intercept) / slope
+        return etm_reflectance * ETM_ESUN[channel] / (math.pi * cal.earth_sun_au**2)
     mult, add = cal.radiance[own]
     return (mult * dn + add) * ETM_ESUN[channel] / TM5_ESUN[own]
 
@@ -284,7 +296,8 @@ def from_etm(channels: Mapping[str, np.ndarray], sensor: Sensor, cal: Calibratio
         etm_radiance = _etm_radiance_from_dn(dn, channel)
         if own in cal.reflectance:
             mult, add = cal.reflectance[own]
-            value = etm_radiance * math.pi * cal.earth_sun_au**2 / ETM_ESUN[channel]
+            slope, intercept = sensor.between_sensors.get(channel, (1.0, 0.0))
+            value = slope * etm_radiance * math.pi * cal.earth_sun_au**2 / ETM_ESUN[channel] + intercept
         else:
             mult, add = cal.radiance[own]
             value = etm_radiance * TM5_ESUN[own] / ETM_ESUN[channel]

@@ -4,6 +4,7 @@ a model trained on ETM+ maps a TM and an OLI scene of the same ground as it maps
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import math
 
@@ -65,7 +66,8 @@ def test_a_scene_recorded_by_another_sensor_comes_back_as_the_etm_dn(sensor):
 
 def test_oli_reflectance_becomes_the_etm_radiance_of_the_same_reflectance():
     """An OLI blue DN of 10,000 is a reflectance (times the sun's sine) of 0.1; the ETM+ blue DN
-    it becomes is that reflectance at ETM+ high gain, under the same sun, on the same day."""
+    it becomes is the reflectance ETM+ measures where OLI measures 0.1 (OLI = 0.9785 ETM+ - 0.0095,
+    Roy et al. 2016), at ETM+ high gain, under the same sun, on the same day."""
     day = dt.date(2020, 1, 3)  # perihelion: 0.9833 AU
     assert sensors.earth_sun_distance(day) == pytest.approx(0.9833, abs=2e-4)
     assert sensors.earth_sun_distance(dt.date(2020, 7, 4)) == pytest.approx(1.0167, abs=2e-4)
@@ -75,7 +77,7 @@ def test_oli_reflectance_becomes_the_etm_radiance_of_the_same_reflectance():
     radiance = lmin + (etm - 1) * (lmax - lmin) / 254
     reflectance = math.pi * radiance * 0.9833**2 / 1997.0  # ETM+ band 1 solar irradiance
     half_step = 0.5 * (lmax - lmin) / 254 * math.pi * 0.9833**2 / 1997.0
-    assert float(reflectance[0, 0]) == pytest.approx(0.1, abs=half_step)
+    assert float(reflectance[0, 0]) == pytest.approx((0.1 + 0.0095) / 0.9785, abs=half_step)
 
 
 def test_the_scene_mtl_overrides_the_published_constants():
@@ -136,8 +138,8 @@ def three_sensors(tmp_path_factory):
     runner, scenes = CliRunner(), {}
     for code, scene_id in SCENES.items():
         delivered = ALL_BANDS if code == "LE07" else tuple(b for b in ALL_BANDS if b not in ("B6_VCID_2", "B8"))
-        data = make_level1_folder(root / code, height=256, width=256, seed=7, band_names=delivered,
-                                  scene_id=scene_id, with_dem=True)
+        data = make_level1_folder(root / code, height=256, width=256, seed=4, band_names=delivered,
+                                  scene_id=scene_id, outline_fraction=1.0, with_dem=True)
         result = runner.invoke(cli.app, ["ingest", "scene", str(data.folder), "--dem", str(data.dem),
                                          "-w", str(ws.root), "-q"])
         assert result.exit_code == 0, result.output
@@ -154,7 +156,7 @@ def three_sensors(tmp_path_factory):
             predictions[code] = src.read(1)
         predictions[code + "_meta"] = (sensor, details, available)
     store.dispose()
-    yield scenes, predictions
+    yield scenes, predictions, ws.root, {code: rows[scene_id][0] for code, scene_id in SCENES.items()}
 
 
 def _iou(predicted, truth, valid, classes):
@@ -163,7 +165,7 @@ def _iou(predicted, truth, valid, classes):
 
 
 def test_a_model_trained_on_etm_maps_tm_and_oli_scenes_of_the_same_ground_alike(three_sensors):
-    scenes, predictions = three_sensors
+    scenes, predictions, _, _ = three_sensors
     truth = scenes["LE07"].truth
     valid = predictions["LE07"] != NODATA_CLASS
     etm_iou = _iou(predictions["LE07"], truth, valid, [1, 2])
@@ -178,3 +180,25 @@ def test_a_model_trained_on_etm_maps_tm_and_oli_scenes_of_the_same_ground_alike(
         assert details["harmonised_from"] == sensor and details["calibration"] == "MTL file"
         assert "synthesised" in details["approximations"]["B8"]
         assert available == list(bands.CHANNELS)  # pan and both thermal gains made, DEM given
+
+
+def test_a_change_of_sensor_is_not_measured_as_glacier_change(three_sensors, tmp_path):
+    """1990 TM and 2020 OLI over the same, unchanged ground (same weather): `al-loop change`
+    finds no change beyond its band, glacier by glacier, and the sensor of each date is named."""
+    scenes, _, root, ids = three_sensors
+    out = tmp_path / "change"
+    result = CliRunner().invoke(cli.app, ["change", str(ids["LT05"]), str(ids["LC08"]), "--inventory",
+                                          str(scenes["LE07"].outlines), "--out", str(out), "-w", str(root)])
+    assert result.exit_code == 0, result.output
+    with open(out / "areas.csv") as handle:
+        areas = list(csv.DictReader(handle))
+    assert {r["sensor"] for r in areas} == {"Landsat 5 TM", "Landsat 8 OLI/TIRS"}
+    with open(out / "changes.csv") as handle:
+        found = list(csv.DictReader(handle))
+    glaciers = [c for c in found if c["glacier"] != "region"]
+    assert len(glaciers) >= 3
+    for c in glaciers:
+        assert float(c["low_km2"]) <= 0 <= float(c["high_km2"]), c
+    region = next(c for c in found if c["glacier"] == "region")
+    before = sum(float(r["glacier_km2"]) for r in areas if r["glacier"] != "region" and r["sensor"] == "Landsat 5 TM")
+    assert abs(float(region["delta_km2"])) < 0.02 * before
