@@ -1,5 +1,5 @@
-"""The benchmarks of the expert's seat run end to end and print their figures' last line (the
-figures themselves are in the README, measured by the full runs)."""
+"""The benchmarks of the expert's seat and of the sensors run end to end and print their figures'
+last line (the figures themselves are in the README, measured by the full runs)."""
 
 from __future__ import annotations
 
@@ -40,3 +40,11 @@ def test_the_prelabels_benchmark_scores_saved_predictions(tmp_path):
     assert found, last
     assert int(found[2]) < int(found[1]) / 4  # speckle cleaned away
     assert float(found[6]) < float(found[5])  # and fewer pixels to repaint
+
+
+def test_the_sensors_benchmark_runs_in_quick_mode():
+    last = _run("benchmarks/sensors.py", "--quick", "--seeds", "1", "--size", "192")[-1]
+    found = re.fullmatch(r"sensors: glacier IoU ETM\+ (\S+), TM (\S+) \(\S+\), OLI (\S+) \(\S+\); "
+                         r"agreement with ETM\+ TM (\S+), OLI (\S+)", last)
+    assert found, last
+    assert float(found[4]) > 0.95 and float(found[5]) > 0.95  # one ground, mapped alike from each sensor
