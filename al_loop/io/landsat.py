@@ -51,11 +51,10 @@ from al_loop.bands import (
     valid_mask,
 )
 from al_loop.io.rasters import RasterInfo, RasterInputError, describe_raster
-from al_loop.sensors import ETM_PLUS, Calibration, Sensor, channels_from, to_etm
-from al_loop.sensors import SENSORS as SUPPORTED
+from al_loop.sensors import ETM_PLUS, SENSORS, Calibration, Sensor, channels_from, to_etm
 from al_loop.terrain import pixel_size_metres, slope_degrees
 
-SENSORS = {
+SENSOR_NAMES = {  # every Landsat sensor code a scene id may carry; al_loop.sensors.SENSORS has those supported
     "LT04": "Landsat 4 TM",
     "LT05": "Landsat 5 TM",
     "LE07": "Landsat 7 ETM+",
@@ -136,9 +135,9 @@ def parse_scene_id(name: str) -> tuple[str, date]:
         pre = match["pre"].upper()
         code = f"{pre[:2]}0{pre[2]}"
         acquired = datetime.strptime(f"{match['year']}{match['doy']}", "%Y%j").date()
-    if code not in SENSORS:
-        raise ValueError(f"{name!r}: unknown sensor code {code}; known: {', '.join(SENSORS)}")
-    return SENSORS[code], acquired
+    if code not in SENSOR_NAMES:
+        raise ValueError(f"{name!r}: unknown sensor code {code}; known: {', '.join(SENSOR_NAMES)}")
+    return SENSOR_NAMES[code], acquired
 
 
 def path_row(name: str) -> tuple[int, int] | None:
@@ -164,9 +163,9 @@ def sensor_of(given: str) -> Sensor:
     scene id's sensor code; a clear error for Landsat 4 and other sensors without a mapping."""
     key = given.strip().upper().replace(" ", "")
     for code, aliases in _SENSOR_ALIASES.items():
-        if key in aliases or key == SENSORS[code].upper().replace(" ", ""):
-            return SUPPORTED[code]
-    for code, name in SENSORS.items():
+        if key in aliases or key == SENSOR_NAMES[code].upper().replace(" ", ""):
+            return SENSORS[code]
+    for code, name in SENSOR_NAMES.items():
         if key in {code, name.upper().replace(" ", "")}:
             raise RasterInputError(f"{given}: {name} scenes are not supported; give {_SUPPORTED_NAMES} scenes")
     raise RasterInputError(f"{given!r}: not a sensor al-loop knows; give {_SUPPORTED_NAMES}")
