@@ -82,6 +82,9 @@ class ModelConfig:
     max_filters: int = setting(256, "cap on filters per level (the paper: 512)")
     dropout: float = setting(0.3, "spatial dropout rate, kept active for Monte Carlo sampling")
     mc_samples: int = setting(10, "Monte Carlo dropout samples for uncertainty")
+    precision: str = setting("auto", "inference arithmetic (scoring, pre-labels, scene prediction): auto is bf16 "
+                             "where the CPU (AVX-512 BF16, AMX) or GPU computes it natively, else fp32; or fp32, bf16",
+                             ("auto", "fp32", "bf16"))
 
 
 @dataclass
@@ -111,6 +114,10 @@ class TrainingConfig:
         ("share", "train"),
     )
     augment: bool = setting(True, "random flips and 90-degree rotations")
+    loader_workers: int = setting(1, "processes that read and augment training patches while the model computes "
+                                  "(0: read in the training process)")
+    cache_mb: int = setting(256, "patch pixels kept in memory between epochs, per process (the training worker's, "
+                            "the validation's); patches beyond it are read again from their files each epoch")
     shrink: float = setting(1.0, "fine-tuning: parent weights are multiplied by this (1: plain warm start)")
     perturb: float = setting(0.0, "fine-tuning: std of noise added to shrunk parent weights")
     seed: int = setting(0, "seed of initialisation, sampling and augmentation")
@@ -349,6 +356,9 @@ def check(config: Config, origin: str) -> Config:
         problems.append(f"ingest.patch_overlap must be in [0, ingest.patch_size), found {c.ingest.patch_overlap}")
     if not 0 < c.sampling.region_fraction <= 1:
         problems.append(f"sampling.region_fraction must be in (0, 1], found {c.sampling.region_fraction}")
+    for key in ("loader_workers", "cache_mb"):
+        if getattr(c.training, key) < 0:
+            problems.append(f"training.{key} must be at least 0, found {getattr(c.training, key)}")
     if c.sampling.warmup_labels < 0:
         problems.append(f"sampling.warmup_labels must be at least 0, found {c.sampling.warmup_labels}")
     for key in ("min_mapping_unit_m2", "smoothing_radius"):

@@ -199,10 +199,11 @@ def _plot_confusion(scores: SegmentationScores, classes: list[str], path: Path, 
 def _plot_examples(workspace: Workspace, model, samples, version: ModelVersion, quicklooks, device, path: Path) -> Path:
     fig, axes = plt.subplots(max(len(samples), 1), 3, figsize=(9, 3 * max(len(samples), 1)), squeeze=False)
     for row, sample in zip(axes, samples):
-        x = torch.from_numpy(normalize(sample.pixels, sample.valid, version.normalization)[None]).to(device)
+        pixels, valid = sample.read()
+        x = torch.from_numpy(normalize(pixels, valid, version.normalization)[None]).to(device)
         with torch.inference_mode():
             pred = model.to(device)(x).argmax(1)[0].cpu().numpy().astype(np.uint8)
-        pred[~sample.valid] = IGNORE
+        pred[~valid] = IGNORE
         look = quicklooks.get(sample.patch_id)
         if look:
             row[0].imshow(Image.open(workspace.resolve(look)))

@@ -100,7 +100,8 @@ def model_mosaic(workspace: Workspace, scene: Scene, version, mosaic: Mosaic) ->
             span = min(height, top + rows + HALO) - start
             valid = bands.valid_mask(read_window(src, start, 0, span, width, reflective), reflective_names)
             x = normalize(read_window(src, start, 0, span, width, index), valid, version.normalization)
-            result = predict_scene(model, lambda r, c, h, w: x[:, r : r + h, c : c + w], span, width, device=device)
+            result = predict_scene(model, lambda r, c, h, w: x[:, r : r + h, c : c + w], span, width, device=device,
+                                   precision=workspace.config.model.precision)
             keep = slice(top - start, top - start + rows)
             probs = result.probs[:, keep]
             logp = log_softmax(np.log(np.clip(probs, 1e-12, None)), temperature, axis=0)

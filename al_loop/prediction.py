@@ -53,7 +53,8 @@ def predict_scene_file(workspace: Workspace, store: Store, scene_id: int, out: P
             return normalize(read_window(src, r, c, h, w, channel_idx), valid, norm)
 
         result = predict_scene(model, window, height, width, T=T, device=pick_device(),
-                               read_valid=lambda r, c, h, w: valid_map[r : r + h, c : c + w])
+                               read_valid=lambda r, c, h, w: valid_map[r : r + h, c : c + w],
+                               precision=workspace.config.model.precision)
     invalid = ~valid_map
     result.classes[invalid] = NODATA_CLASS
     layers = [("class", result.classes.astype(np.float32))]

@@ -137,7 +137,7 @@ def _score_batch(workspace, patches, model, version, thresholds, device) -> list
         for (pixels, valid), names in zip(raw, channels)
     ])
     mc = mc_predict(model, torch.from_numpy(x), T=cfg.model.mc_samples, device=device,
-                    valid=np.stack([v for _, v in raw]), seed=cfg.sampling.seed)
+                    valid=np.stack([v for _, v in raw]), seed=cfg.sampling.seed, precision=cfg.model.precision)
     out = []
     for i, ((pixels, valid), names, patch) in enumerate(zip(raw, channels, patches)):
         components = acquisition.score_patch(mc, pixels, names, index=i, valid=valid,
@@ -300,7 +300,7 @@ def query_regions(workspace: Workspace, store: Store, patch_ids: list[int], stra
         names = patch.scene.available_channels
         x = normalize(pixels[[names.index(c) for c in version.channels]], valid, version.normalization)
         mc = mc_predict(model, torch.from_numpy(x[None]), T=cfg.model.mc_samples, device=pick_device(),
-                        valid=valid[None], seed=cfg.sampling.seed)
+                        valid=valid[None], seed=cfg.sampling.seed, precision=cfg.model.precision)
         usable = {n: w for n, w in weights.items() if n != "cloud" or thresholds[patch.scene_id] is not None}
         maps, valid = acquisition.pixel_maps(mc, pixels, names, valid=valid, cloud_thresholds=thresholds[patch.scene_id],
                                              strategy=None)

@@ -37,7 +37,7 @@ from al_loop import bands
 from al_loop.config import Workspace, open_workspace
 from al_loop.ingest import ingest_hkh_tile
 from al_loop.model.checkpoints import load_version
-from al_loop.model.data import Sample, class_names, labelled_patches, to_target
+from al_loop.model.data import HeldPixels, Sample, class_names, labelled_patches, to_target
 from al_loop.model.inference import pick_device
 from al_loop.model.training import evaluate_samples
 from al_loop.retrain import run_training
@@ -214,7 +214,7 @@ class Ground:
             valid = bands.valid_mask(refl, reflective)
             target = to_target(truth, valid, classes)
             if (target != 255).any():
-                samples.append(Sample(i, -1, (i,), p, valid, target, (r, c)))
+                samples.append(Sample(i, -1, (i,), HeldPixels(p, valid), target, (r, c)))
         return samples
 
 

@@ -162,7 +162,8 @@ def predict_masks(workspace: Workspace, served: ServedModel, patches: Sequence[P
     for start in range(0, len(patches), batch_size):
         batch = [read_patch(workspace, p, served.channels) for p in patches[start : start + batch_size]]
         x = np.stack([normalize(pixels, valid, served.normalization) for pixels, valid in batch])
-        probs = predict_proba(served.model, torch.from_numpy(x), device=device, batch_size=batch_size).numpy()
+        probs = predict_proba(served.model, torch.from_numpy(x), device=device, batch_size=batch_size,
+                              precision=workspace.config.model.precision).numpy()
         for (_, valid), p in zip(batch, probs):
             mask = served.codes[p.argmax(0)]
             mask[~valid] = UNLABELED

@@ -50,13 +50,14 @@ def glacier_truth(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
 def tuned_threshold(train: list[Sample], channels: list[str]) -> tuple[str, str, float]:
     """The channel, direction and threshold with the best glacier IoU on the training pixels."""
     best = (-1.0, "", "", 0.0)
+    values, truth = [], []
+    for s in train:  # each patch read once
+        labelled, glacier = glacier_truth(s)
+        values.append(s.read()[0][:, labelled])
+        truth.append(glacier[labelled])
+    all_values, t_all = np.concatenate(values, axis=1), np.concatenate(truth)
     for k, name in enumerate(channels):
-        values, truth = [], []
-        for s in train:
-            labelled, glacier = glacier_truth(s)
-            values.append(s.pixels[k][labelled])
-            truth.append(glacier[labelled])
-        v, t = np.concatenate(values), np.concatenate(truth)
+        v, t = all_values[k], t_all
         finite = np.isfinite(v)
         v, t = v[finite], t[finite]
         for cut in np.unique(np.quantile(v, np.linspace(0.01, 0.99, 99))):
@@ -71,7 +72,7 @@ def threshold_glacier_iou(val: list[Sample], channels: list[str], rule: tuple[st
     name, direction, cut = rule
     scores, once = SegmentationScores(("background", "clean_ice", "debris"), UNKNOWN_GLACIER), CountOnce()
     for s in val:
-        values = s.pixels[channels.index(name)]
+        values = s.read()[0][channels.index(name)]
         pred = ((values > cut) if direction == ">" else (values < cut)).astype(np.int64)  # glacier as clean ice
         fresh = None if s.window is None else once.fresh(s.scene_id, *s.window, *pred.shape)
         scores.update(pred, s.target, fresh)

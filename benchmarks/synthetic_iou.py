@@ -18,7 +18,7 @@ import torch
 
 from al_loop import bands
 from al_loop.config import Config, apply_profile
-from al_loop.model.data import Sample, normalization, to_target
+from al_loop.model.data import HeldPixels, Sample, normalization, to_target
 from al_loop.model.inference import mc_predict, predict_proba
 from al_loop.model.metrics import ConfusionMatrix
 from al_loop.model.training import architecture, normalize, train
@@ -38,17 +38,18 @@ def patches(seed: int, side: int, size: int) -> list[Sample]:
         window = np.zeros((pixels.shape[0], size, size), np.float32)  # edge patches reach past the scene
         window[:, : part.shape[0], : part.shape[1]] = pixels[:, r : r + size, c : c + size]
         valid = bands.valid_mask(window)
-        out.append(Sample(i, seed, (i,), window, valid, to_target(truth, valid, "multiclass"), (r, c)))
+        out.append(Sample(i, seed, (i,), HeldPixels(window, valid), to_target(truth, valid, "multiclass"), (r, c)))
     return out
 
 
 def score(model, samples, norm, T: int) -> tuple[ConfusionMatrix, float, float]:
-    x = torch.from_numpy(np.stack([normalize(s.pixels, s.valid, norm) for s in samples]))
+    read = [s.read() for s in samples]
+    x = torch.from_numpy(np.stack([normalize(pixels, valid, norm) for pixels, valid in read]))
     start = time.perf_counter()
     predict_proba(model, x, batch_size=4)
     deterministic = time.perf_counter() - start
     start = time.perf_counter()
-    result = mc_predict(model, x, T=T, batch_size=4, valid=np.stack([s.valid for s in samples]))
+    result = mc_predict(model, x, T=T, batch_size=4, valid=np.stack([valid for _, valid in read]))
     mc = time.perf_counter() - start
     matrix = ConfusionMatrix(3)
     for s, p in zip(samples, result.mean_probs.argmax(1).numpy()):

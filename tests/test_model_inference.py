@@ -7,7 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from al_loop.model.inference import _ramp, mc_predict, pick_device, predict_proba, predict_scene
+from al_loop.model.inference import (
+    _ramp,
+    autocast_dtype,
+    cpu_has_bf16,
+    mc_predict,
+    pick_device,
+    predict_proba,
+    predict_scene,
+)
 from al_loop.model.network import UNet
 
 
@@ -191,3 +199,27 @@ def test_scene_rejects_bad_tiling():
         predict_scene(small(), read, 64, 64, tile=60)
     with pytest.raises(ValueError, match="overlap"):
         predict_scene(small(), read, 64, 64, tile=64, overlap=64)
+
+
+def test_precision_is_chosen_by_the_hardware_and_can_be_forced():
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "fp32") is None and autocast_dtype(cpu, "bf16") is torch.bfloat16
+    assert autocast_dtype(cpu, "auto") is (torch.bfloat16 if cpu_has_bf16() else None)
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, found 'fp16'"):
+        autocast_dtype(cpu, "fp16")
+
+
+def test_bf16_scoring_stays_close_to_fp32(x):
+    """Channels-last bf16 against fp32 on the same model and images: the classes, the
+    uncertainties and the ranking of images by uncertainty barely move."""
+    model = small()
+    fp32 = mc_predict(model, x, T=8, seed=3, precision="fp32")
+    bf16 = mc_predict(model, x, T=8, seed=3, precision="bf16")
+    assert bf16.mean_probs.dtype == torch.float32
+    same = (fp32.mean_probs.argmax(1) == bf16.mean_probs.argmax(1)).float().mean()
+    assert same > 0.97
+    assert (fp32.mean_probs - bf16.mean_probs).abs().mean() < 0.01
+    assert (fp32.bald - bf16.bald).abs().mean() < 0.01
+    assert torch.equal(fp32.entropy.mean((1, 2)).argsort(), bf16.entropy.mean((1, 2)).argsort())
+    deterministic = predict_proba(model, x, precision="bf16")
+    assert (deterministic.argmax(1) == predict_proba(model, x).argmax(1)).float().mean() > 0.97

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, GLACIER, UNLABELED, combine_masks
-from al_loop.model.data import UNKNOWN_GLACIER, Sample, labelled_patches
+from al_loop.model.data import UNKNOWN_GLACIER, HeldPixels, Sample, labelled_patches
 from al_loop.model.metrics import SegmentationScores
 from al_loop.model.training import evaluate_samples, loss_fn
 from al_loop.synthetic import make_level1_folder
@@ -75,7 +75,7 @@ def test_metrics_count_overlapping_pixels_once_and_an_absent_class_is_na():
     pred = truth.copy()
     pred[0, 0] = 2  # one stray debris pixel: debris is absent from the labels
     pred[:, 2] = 0  # the shared column is missed
-    samples = [Sample(k, 1, (k,), pred[None, :, c : c + 4].astype(np.float32), np.ones((4, 4), bool),
+    samples = [Sample(k, 1, (k,), HeldPixels(pred[None, :, c : c + 4].astype(np.float32), np.ones((4, 4), bool)),
                       truth[:, c : c + 4].copy(), (0, c)) for k, c in enumerate((0, 2))]
     norm = {"mean": [0.0], "std": [1.0]}
     scores, _ = evaluate_samples(Identity(), samples, norm, ("background", "clean_ice", "debris"), torch.device("cpu"))

@@ -1,5 +1,7 @@
 """Training, fine-tuning, the registry and its gate, on a small synthetic scene (CPU)."""
 
+import pickle
+
 import numpy as np
 import pytest
 import rasterio
@@ -99,6 +101,49 @@ def test_training_is_reproducible_and_resumes_where_it_stopped(scene_ws, tmp_pat
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
     for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_training_reads_patches_lazily_and_workers_do_not_change_the_run(scene_ws):
+    """A sample keeps where its pixels are and its compressed target, not the pixels; training
+    with a loader worker is the same run as reading in the training process."""
+    ws, store = scene_ws
+    with store.session() as session:
+        data = split_samples(session, ws, None, "multiclass")
+    from al_loop.model.data import normalization
+    from al_loop.model.training import architecture
+    from al_loop.patches import PatchSource
+
+    sample = data.train[0]
+    pixels, valid = sample.read()
+    assert isinstance(sample.pixels, PatchSource) and pixels.shape == (len(data.channels), *sample.shape)
+    assert len(pickle.dumps(sample)) < pixels.nbytes / 20  # what a label costs in memory
+    norm = normalization(data.train, data.channels)
+    runs = []
+    for workers in (0, 1):
+        ws.config.training.loader_workers = workers
+        runs.append(train(data.train, data.val, arch=architecture(ws.config.model), train_cfg=ws.config.training,
+                          class_names=("background", "clean_ice", "debris"), norm=norm, quiet=True))
+    assert [h["train_loss"] for h in runs[0].history] == [h["train_loss"] for h in runs[1].history]
+    for a, b in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_the_pixel_cache_keeps_the_most_recent_patches_within_its_budget():
+    from al_loop.model.data import HeldPixels, PixelCache, Sample
+
+    samples = [Sample(i, 1, (i,), HeldPixels(np.full((2, 8, 8), i, np.float32), np.ones((8, 8), bool)),
+                      np.zeros((8, 8), np.uint8)) for i in range(4)]
+    one = samples[0].read()[0].nbytes + 64
+    cache = PixelCache(2 * one)
+    for sample in samples:
+        pixels, _ = cache.read(sample)
+        assert pixels[0, 0, 0] == sample.patch_id
+    assert list(cache.items) == [2, 3] and cache.size == 2 * one
+    cache.read(samples[2])  # a hit: 2 becomes the most recent
+    cache.read(samples[0])
+    assert list(cache.items) == [2, 0]
+    empty = PixelCache(0)
+    assert empty.read(samples[1])[0][0, 0, 0] == 1 and not empty.items  # read, nothing kept
 
 
 def _nothing_trained(store):

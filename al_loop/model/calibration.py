@@ -82,15 +82,16 @@ def validation_logits(model, samples: list[Sample], norm: dict, device: torch.de
     model.eval()
     with torch.inference_mode():
         for sample in samples:
-            keep = (sample.target != IGNORE) & (sample.target != UNKNOWN_GLACIER)
+            target = sample.target
+            keep = (target != IGNORE) & (target != UNKNOWN_GLACIER)
             if not keep.any():
                 continue
-            x = torch.from_numpy(normalize(sample.pixels, sample.valid, norm)[None]).to(device)
+            x = torch.from_numpy(normalize(*sample.read(), norm)[None]).to(device)
             out = model(x)[0].float().cpu().numpy()  # (C, H, W)
             rows, cols = np.nonzero(keep)
             pick = rng.choice(len(rows), size=min(per_sample, len(rows)), replace=False)
             logits.append(out[:, rows[pick], cols[pick]].T)
-            targets.append(sample.target[rows[pick], cols[pick]].astype(np.int64))
+            targets.append(target[rows[pick], cols[pick]].astype(np.int64))
     if not logits:
         return np.zeros((0, 1), np.float32), np.zeros(0, np.int64)
     return np.concatenate(logits), np.concatenate(targets)

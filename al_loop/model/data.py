@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
+import zlib
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ from al_loop import bands
 from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, GLACIER, combine_masks
 from al_loop.config import Workspace
 from al_loop.model.metrics import CountOnce
-from al_loop.patches import read_patch
+from al_loop.patches import PatchSource, patch_source
 from al_loop.validation import SplitReport, assign_splits
 from db.models import Label, Patch, Scene
 from db.queries import unpack_mask
@@ -47,15 +48,68 @@ class TrainingDataError(ValueError):
     """The store cannot provide what training needs (no labels, one class only, ...)."""
 
 
-@dataclass
+@dataclass(frozen=True)
+class HeldPixels:
+    """Pixels kept in memory (simulations, hand-made samples), read like a :class:`PatchSource`."""
+
+    pixels: np.ndarray
+    valid: np.ndarray
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.pixels, self.valid
+
+
+class PixelCache:
+    """The pixels of the patches read most recently, up to ``budget`` bytes: a labelled set that
+    fits is read from its files once, a larger one streams (least recently used out first), so
+    memory stops growing with the labels at the budget."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.size = budget, 0
+        self.items: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        if sample.patch_id in self.items:
+            self.items.move_to_end(sample.patch_id)
+            return self.items[sample.patch_id]
+        pixels, valid = sample.read()
+        nbytes = pixels.nbytes + valid.nbytes
+        if nbytes <= self.budget:
+            self.items[sample.patch_id] = (pixels, valid)
+            self.size += nbytes
+            while self.size > self.budget:
+                _, (old_pixels, old_valid) = self.items.popitem(last=False)
+                self.size -= old_pixels.nbytes + old_valid.nbytes
+        return pixels, valid
+
+
 class Sample:
-    patch_id: int
-    scene_id: int
-    label_ids: tuple[int, ...]  # the labels combined into the target
-    pixels: np.ndarray  # (C, H, W) float32, raw values
-    valid: np.ndarray  # (H, W) bool, the valid-pixel mask
-    target: np.ndarray  # (H, W) uint8 model classes, IGNORE where unlabeled or invalid
-    window: tuple[int, int] | None = None  # (row, col) in the scene grid, for counting pixels once
+    """A labelled patch for training or evaluation. Its pixels are read when needed (``read``),
+    from their file or from memory; its target is held compressed (zlib: masks are mostly one
+    class), so what a sample keeps grows with neither its bands nor its size much."""
+
+    def __init__(self, patch_id: int, scene_id: int, label_ids: tuple[int, ...], pixels: PatchSource | HeldPixels,
+                 target: np.ndarray, window: tuple[int, int] | None = None) -> None:
+        self.patch_id = patch_id
+        self.scene_id = scene_id
+        self.label_ids = label_ids  # the labels combined into the target
+        self.pixels = pixels
+        self.window = window  # (row, col) in the scene grid, for counting pixels once
+        self.target = target
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels ``(C, H, W)`` float32 (raw values) and the valid-pixel mask ``(H, W)``."""
+        return self.pixels.read()
+
+    @property
+    def target(self) -> np.ndarray:
+        """``(H, W)`` uint8 model classes, IGNORE where unlabeled or invalid."""
+        return np.frombuffer(zlib.decompress(self._target), np.uint8).reshape(self.shape).copy()
+
+    @target.setter
+    def target(self, value: np.ndarray) -> None:
+        self.shape = value.shape
+        self._target = zlib.compress(np.ascontiguousarray(value, np.uint8).tobytes(), 1)
 
 
 def class_names(classes: str) -> tuple[str, ...]:
@@ -142,14 +196,16 @@ def training_channels(session: Session, wanted: list[str], scene_ids: set[int]) 
 
 
 def load_samples(workspace: Workspace, labelled: list[LabelledPatch], channels: list[str], classes: str) -> list[Sample]:
-    """Pixels and targets of labelled patches (a missing channel is a clear error)."""
+    """Samples of labelled patches: where to read their pixels, and their targets (each patch is
+    read once, for its valid mask; a missing channel is a clear error)."""
     samples = []
     for item in labelled:
         patch = item.patch
-        pixels, valid = read_patch(workspace, patch, channels)
+        source = patch_source(workspace, patch, channels)
+        _, valid = source.read()
         window = None if patch.data_path else (patch.row_off, patch.col_off)
-        samples.append(Sample(patch.id, patch.scene_id, item.label_ids, pixels, valid,
-                              to_target(item.mask(), valid, classes), window))
+        samples.append(Sample(patch.id, patch.scene_id, item.label_ids, source, to_target(item.mask(), valid, classes),
+                              window))
     return samples
 
 
@@ -196,7 +252,7 @@ def split_samples(session: Session, workspace: Workspace, channels: list[str] | 
     train = load_samples(workspace, by_split["train"], channels, classes)
     val = load_samples(workspace, by_split["val"], channels, classes)
     _exclude_validation_pixels(train, val)
-    present = set(np.unique(np.concatenate([s.target.ravel() for s in train]))) - {IGNORE}
+    present = set().union(*(np.unique(s.target).tolist() for s in train)) - {IGNORE}
     if len(present | ({1} if UNKNOWN_GLACIER in present else set())) < 2:
         names = class_names(classes)
         shown = [names[c] if c < len(names) else "glacier" for c in sorted(present)]
@@ -214,7 +270,9 @@ def _exclude_validation_pixels(train: list[Sample], val: list[Sample]) -> None:
             covered.fresh(s.scene_id, *s.window, *s.target.shape)
     for s in train:
         if s.window is not None:
-            s.target[covered.seen(s.scene_id, *s.window, *s.target.shape)] = IGNORE
+            target = s.target
+            target[covered.seen(s.scene_id, *s.window, *target.shape)] = IGNORE
+            s.target = target
 
 
 def normalization(samples: list[Sample], channels: list[str]) -> dict[str, list[float]]:
@@ -223,7 +281,8 @@ def normalization(samples: list[Sample], channels: list[str]) -> dict[str, list[
     squares = np.zeros(len(channels))
     count = 0
     for sample in samples:
-        values = np.nan_to_num(sample.pixels[:, sample.valid].astype(np.float64))
+        pixels, valid = sample.read()
+        values = np.nan_to_num(pixels[:, valid].astype(np.float64))
         sums += values.sum(axis=1)
         squares += (values**2).sum(axis=1)
         count += values.shape[1]

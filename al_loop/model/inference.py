@@ -53,34 +53,69 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA only (bf16 where supported); the same code path on CPU."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+PRECISIONS = ("auto", "fp32", "bf16")
+"""Inference arithmetic (``model.precision``): ``auto`` is bf16 where the hardware computes it
+natively (CUDA; a CPU with AVX-512 BF16 or AMX), fp32 elsewhere; bf16 emulated on an older CPU is
+slower than fp32."""
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic units (AVX-512 BF16 or AMX tiles)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The lower precision autocast runs ``device``'s convolutions in; None for fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, found {precision!r}")
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" or cpu_has_bf16() else None
+
+
+def autocast_for(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """Mixed precision at :func:`autocast_dtype`'s choice; a null context for fp32."""
+    dtype = autocast_dtype(device, precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def training_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Training's precision: mixed on CUDA, fp32 on the CPU."""
+    return autocast_for(device, "auto" if device.type == "cuda" else "fp32")
 
 
 @contextlib.contextmanager
-def _eval_on(model: nn.Module, device: torch.device | str | None) -> Iterator[torch.device]:
-    """Eval mode (restored afterwards) on ``device`` (default: where the model already is)."""
+def _eval_on(model: nn.Module, device: torch.device | str | None, precision: str) -> Iterator[torch.device]:
+    """Eval mode (restored afterwards) on ``device`` (default: where the model already is), in
+    ``precision``. On the CPU the model's tensors go channels-last, the layout oneDNN's
+    convolutions run fastest in."""
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
     model.to(device)
+    if device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), autocast_for(device):
+        with torch.inference_mode(), autocast_for(device, precision):
             yield device
     finally:
         model.train(was_training)
 
 
+def _on(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on ``device``, channels-last on the CPU (see :func:`_eval_on`)."""
+    x = x.to(device, torch.float32)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
+
+
 def _batches(x: torch.Tensor | np.ndarray, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
     x = torch.as_tensor(x, dtype=torch.float32)
     for start in range(0, len(x), batch_size):
-        yield x[start : start + batch_size].to(device)
+        yield _on(x[start : start + batch_size], device)
 
 
 def _entropy(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -92,9 +127,10 @@ def predict_proba(
     x: torch.Tensor | np.ndarray,
     device: torch.device | str | None = None,
     batch_size: int = 8,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Deterministic softmax probabilities (N, K, H, W), float32 on the CPU."""
-    with _eval_on(model, device) as dev:
+    with _eval_on(model, device, precision) as dev:
         return torch.cat([_softmax(model(xb)).cpu() for xb in _batches(x, batch_size, dev)])
 
 
@@ -138,6 +174,7 @@ def mc_predict(
     seed: int = 0,
     valid: torch.Tensor | np.ndarray | None = None,
     batch_size: int = 8,
+    precision: str = "fp32",
 ) -> MCResult:
     """Monte Carlo dropout over a batch of images (N, C, H, W); ``valid`` is (N, H, W) bool.
 
@@ -145,7 +182,7 @@ def mc_predict(
     everywhere. Deterministic for a given ``seed``, whatever ``batch_size``.
     """
     means, entropies, balds, embeddings = [], [], [], []
-    with _eval_on(model, device) as dev:
+    with _eval_on(model, device, precision) as dev:
         for xb in _batches(x, batch_size, dev):
             mean, expected, embedding = _mc_sums(model, xb, T, seed)
             entropy = _entropy(mean)
@@ -196,6 +233,7 @@ def predict_scene(
     device: torch.device | str | None = None,
     seed: int = 0,
     read_valid: ReadValid | None = None,
+    precision: str = "fp32",
 ) -> ScenePrediction:
     """Sliding-window prediction of a scene of any size, tiles blended with linear ramps.
 
@@ -223,11 +261,10 @@ def predict_scene(
     probs: np.ndarray | None = None
     expected = np.zeros((height, width), np.float32) if T > 0 else None
     weight = np.zeros((height, width), np.float32)
-    with _eval_on(model, device) as dev:
+    with _eval_on(model, device, precision) as dev:
         for start in range(0, len(windows), batch_size):
             batch = windows[start : start + batch_size]
-            x = torch.from_numpy(np.stack([_read_padded(read_window, w, tile_h, tile_w) for w in batch]))
-            x = x.to(dev, torch.float32)
+            x = _on(torch.from_numpy(np.stack([_read_padded(read_window, w, tile_h, tile_w) for w in batch])), dev)
             if T > 0:
                 mean, exp_entropy, _ = _mc_sums(model, x, T, seed)
                 exp_entropy = exp_entropy.cpu().numpy()

@@ -79,8 +79,8 @@ class ConvBlock(nn.Module):
         x = self.norm1(self.conv1(x))
         if self.dropout is not None:
             x = self.dropout(x, mc)
-        x = F.relu(x)
-        return F.relu(self.norm2(self.conv2(x)))
+        x = F.relu(x, inplace=True)
+        return F.relu(self.norm2(self.conv2(x)), inplace=True)
 
 
 class UpBlock(nn.Module):

@@ -10,7 +10,7 @@ IoU averaged over batches (here one confusion matrix over the whole set).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.progress import Progress
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from al_loop.config import ModelConfig, TrainingConfig
 from al_loop.model.checkpoints import atomic_save, safe_load
-from al_loop.model.data import IGNORE, UNKNOWN_GLACIER, Sample
-from al_loop.model.inference import autocast_for, pick_device
+from al_loop.model.data import IGNORE, UNKNOWN_GLACIER, PixelCache, Sample
+from al_loop.model.inference import pick_device, training_autocast
 from al_loop.model.metrics import CountOnce, SegmentationScores, validation_score
 from al_loop.model.network import UNet
 
@@ -120,23 +121,26 @@ def _crop(sample_x: np.ndarray, sample_y: np.ndarray, size: int, rng: np.random.
 
 
 def evaluate_samples(model: UNet, samples: list[Sample], norm: dict, class_names: list[str] | tuple[str, ...],
-                     device: torch.device, batch_size: int = 4) -> tuple[SegmentationScores, dict[int, SegmentationScores]]:
+                     device: torch.device, batch_size: int = 4,
+                     cache: PixelCache | None = None) -> tuple[SegmentationScores, dict[int, SegmentationScores]]:
     """Scores over the whole set, and per scene, on labelled valid pixels; a scene pixel that
-    two samples share (overlapping patches) is counted once."""
+    two samples share (overlapping patches) is counted once. ``cache`` keeps pixels between calls."""
+    read = cache.read if cache is not None else Sample.read
     model.eval()
     overall = SegmentationScores(class_names, UNKNOWN_GLACIER)
     per_scene: dict[int, SegmentationScores] = {}
     once = CountOnce()
-    with torch.inference_mode(), autocast_for(device):
+    with torch.inference_mode(), training_autocast(device):
         for start in range(0, len(samples), batch_size):
             batch = samples[start : start + batch_size]
-            x = torch.from_numpy(np.stack([normalize(s.pixels, s.valid, norm) for s in batch])).to(device)
+            x = torch.from_numpy(np.stack([normalize(*read(s), norm) for s in batch])).to(device)
             pred = model(x).argmax(1).cpu().numpy()
             for sample, p in zip(batch, pred):
                 fresh = None if sample.window is None else once.fresh(sample.scene_id, *sample.window, *p.shape)
-                overall.update(p, sample.target, fresh)
+                target = sample.target
+                overall.update(p, target, fresh)
                 per_scene.setdefault(sample.scene_id, SegmentationScores(class_names, UNKNOWN_GLACIER)).update(
-                    p, sample.target, fresh)
+                    p, target, fresh)
     return overall, per_scene
 
 
@@ -182,20 +186,27 @@ def train(
     crop = train_cfg.crop_size
     if crop and crop % model.multiple:
         raise ValueError(f"training.crop_size {crop} must be a multiple of {model.multiple} (2**depth)")
-    targets = [torch.from_numpy(s.target) for s in train_samples]
-    inputs = [normalize(s.pixels, s.valid, norm) for s in train_samples]
+    plan = EpochPlan(len(train_samples), max(1, train_cfg.crops_per_patch) if crop else 1, train_cfg.seed)
+    workers = train_cfg.loader_workers
+    budget = train_cfg.cache_mb * 2**20
+    val_cache = PixelCache(budget)
+    loader = DataLoader(TrainingPatches(train_samples, norm, crop, train_cfg.augment, PixelCache(budget)),
+                        batch_size=train_cfg.batch_size,
+                        sampler=plan, num_workers=workers, persistent_workers=workers > 0,
+                        prefetch_factor=2 if workers else None, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(train_cfg.seed))  # not the global one: dropout's
     with Progress(disable=quiet, transient=True) as progress:
         task = progress.add_task("training", total=train_cfg.max_epochs, completed=state["epoch"])
         while state["epoch"] < train_cfg.max_epochs and state["epoch"] - state["best_epoch"] < train_cfg.patience:
             if should_stop():
                 raise TrainingCancelled(f"cancelled after epoch {state['epoch']}")
             # Each epoch's randomness depends only on (seed, epoch): a resumed run is the same run.
-            rng = np.random.default_rng([train_cfg.seed, state["epoch"]])
+            plan.set_epoch(state["epoch"])
             torch.manual_seed(train_cfg.seed * 100_003 + state["epoch"])
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(train_cfg, state["epoch"])
-            train_loss = _epoch(model, optimizer, inputs, targets, weights, train_cfg, crop, rng, device)
-            scores, _ = evaluate_samples(model, val_samples, norm, class_names, device)
+            train_loss = _epoch(model, optimizer, loader, weights, train_cfg, device)
+            scores, _ = evaluate_samples(model, val_samples, norm, class_names, device, cache=val_cache)
             rows = scores.as_dict()
             score = validation_score(rows)
             state["epoch"] += 1
@@ -238,25 +249,56 @@ def _warm_start(model: UNet, parent: UNet, shrink: float, perturb: float) -> Non
             tensor.copy_(value)
 
 
-def _epoch(model, optimizer, inputs, targets, weights, cfg: TrainingConfig, crop: int,
-           rng: np.random.Generator, device: torch.device) -> float:
+class EpochPlan(Sampler):
+    """One epoch's items in order, each ``(sample index, item seed)``: every patch (``repeats``
+    times with random crops) in an order drawn from (seed, epoch). An item's crop and augmentation
+    come from its own seed, so an epoch is the same whichever worker reads which item, and a
+    resumed run is the same run."""
+
+    def __init__(self, n: int, repeats: int, seed: int) -> None:
+        self.n, self.repeats, self.seed, self.epoch = n, repeats, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, tuple[int, int, int]]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(np.repeat(np.arange(self.n), self.repeats))
+        return iter([(int(i), (self.seed, self.epoch, k)) for k, i in enumerate(order)])
+
+    def __len__(self) -> int:
+        return self.n * self.repeats
+
+
+class TrainingPatches(Dataset):
+    """Training items read when asked (torchgeo's way): a patch's pixels from their file (or
+    ``cache``, which each loader worker holds its own copy of), normalised, cropped and augmented,
+    with its target. Memory holds the cache and a few batches, never more of the labelled set."""
+
+    def __init__(self, samples: list[Sample], norm: dict[str, list[float]], crop: int, augment: bool,
+                 cache: PixelCache) -> None:
+        self.samples, self.norm, self.crop, self.augment, self.cache = samples, norm, crop, augment, cache
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item: tuple[int, tuple[int, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = item
+        rng = np.random.default_rng(seed)
+        sample = self.samples[index]
+        x, y = _crop(normalize(*self.cache.read(sample), self.norm), sample.target, self.crop, rng)
+        x, y = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+        return _augment(x, y, rng) if self.augment else (x, y)
+
+
+def _epoch(model, optimizer, loader: DataLoader, weights, cfg: TrainingConfig, device: torch.device) -> float:
     model.train()
-    order = rng.permutation(np.repeat(np.arange(len(inputs)), max(1, cfg.crops_per_patch) if crop else 1))
     losses = []
-    for start in range(0, len(order), cfg.batch_size):
-        xs, ys = [], []
-        for i in order[start : start + cfg.batch_size]:
-            x, y = _crop(inputs[i], targets[i].numpy(), crop, rng)
-            x, y = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
-            if cfg.augment:
-                x, y = _augment(x, y, rng)
-            xs.append(x)
-            ys.append(y)
-        x, y = torch.stack(xs).to(device), torch.stack(ys).to(device)
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if not (y != IGNORE).any():
             continue
         optimizer.zero_grad(set_to_none=True)
-        with autocast_for(device):
+        with training_autocast(device):
             logits = model(x)
         loss = loss_fn(logits.float(), y, weights, cfg.dice_weight, cfg.cross_entropy_weight)
         loss.backward()
