@@ -139,6 +139,11 @@ class SamplingConfig:
     method: str = setting("", "diversity: kcenter (on bottleneck features), power or greedy; empty: kcenter with a model, greedy cold",
                           ("", "kcenter", "power", "greedy"))
     batch_size: int = setting(4, "patches scored per Monte Carlo batch")
+    ray_address: str = setting("", "score the pool on a Ray cluster (pip install al-loop[ray]): its address "
+                               "(ray://host:10001, or host:6379 on a cluster node), or local to start one here; "
+                               "empty: score in this process")
+    ray_workers: int = setting(2, "model actors scoring on the Ray cluster (each reads patches and holds a model)")
+    ray_gpus: float = setting(0.0, "GPUs per Ray scoring actor (0: CPU workers)")
     seed: int = setting(0, "seed of Monte Carlo masks and random choices")
     query: str = setting("patch", "what an expert is asked to label: the whole patch, or only its most ambiguous region "
                          "(a square window of sampling.region_fraction of it; needs a model)", ("patch", "region"))

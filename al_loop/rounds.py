@@ -107,6 +107,10 @@ def score_pool(workspace: Workspace, store: Store, version: ModelVersion | None,
         done = set(session.scalars(select(PatchScore.patch_id).where(_scored_by(version_id))))
         todo = [p for p in pool_patches(session, version) if p.id not in done]
         scenes = {p.scene_id: p.scene for p in todo}
+    if cfg.sampling.ray_address and todo:
+        from al_loop import ray_scoring  # optional: Ray is an extra
+
+        return ray_scoring.score_pool(workspace, store, version, [p.id for p in todo])
     thresholds = {sid: scene_cloud_thresholds(workspace, scene) for sid, scene in scenes.items()}
     model = load_version(workspace, version)[0] if version else None
     device = pick_device()
@@ -114,7 +118,7 @@ def score_pool(workspace: Workspace, store: Store, version: ModelVersion | None,
     for start in track(range(0, len(todo), batch), description="scoring the pool", disable=quiet, transient=True):
         rows = []
         for patch, components in zip(todo[start : start + batch],
-                                     _score_batch(workspace, todo[start : start + batch], model, version, thresholds, device)):
+                                     score_batch(workspace, todo[start : start + batch], model, version, thresholds, device)):
             rows.append(PatchScore(patch_id=patch.id, model_version_id=version_id, score=components.pop("_score"),
                                    components=components))
         with store.session() as session:  # one transaction per batch: a crash keeps what was scored
@@ -122,7 +126,9 @@ def score_pool(workspace: Workspace, store: Store, version: ModelVersion | None,
     return len(todo)
 
 
-def _score_batch(workspace, patches, model, version, thresholds, device) -> list[dict[str, Any]]:
+def score_batch(workspace, patches, model, version, thresholds, device) -> list[dict[str, Any]]:
+    """Acquisition components of ``patches`` (scenes loaded) under ``version`` (None: cold-start
+    priors), each with its ``_score``; the one scorer of this process and of Ray actors."""
     cfg = workspace.config
     raw = [read_patch(workspace, p) for p in patches]  # every channel the scene has: priors need them
     channels = [p.scene.available_channels for p in patches]

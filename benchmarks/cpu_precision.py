@@ -12,7 +12,7 @@ achieved GFLOP/s is set against the best rate one mid-level 3x3 convolution (64 
 
 Accuracy: the README walkthrough's model (trained here, or ``--workspace``) on the pool scene:
 per-class IoU of fp32 and bf16 predictions against the scene's exact labels, the share of pixels
-whose class differs, and the pool's acquisition scores (``rounds._score_batch``, the product's
+whose class differs, and the pool's acquisition scores (``rounds.score_batch``, the product's
 ``combined`` strategy) under both: Spearman's rho and the overlap of the top quarter. The last line is
 ``bf16/fp32 scoring speed ratio: X``, channels-last bf16 over fp32 eager (what scoring was). ``--quick``: 3-epoch model, one repeat, T=4.
 """
@@ -127,7 +127,7 @@ def accuracy(root: Path) -> dict[str, float]:
         mc = mc_predict(model, x, T=ws.config.model.mc_samples, valid=valid, precision=precision, batch_size=4)
         maps[precision] = mc.mean_probs.argmax(1).numpy()
         ws.config.model.precision = precision
-        ordered = rounds._score_batch(ws, patches, model, version, thresholds, torch.device("cpu"))
+        ordered = rounds.score_batch(ws, patches, model, version, thresholds, torch.device("cpu"))
         scores[precision], _, _ = rounds._pool_scores(ordered, len(ordered), version, "combined", 0)
     store.dispose()
     out = {}

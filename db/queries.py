@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from al_loop.classes import class_counts
 from db.models import AnnotationTombstone, Label, ModelEvaluation, ModelVersion, Patch, Round, RoundPatch, Scene, StoreSetting, TrainingJob
@@ -178,8 +178,9 @@ def labelled_patch_pixels(session: Session) -> dict[int, dict[str, int]]:
     return out
 
 
-def patches_by_id(session: Session, ids: list[int]) -> list[Patch]:
-    return list(session.scalars(select(Patch).where(Patch.id.in_(ids)).order_by(Patch.id)))
+def patches_by_id(session: Session, ids: list[int], with_scenes: bool = False) -> list[Patch]:
+    query = select(Patch).where(Patch.id.in_(ids)).order_by(Patch.id)
+    return list(session.scalars(query.options(selectinload(Patch.scene)) if with_scenes else query))
 
 
 def patches_without_split(session: Session, ids: list[int]) -> list[Patch]:

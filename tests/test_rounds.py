@@ -135,4 +135,5 @@ def test_rounds_say_their_expected_expert_time_and_cost_aware_rounds_prefer_quic
             select(RoundPatch).join(Round).where(Round.number == aware.number))]
         later = next_round(ws, store, size=len(pool_patches(session)), strategy="random", quiet=True)
     rest = [p.components["expected_seconds"] for p in later.patches]
-    assert max(chosen) <= np.median(rest + chosen)  # the quick half of the patches
+    # quicker than the others on average (score still counts: not every pick is among the quickest)
+    assert np.mean(chosen) < np.mean(rest)
