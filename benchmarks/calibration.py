@@ -36,7 +36,7 @@ from al_loop.model.inference import predict_proba
 from al_loop.model.training import normalize
 from al_loop.patches import read_patch
 from db import registry
-from prelabels import pool_truth, served_champion, walkthrough  # benchmarks/prelabels.py: the same walkthrough and truth
+from prelabels import pool_truth, served_champion, walkthrough_workspace  # benchmarks/prelabels.py: the same walkthrough and truth
 
 console = Console(width=160)
 
@@ -92,11 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.workspace
-        if root is None:
-            root = Path(tmp) / "ws"
-            with console.status("walkthrough: init, ingest synthetic, train, ingest synthetic --unlabelled"):
-                walkthrough(root, args.quick)
+        root = walkthrough_workspace(args.workspace, tmp, args.quick, console)
         with console.status("predicting the pool"):
             probs, truths, valids, temperature, metrics, version = pool_probabilities(root)
     before, after = scores(probs, truths, valids, 1.0), scores(probs, truths, valids, temperature)

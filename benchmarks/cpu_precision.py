@@ -42,7 +42,7 @@ from al_loop.model.training import normalize
 from al_loop.patches import read_patch
 from db import registry
 from db.models import Scene
-from prelabels import pool_truth, served_champion, walkthrough  # benchmarks/prelabels.py
+from prelabels import pool_truth, served_champion, walkthrough_workspace  # benchmarks/prelabels.py
 
 console = Console(width=200)
 SETTINGS = {  # name: (channels-last, bf16 autocast)
@@ -165,11 +165,7 @@ def main() -> None:
         table.add_row(key, *(f"{timing[name][key]:.3f}" for name in SETTINGS))
     console.print(table)
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.workspace
-        if root is None:
-            root = Path(tmp) / "ws"
-            with console.status("walkthrough: init, ingest synthetic, train, ingest synthetic --unlabelled"):
-                walkthrough(root, args.quick)
+        root = walkthrough_workspace(args.workspace, tmp, args.quick, console)
         with console.status("fp32 against bf16 on the pool scene"):
             figures = accuracy(root)
     table = Table(title="the walkthrough's model on its pool scene: fp32 against bf16")

@@ -101,6 +101,17 @@ def walkthrough(root: Path, quick: bool) -> dict[str, float]:
     return times
 
 
+def walkthrough_workspace(given: Path | None, tmp: str | Path, quick: bool, status: Console) -> Path:
+    """``given`` (a workspace that has been through the walkthrough), else one walked through now
+    under ``tmp``."""
+    if given is not None:
+        return given
+    root = Path(tmp) / "ws"
+    with status.status("walkthrough: init, ingest synthetic, train, ingest synthetic --unlabelled"):
+        walkthrough(root, quick)
+    return root
+
+
 def pool_truth(session) -> tuple[list[Patch], list[np.ndarray], list[float]]:
     """The pool scene's patches (scene loaded), the exact labels of each window (regenerated from
     the scene's seed; unlabeled past the scene's edge) and the scene's transform."""

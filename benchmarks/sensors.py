@@ -50,7 +50,7 @@ from al_loop.synthetic import make_level1_folder
 from al_loop.workspace import open_store
 from cli import app
 from db.models import Scene
-from prelabels import walkthrough  # benchmarks/prelabels.py: the same walkthrough
+from prelabels import walkthrough_workspace  # benchmarks/prelabels.py: the same walkthrough
 
 console = Console(width=200)
 
@@ -134,11 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.workspace
-        if root is None:
-            root = Path(tmp) / "ws"
-            with console.status("walkthrough: init, ingest synthetic, train, ingest synthetic --unlabelled"):
-                walkthrough(root, args.quick)
+        root = walkthrough_workspace(args.workspace, tmp, args.quick, console)
         per_seed = [one_seed(Path(tmp), root, seed, args.size) for seed in track(args.seeds, description="sensors")]
     keys = list(per_seed[0]["LE07"])
     table = Table(title=f"seeds {args.seeds}, {args.size} px scenes; mean (sd) over seeds, paired difference "
