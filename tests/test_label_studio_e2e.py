@@ -157,7 +157,9 @@ def test_the_live_loop_from_connect_to_a_new_champion_and_the_next_round(live):
                           selected_items={"all": False, "included": [tasks[0].id]})
         asked = ls.predictions.list(task=tasks[0].id)
         assert [p.model_version for p in asked] == [v1] and asked[0].id != pushed[0].id
-        assert 0 < asked[0].score <= 1 and asked[0].score == pytest.approx(pushed[0].score)  # calibrated confidence
+        # the calibrated confidence; bf16 inference (model.precision auto on this CPU) moves a patch's
+        # mean by about 1e-5 between a batch of one and the import's batch
+        assert 0 < asked[0].score <= 1 and asked[0].score == pytest.approx(pushed[0].score, abs=1e-4)
         assert asked[0].result == pushed[0].result
 
         # Experts save annotations; the webhook brings them into the store.

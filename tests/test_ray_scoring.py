@@ -4,6 +4,7 @@ to what the same champion gives in one process."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -26,16 +27,25 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A one-node Ray cluster of 2 CPUs, started as a user would (`ray start --head`)."""
+    """A one-node Ray cluster of 2 CPUs on loopback, started as a user would (`ray start --head`).
+    Token authentication is off for it and for the driver alike: Ray turns it on by itself where a
+    ~/.ray/auth_token exists, and then only processes that find the token may connect."""
     port = free_port()
     temp = tmp_path_factory.mktemp("ray")
-    subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                    "--disable-usage-stats", f"--temp-dir={temp}"], check=True, capture_output=True, timeout=180)
+    before = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                    "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+                   check=True, capture_output=True, timeout=180)
     yield f"127.0.0.1:{port}"
     if ray.is_initialized():
         ray.shutdown()
     subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
     shutil.rmtree(temp, ignore_errors=True)
+    if before is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = before
 
 
 def _scores(store, version_id):

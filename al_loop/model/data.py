@@ -1,5 +1,5 @@
-"""Training and evaluation data from the store: labelled patches as arrays (their labels
-combined), the channels a model uses, and label-mask to model-target conversion."""
+"""Training and evaluation data from the store: labelled patches (their labels combined, their
+pixels read when needed), the channels a model uses, and label-mask to model-target conversion."""
 
 from __future__ import annotations
 
@@ -267,7 +267,7 @@ def _exclude_validation_pixels(train: list[Sample], val: list[Sample]) -> None:
     covered = CountOnce()
     for s in val:
         if s.window is not None:
-            covered.fresh(s.scene_id, *s.window, *s.target.shape)
+            covered.fresh(s.scene_id, *s.window, *s.shape)
     for s in train:
         if s.window is not None:
             target = s.target

@@ -179,7 +179,9 @@ def mc_predict(
     """Monte Carlo dropout over a batch of images (N, C, H, W); ``valid`` is (N, H, W) bool.
 
     The trunk runs once per image and only the head is sampled, unless the model has dropout
-    everywhere. Deterministic for a given ``seed``, whatever ``batch_size``.
+    everywhere. Deterministic for a given ``seed``, whatever ``batch_size`` in fp32; in bf16 the
+    convolutions' kernels differ with the batch's size, and a pixel's probabilities move by up to
+    a few thousandths between batch sizes (a patch's mean by about 1e-5).
     """
     means, entropies, balds, embeddings = [], [], [], []
     with _eval_on(model, device, precision) as dev:
