@@ -46,7 +46,6 @@ class PatchScorer:
 
         self.workspace = workspace
         self.store = open_store(self.workspace)
-        self.version_id = version_id
         self.version, self.model = None, None
         if version_id is not None:
             from al_loop.retrain import load_version
