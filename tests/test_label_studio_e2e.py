@@ -30,7 +30,7 @@ from al_loop.sampling.regions import Region
 from backends import studio
 from backends.app import SECRET_HEADER
 from backends.label_config import VIEW_DATA_KEYS
-from backends.results import mask_to_brush_results
+from backends.results import mask_to_brush_results, results_to_mask
 from backends.service import Backend, ThreadedServer
 from backends.studio_process import free_port
 from db.models import Label, Patch, Round
@@ -157,10 +157,12 @@ def test_the_live_loop_from_connect_to_a_new_champion_and_the_next_round(live):
                           selected_items={"all": False, "included": [tasks[0].id]})
         asked = ls.predictions.list(task=tasks[0].id)
         assert [p.model_version for p in asked] == [v1] and asked[0].id != pushed[0].id
-        # the calibrated confidence; bf16 inference (model.precision auto on this CPU) moves a patch's
-        # mean by about 1e-5 between a batch of one and the import's batch
+        # The same calibrated confidence and pre-label; bf16 inference (model.precision auto on this CPU)
+        # depends on the batch: asked alone, the patch's mean moves by about 1e-5 and a few boundary
+        # pixels may change class against the import's batch.
         assert 0 < asked[0].score <= 1 and asked[0].score == pytest.approx(pushed[0].score, abs=1e-4)
-        assert asked[0].result == pushed[0].result
+        asked_mask, pushed_mask = (results_to_mask(list(p.result), 128, 128) for p in (asked[0], pushed[0]))
+        assert (asked_mask == pushed_mask).mean() > 0.995
 
         # Experts save annotations; the webhook brings them into the store.
         for k, task in enumerate(tasks[:3]):
