@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from al_loop.bands import RAW_BANDS as ETM_BANDS
 from al_loop.bands import THERMAL_GAIN, THERMAL_K1, THERMAL_K2
 
 _QCAL_MIN, _QCAL_MAX = 1.0, 255.0
@@ -56,8 +57,7 @@ TM5_ESUN = {"B1": 1983.0, "B2": 1796.0, "B3": 1536.0, "B4": 1031.0, "B5": 220.0,
 # near infrared beyond; weights are the shares of its range.
 PAN_WEIGHTS = {"B2": 0.25, "B3": 0.30, "B4": 0.45}
 
-ETM_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6_VCID_1", "B6_VCID_2", "B7", "B8", "BQA")
-THERMAL_CHANNELS = ("B6_VCID_1", "B6_VCID_2")
+THERMAL_CHANNELS = tuple(THERMAL_GAIN)  # the ETM+ thermal band's low- and high-gain channels
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,6 @@ class Sensor:
     # ETM+ channel -> (slope, intercept) of this sensor's reflectance against ETM+'s over the same
     # ground (own = slope * ETM+ + intercept); removed on the way to ETM+ DN
     between_sensors: Mapping[str, tuple[float, float]] = field(default_factory=dict)
-
 
     @property
     def native(self) -> bool:

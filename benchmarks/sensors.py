@@ -54,7 +54,7 @@ from prelabels import walkthrough_workspace  # benchmarks/prelabels.py: the same
 
 console = Console(width=200)
 
-ETM_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6_VCID_1", "B6_VCID_2", "B7", "B8", "BQA")
+ETM_BANDS = bands.RAW_BANDS
 OTHER_BANDS = tuple(b for b in ETM_BANDS if b not in ("B6_VCID_2", "B8"))  # what TM and OLI give
 SENSORS = {  # code: (scene id on the same day of year, WRS-2 path from the seed; the ETM+ channels it gives)
     "LE07": ("LE07_L1TP_{path:03d}041_20001012_20170209_01_T1", ETM_BANDS),
