@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from sqlalchemy.orm import Session
 from backends.results import EmptyAnnotation, ResultError, read_results
 from db import queries
 from db.models import Label, Patch
-from db.queries import current_label, save_label
+from db.queries import current_label, pack_mask, save_revision
 
 SOURCE = "annotation"
 PATCH_ID_KEY = "patch_id"  # the task data field naming the al-loop patch
@@ -69,6 +70,11 @@ class Annotation:
     @property
     def origin(self) -> str:
         return origin(self.project, self.annotation_id)
+
+    @cached_property
+    def packed_mask(self) -> bytes | None:
+        """The mask as the store keeps it, packed once for the inbox and the store."""
+        return None if self.mask is None else pack_mask(self.mask)
 
 
 def origin(project: int, annotation_id: int) -> str:
@@ -214,9 +220,10 @@ def apply(session: Session, annotation: Annotation) -> str:
         details["no_glacier"] = True
     if annotation.email:
         details["email"] = annotation.email
-    label, outcome = save_label(
-        session, session.get(Patch, annotation.patch_id), annotation.mask,
+    label, outcome = save_revision(
+        session, session.get(Patch, annotation.patch_id), annotation.mask, previous,
         source=SOURCE, origin=annotation.origin, author=annotation.email or annotation.author, details=details,
+        packed=annotation.packed_mask,
     )
     if outcome == "unchanged" and updated_at and label.details.get("updated_at") != updated_at:
         label.details = {**label.details, "updated_at": updated_at}

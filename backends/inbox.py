@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from backends.annotations import Annotation
-from db.queries import pack_mask, unpack_mask
+from db.queries import unpack_mask
 
 log = logging.getLogger(__name__)
 STALE_PART_S = 300.0  # a half-written file this old was never answered: its request died
@@ -67,7 +67,7 @@ def to_record(item: Item) -> dict[str, Any]:
         "mask": None,
     }
     if item.mask is not None:
-        record["mask"] = base64.b64encode(pack_mask(item.mask)).decode()
+        record["mask"] = base64.b64encode(item.packed_mask).decode()
         record["shape"] = list(item.mask.shape)
     return record
 

@@ -84,17 +84,34 @@ def save_label(
     revision; the previous one becomes ``superseded``) or ``unchanged`` (the accepted revision
     already holds this mask: re-delivering or re-ingesting the same label is a no-op).
     """
+    previous = current_label(session, patch.id, source, origin)
+    return save_revision(session, patch, mask, previous, source=source, origin=origin, author=author, details=details)
+
+
+def save_revision(
+    session: Session,
+    patch: Patch,
+    mask: np.ndarray,
+    previous: Label | None,
+    *,
+    source: str,
+    origin: str,
+    author: str | None = None,
+    details: dict[str, Any] | None = None,
+    packed: bytes | None = None,
+) -> tuple[Label, str]:
+    """:func:`save_label` after the caller has looked up ``previous`` (its
+    :func:`current_label`), with the mask already packed if ``packed`` is given."""
     if mask.shape != (patch.height, patch.width):
         raise ValueError(
             f"label mask for patch {patch.id} has shape {mask.shape}, "
             f"expected {(patch.height, patch.width)}"
         )
     counts = class_counts(mask)  # also rejects unknown class codes
-    previous = current_label(session, patch.id, source, origin)
-    if (previous is not None and previous.status == "accepted"
-            and np.array_equal(unpack_mask(previous.mask, patch.height, patch.width), mask)):
-        return previous, "unchanged"
     if previous is not None and previous.status == "accepted":
+        # Equal packed bytes are equal masks; different ones may still be (another zlib level).
+        if previous.mask == packed or np.array_equal(unpack_mask(previous.mask, patch.height, patch.width), mask):
+            return previous, "unchanged"
         previous.status = "superseded"
     label = Label(
         patch_id=patch.id,
@@ -103,7 +120,7 @@ def save_label(
         revision=1 if previous is None else previous.revision + 1,
         status="accepted",
         author=author,
-        mask=pack_mask(mask),
+        mask=pack_mask(mask) if packed is None else packed,
         n_background=counts["background"],
         n_clean_ice=counts["clean_ice"],
         n_debris=counts["debris"],
