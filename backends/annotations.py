@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from backends.results import EmptyAnnotation, ResultError, read_results
 from db import queries
 from db.models import Label, Patch
-from db.queries import current_label, pack_mask, save_revision
+from db.queries import pack_mask, save_revision
 
 SOURCE = "annotation"
 PATCH_ID_KEY = "patch_id"  # the task data field naming the al-loop patch
@@ -190,13 +190,30 @@ def read_annotation(
     )
 
 
-def apply(session: Session, annotation: Annotation) -> str:
+@dataclass
+class Known:
+    """What storing a group of annotations needs from the store, read for all of them at once
+    (three queries instead of three per annotation) and kept up to date while they are stored."""
+
+    tombstones: set[tuple[int, int]]  # (project, annotation id) deleted
+    labels: dict[tuple[int, str], Label]  # (patch id, origin) -> its newest revision
+    patches: dict[int, Patch]
+
+    @classmethod
+    def read(cls, session: Session, group: list[Annotation]) -> Known:
+        return cls(queries.tombstoned(session, {(a.project, a.annotation_id) for a in group}),
+                   queries.newest_revisions(session, SOURCE, {(a.patch_id, a.origin) for a in group}),
+                   {p.id: p for p in queries.patches_by_id(session, list({a.patch_id for a in group}))})
+
+
+def apply(session: Session, annotation: Annotation, known: Known | None = None) -> str:
     """Store a checked annotation; returns created / revised / unchanged / retired / stale /
     deleted (its annotation was deleted: a late delivery) / skipped (a cancelled annotation
-    that was never a label)."""
-    if queries.tombstone(session, annotation.project, annotation.annotation_id) is not None:
+    that was never a label). ``known``: the lookups read for a group it belongs to."""
+    known = known or Known.read(session, [annotation])
+    if (annotation.project, annotation.annotation_id) in known.tombstones:
         return "deleted"
-    previous = current_label(session, annotation.patch_id, SOURCE, annotation.origin)
+    previous = known.labels.get((annotation.patch_id, annotation.origin))
     seen = parse_time(previous.details.get("updated_at"), "stored updated_at") if previous is not None else None
     if seen and annotation.updated_at and annotation.updated_at < seen:
         return "stale"
@@ -221,18 +238,22 @@ def apply(session: Session, annotation: Annotation) -> str:
     if annotation.email:
         details["email"] = annotation.email
     label, outcome = save_revision(
-        session, session.get(Patch, annotation.patch_id), annotation.mask, previous,
+        session, known.patches.get(annotation.patch_id), annotation.mask, previous,
         source=SOURCE, origin=annotation.origin, author=annotation.email or annotation.author, details=details,
         packed=annotation.packed_mask,
     )
     if outcome == "unchanged" and updated_at and label.details.get("updated_at") != updated_at:
         label.details = {**label.details, "updated_at": updated_at}
+    known.labels[(annotation.patch_id, annotation.origin)] = label
     return outcome
 
 
-def retire(session: Session, project: int, annotation_ids: list[int]) -> int:
+def retire(session: Session, project: int, annotation_ids: list[int], known: Known | None = None) -> int:
     """Retire the accepted labels of deleted annotations and leave their tombstones (also for
-    annotations never seen: a deletion may overtake the creation); returns how many labels."""
+    annotations never seen: a deletion may overtake the creation); returns how many labels.
+    ``known``: the lookups of the group it belongs to, told of the tombstones."""
+    if known is not None:
+        known.tombstones.update((project, annotation_id) for annotation_id in annotation_ids)
     for annotation_id in annotation_ids:
         queries.add_tombstone(session, project, annotation_id)
     origins = [origin(project, i) for i in annotation_ids]

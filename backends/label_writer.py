@@ -55,9 +55,20 @@ class _Work:
 
 def write(session: Session, item: Item) -> Counter:
     """Apply one delivery; the outcome counts (created, revised, unchanged, retired, ...)."""
-    if isinstance(item, Retire):
-        return Counter(retired=annotations.retire(session, item.project, list(item.annotation_ids)))
-    return Counter([annotations.apply(session, item)])
+    return write_all(session, [item])[0]
+
+
+def write_all(session: Session, items: list[Item]) -> list[Counter]:
+    """Apply deliveries in order, what they need from the store read for all at once."""
+    known = annotations.Known.read(session, [item for item in items if not isinstance(item, Retire)])
+    outcomes = []
+    for item in items:
+        if isinstance(item, Retire):
+            outcomes.append(Counter(retired=annotations.retire(session, item.project, list(item.annotation_ids),
+                                                               known)))
+        else:
+            outcomes.append(Counter([annotations.apply(session, item, known)]))
+    return outcomes
 
 
 def close_finished_rounds(session: Session) -> list[int]:
@@ -167,7 +178,7 @@ class LabelWriter:
     def _write(self, work: list[_Work]) -> None:
         try:
             with self.store.session() as session:
-                results = [write(session, w.item) for w in work]
+                results = write_all(session, [w.item for w in work])
         except Exception:  # one delivery may sink the group: write them one at a time
             for w in work:
                 self._write_one(w)

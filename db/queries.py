@@ -68,6 +68,17 @@ def current_label(session: Session, patch_id: int, source: str, origin: str) -> 
     )
 
 
+def newest_revisions(session: Session, source: str, keys: set[tuple[int, str]]) -> dict[tuple[int, str], Label]:
+    """:func:`current_label` of many (patch id, origin) pairs in one query; pairs without a label are left out."""
+    if not keys:
+        return {}
+    revisions = session.scalars(select(Label).where(
+        Label.patch_id.in_({p for p, _ in keys}), Label.source == source, Label.origin.in_({o for _, o in keys}),
+    ).order_by(Label.revision))  # an annotation has a few revisions: reading them all is cheaper than grouping
+    newest = {(label.patch_id, label.origin): label for label in revisions}  # the last one read wins
+    return {key: label for key, label in newest.items() if key in keys}
+
+
 def save_label(
     session: Session,
     patch: Patch,
@@ -136,6 +147,15 @@ def save_revision(
 def tombstone(session: Session, project: int, annotation_id: int) -> AnnotationTombstone | None:
     return session.scalar(select(AnnotationTombstone).where(
         AnnotationTombstone.project == project, AnnotationTombstone.annotation_id == annotation_id))
+
+
+def tombstoned(session: Session, keys: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Which of these (project, annotation id) pairs were deleted, in one query."""
+    if not keys:
+        return set()
+    rows = session.execute(select(AnnotationTombstone.project, AnnotationTombstone.annotation_id).where(
+        AnnotationTombstone.annotation_id.in_({a for _, a in keys})))
+    return {(project, annotation) for project, annotation in rows if (project, annotation) in keys}
 
 
 def add_tombstone(session: Session, project: int, annotation_id: int) -> None:
