@@ -630,6 +630,8 @@ def serve(
     host: Annotated[Optional[str], typer.Option(help="Listen address (config backend.host).")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port (config backend.port, which `connect` registers).")] = None,
     worker: Annotated[bool, typer.Option(help="Run the training worker in this process (config backend.worker).")] = True,
+    processes: Annotated[Optional[int], typer.Option(
+        min=1, help="Server processes (config backend.processes): webhooks and predictions on more cores.")] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """The Label Studio ML backend: predictions, webhooks into the store, retraining by label
@@ -639,7 +641,7 @@ def serve(
     with _clear_errors(), _store(workspace) as (ws, store):
         ws.config.backend.worker = ws.config.backend.worker and worker
         console.print(f"al-loop backend on http://{host or ws.config.backend.host}:{port or ws.config.backend.port}")
-        run(ws, store, host=host, port=port)
+        run(ws, store, host=host, port=port, processes=processes)
 
 
 @app.command()

@@ -187,6 +187,8 @@ class BackendConfig:
                   "(GLIMS' 0.01 km² minimum glacier; 0: off)")
     smoothing_radius: int = setting(1, "pre-labels: radius in pixels of the majority filter smoothing class boundaries (0: off)")
     worker: bool = setting(True, "run the training worker inside `al-loop serve`")
+    processes: int = setting(1, "HTTP server processes of `al-loop serve` (webhooks and predictions on more cores; "
+                                "the first also runs the training worker)")
 
 
 @dataclass
@@ -349,7 +351,8 @@ def check(config: Config, origin: str) -> Config:
     for key, value in (("ingest.patch_size", c.ingest.patch_size), ("model.depth", c.model.depth),
                        ("model.base_filters", c.model.base_filters), ("training.batch_size", c.training.batch_size),
                        ("training.max_epochs", c.training.max_epochs), ("training.validation_block",
-                                                                        c.training.validation_block)):
+                                                                        c.training.validation_block),
+                       ("backend.processes", c.backend.processes)):
         if value < 1:
             problems.append(f"{key} must be at least 1, found {value}")
     multiple = 2 ** max(c.model.depth, 0)

@@ -26,6 +26,7 @@ Decisions:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -38,6 +39,7 @@ from backends.results import EmptyAnnotation, ResultError, read_results
 from db import queries
 from db.models import Label, Patch
 from db.queries import pack_mask, save_revision
+from db.session import Store
 
 SOURCE = "annotation"
 PATCH_ID_KEY = "patch_id"  # the task data field naming the al-loop patch
@@ -141,20 +143,40 @@ def project_id(payload: dict) -> int:
     return _int(project.get("id") if isinstance(project, dict) else project, "project.id")
 
 
+class PatchSizes:
+    """Patch id -> (height, width), read from the store once per patch: patches never change
+    size, and a webhook should not wait for a query to learn it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._sizes: dict[int, tuple[int, int]] = {}
+
+    def __call__(self, patch_id: int) -> tuple[int, int] | None:
+        size = self._sizes.get(patch_id)
+        if size is None:
+            with self.store.session() as session:
+                size = queries.patch_size(session, patch_id)
+            if size is not None:
+                self._sizes[patch_id] = size
+        return size
+
+
 def read_annotation(
-    session: Session, project: int, annotation: Any, task: Any
+    patch_size: Callable[[int], tuple[int, int] | None], project: int, annotation: Any, task: Any
 ) -> Annotation:
     """Check one annotation (a Label Studio annotation dict) of ``task`` (a task dict with
-    ``data``); raise :class:`AnnotationError` on anything that cannot be stored."""
+    ``data``); raise :class:`AnnotationError` on anything that cannot be stored. ``patch_size``
+    gives a patch's (height, width), None for no such patch (a :class:`PatchSizes`)."""
     if not isinstance(annotation, dict):
         raise AnnotationError(f"annotation must be an object, found {type(annotation).__name__}")
     if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
         raise AnnotationError("task.data is missing: the annotation cannot be tied to a patch")
     annotation_id = _int(annotation.get("id"), "annotation.id")
     patch_id = _int(task["data"].get(PATCH_ID_KEY), f"task.data.{PATCH_ID_KEY}", MAX_PATCH_ID)
-    patch = session.get(Patch, patch_id)
-    if patch is None:
+    size = patch_size(patch_id)
+    if size is None:
         raise AnnotationError(f"task {task.get('id')}: no patch {patch_id} in the store")
+    height, width = size
     cancelled = bool(annotation.get("was_cancelled"))
     mask, ignored, empty, no_glacier = None, {}, False, False
     if not cancelled:
@@ -162,7 +184,7 @@ def read_annotation(
         if not isinstance(result, list):
             raise AnnotationError(f"annotation {annotation_id}: result must be a list, found {type(result).__name__}")
         try:
-            read = read_results(result, patch.height, patch.width, complete=True)
+            read = read_results(result, height, width, complete=True)
             mask, ignored, no_glacier = read.mask, read.ignored, read.no_glacier
         except EmptyAnnotation:
             cancelled = empty = True

@@ -204,8 +204,8 @@ def create_app(backend) -> FastAPI:
         try:
             if action in ANNOTATION_EVENTS:
                 project = annotations.project_id(body)
-                with backend.store.session() as session:
-                    annotation = annotations.read_annotation(session, project, body.get("annotation"), body.get("task"))
+                annotation = annotations.read_annotation(backend.patch_sizes, project, body.get("annotation"),
+                                                         body.get("task"))
                 return answer(stored(*durable(annotation)), annotation=annotation.annotation_id)
             if action == "ANNOTATIONS_DELETED":
                 project = annotations.project_id(body)

@@ -111,10 +111,15 @@ class Inbox:
         """The store holds the delivery: forget its file."""
         path.unlink(missing_ok=True)
 
-    def pending(self) -> list[tuple[Path, Item | None]]:
-        """Deliveries left from before, oldest first; None for a file that cannot be read."""
+    def pending(self, older_than_s: float = 0.0) -> list[tuple[Path, Item | None]]:
+        """Deliveries left from before, oldest first; None for a file that cannot be read.
+        ``older_than_s``: only files at least this old (younger ones may be in the hands of
+        another server process)."""
         out = []
+        now_ns = time.time_ns()
         for path in sorted(self.folder.glob("*.json")):
+            if older_than_s and now_ns - _written_ns(path) < older_than_s * 1e9:
+                continue
             try:
                 out.append((path, from_record(json.loads(path.read_text()))))
             except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -136,6 +141,14 @@ class Inbox:
         target.with_suffix(".reason.txt").write_text(reason + "\n")
         log.error("delivery %s set aside in %s: %s", path.name, self.failed, reason)
         return target
+
+
+def _written_ns(path: Path) -> int:
+    """When a delivery was made durable: its name starts with the time in nanoseconds."""
+    try:
+        return int(path.name.split("-", 1)[0])
+    except ValueError:
+        return 0
 
 
 def _fsync_dir(folder: Path) -> None:

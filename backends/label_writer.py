@@ -108,7 +108,7 @@ class LabelWriter:
 
     def start(self) -> LabelWriter:
         """Start writing; deliveries left in the inbox (a crash, an unreachable store) go first."""
-        self._replay()
+        self._replay(older_than_s=0.0)
         self._thread.start()
         return self
 
@@ -130,12 +130,14 @@ class LabelWriter:
         self._queue.put(None)
         self._thread.join()
 
-    def _replay(self) -> None:
+    def _replay(self, older_than_s: float = RETRY_EVERY_S) -> None:
+        """Queue the inbox's deliveries this writer does not hold. Past the start only those
+        older than ``older_than_s``: a younger one may be another server process's."""
         if self.inbox is None:
             return
         with self._lock:
             in_flight = set(self._in_flight)
-        for path, item in self.inbox.pending():
+        for path, item in self.inbox.pending(older_than_s):
             if path in in_flight:
                 continue
             if item is None:

@@ -10,6 +10,9 @@ answers predictions with a 503 that says why.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
 import threading
 import time
 
@@ -19,6 +22,7 @@ from al_loop.gate import describe_change
 from al_loop.retrain import TrainingReport
 from al_loop.rounds import next_round
 from backends import studio
+from backends.annotations import PatchSizes
 from backends.inbox import Inbox
 from backends.label_writer import LabelWriter
 from backends.predictor import ModelHolder
@@ -26,6 +30,8 @@ from db.session import Store
 
 log = logging.getLogger(__name__)
 EMAILS_EVERY_S = 60.0
+RESTART_AFTER_S = 10.0  # a server process failing sooner cannot start: stop instead of starting it again
+STOP_WAIT_S = 30.0
 
 
 class Backend:
@@ -35,6 +41,7 @@ class Backend:
         self.holder.refresh()
         self.worker = jobs.Worker(workspace, store, on_trained=self.after_training)
         self.inbox = Inbox(workspace.root / "inbox")
+        self.patch_sizes = PatchSizes(store)
         self.writer = LabelWriter(workspace, store, self.inbox, on_job_queued=lambda _: self.worker.wake.set(),
                                   on_written=self._record_author_emails)
         self._worker_thread: threading.Thread | None = None
@@ -143,17 +150,106 @@ class ThreadedServer:
         self.stop()
 
 
-def serve(workspace: Workspace, store: Store, host: str | None = None, port: int | None = None) -> None:
-    """Run the backend in the foreground until interrupted."""
+def serve(workspace: Workspace, store: Store, host: str | None = None, port: int | None = None,
+          processes: int | None = None) -> None:
+    """Run the backend in the foreground until interrupted, in ``processes`` server processes
+    (default ``backend.processes``)."""
     import uvicorn
 
     from backends.app import create_app
 
+    cfg = workspace.config.backend
+    host, port, processes = host or cfg.host, port or cfg.port, processes or cfg.processes
+    if processes > 1:
+        store.dispose()  # each process opens its own
+        serve_processes(workspace, host, port, processes)
+        return
     backend = Backend(workspace, store)
     backend.sync()
     backend.start()
-    cfg = workspace.config.backend
     try:
-        uvicorn.run(create_app(backend), host=host or cfg.host, port=port or cfg.port, log_level="warning")
+        uvicorn.run(create_app(backend), host=host, port=port, log_level="warning")
     finally:
         backend.stop()
+
+
+def serve_processes(workspace: Workspace, host: str, port: int, processes: int) -> None:
+    """Several server processes on one listening socket (one Python process per core is what
+    takes webhooks past one core: decoding, checking and storing an annotation hold the GIL).
+    Every process has its own label writer; the inbox and the store are shared, and storing a
+    delivery twice changes nothing. Only the first syncs with Label Studio and runs the training
+    worker. A process that dies is started again (its answered deliveries are in the inbox)."""
+    import multiprocessing
+    import socket
+    from multiprocessing.connection import wait
+
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on such sockets (else Nagle adds ~40 ms per answer)
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
+                             socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        raise RuntimeError(f"the backend could not listen on {host}:{port}: {exc.strerror}") from None
+    listener.listen(2048)
+    level = logging.getLevelName(logging.getLogger("al_loop").getEffectiveLevel()).lower()
+    context = multiprocessing.get_context("spawn")
+
+    def start(index: int):
+        process = context.Process(target=_serve_one, args=(workspace, listener, index, processes, level),
+                                  name=f"al-loop-serve-{index}")
+        process.start()
+        return process, time.monotonic()
+
+    running = {index: start(index) for index in range(processes)}
+    log.info("serving on %s:%d in %d processes", host, port, processes)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stopped as a service: stop the processes too
+    try:
+        while True:
+            wait([process.sentinel for process, _ in running.values()])
+            for index, (process, started) in list(running.items()):
+                if process.is_alive():
+                    continue
+                if process.exitcode > 0 and time.monotonic() - started < RESTART_AFTER_S:  # failed to start
+                    raise RuntimeError(f"server process {index} exited with code {process.exitcode} "
+                                       "as it started: see its log above")
+                log.error("server process %d exited with code %s: starting it again", index, process.exitcode)
+                running[index] = start(index)
+    except KeyboardInterrupt:
+        log.info("stopping the server processes")
+    finally:
+        for process, _ in running.values():
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGINT)  # uvicorn's graceful stop; the writer commits what it holds
+        for process, _ in running.values():
+            process.join(STOP_WAIT_S)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        listener.close()
+
+
+def _serve_one(workspace: Workspace, listener, index: int, processes: int, level: str) -> None:
+    """One of :func:`serve_processes`' processes."""
+    import torch
+    import uvicorn
+
+    from al_loop import logs
+    from al_loop.workspace import open_store
+    from backends.app import create_app
+
+    logs.configure(level)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))  # /predict: the cores shared out
+    store = open_store(workspace)
+    backend = Backend(workspace, store)
+    first = index == 0
+    if first:
+        backend.sync()
+    backend.start(worker=first and workspace.config.backend.worker)
+    try:
+        uvicorn.Server(uvicorn.Config(create_app(backend), log_level="warning")).run(sockets=[listener])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        backend.stop()
+        store.dispose()

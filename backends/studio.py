@@ -382,6 +382,7 @@ def sync(workspace: Workspace, store: Store) -> SyncReport:
     ls = client(workspace)
     project = project_or_fail(ls, workspace)
     outcomes, problems, seen, n_tasks = Counter(), [], set(), 0
+    sizes = annotations.PatchSizes(store)
     for task in ls.tasks.list(project=project.id, fields="all"):
         n_tasks += 1
         task_dict = {"id": task.id, "data": task.data}
@@ -389,8 +390,8 @@ def sync(workspace: Workspace, store: Store) -> SyncReport:
             annotation = annotation if isinstance(annotation, dict) else annotation.dict()
             seen.add(annotation.get("id"))
             try:
+                checked = annotations.read_annotation(sizes, project.id, annotation, task_dict)
                 with store.session() as session:
-                    checked = annotations.read_annotation(session, project.id, annotation, task_dict)
                     outcomes += write(session, checked)
             except AnnotationError as exc:
                 problems.append(str(exc))

@@ -68,6 +68,12 @@ def current_label(session: Session, patch_id: int, source: str, origin: str) -> 
     )
 
 
+def patch_size(session: Session, patch_id: int) -> tuple[int, int] | None:
+    """(height, width) of a patch; None if there is none."""
+    row = session.execute(select(Patch.height, Patch.width).where(Patch.id == patch_id)).first()
+    return None if row is None else (row.height, row.width)
+
+
 def newest_revisions(session: Session, source: str, keys: set[tuple[int, str]]) -> dict[tuple[int, str], Label]:
     """:func:`current_label` of many (patch id, origin) pairs in one query; pairs without a label are left out."""
     if not keys:

@@ -11,6 +11,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -221,3 +223,51 @@ def _answers(url: str) -> bool:
         return httpx.get(f"{url}/health", timeout=1).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def _server_processes(parent: int) -> set[int]:
+    """The live server processes `al-loop serve --processes N` (``parent``) started."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return {int(pid) for pid in children
+            if "multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            and "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")}
+
+
+def test_several_server_processes_store_every_delivery_once_and_replace_a_killed_one(tmp_path):
+    """`al-loop serve --processes 2`: concurrent deliveries are stored once each; a server process
+    killed with SIGKILL is started again and the deliveries after it are stored too; Ctrl-C stops all."""
+    ws, store, patch_ids = _unlabelled_scene(tmp_path / "ws")
+    port = free_port()
+    env = {**os.environ, "AL_LOOP_WORKSPACE": str(ws.root), "AL_LOOP_BACKEND_PORT": str(port)}
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--no-worker", "--processes", "2"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    auth = (ws.config.backend.username, ws.config.backend.password)
+    headers = {SECRET_HEADER: ws.config.backend.webhook_secret}
+
+    def send(annotation_ids):
+        def one(annotation_id):
+            body = _event(patch_ids[annotation_id % len(patch_ids)], _brush(), annotation_id=annotation_id)
+            with httpx.Client(auth=auth, headers=headers, timeout=30) as http:
+                return http.post(f"{url}/webhook", content=json.dumps(body)).status_code
+        with ThreadPoolExecutor(4) as pool:
+            return list(pool.map(one, annotation_ids))
+
+    try:
+        wait_for(lambda: _answers(url) and len(_server_processes(server.pid)) == 2, 90, "two server processes")
+        assert set(send(range(1, 25))) <= {200, 202}
+        killed = min(_server_processes(server.pid))
+        os.kill(killed, signal.SIGKILL)
+        wait_for(lambda: len(_server_processes(server.pid) - {killed}) == 2, 90, "the killed process started again")
+        wait_for(lambda: _answers(url), 30, "the backend to answer")
+        assert set(send(range(25, 37))) <= {200, 202}
+        wait_for(lambda: len(_labels(store)) == 36, 60, "the 36 answered deliveries in the store")
+        assert sorted(r[1] for r in _labels(store)) == sorted(f"label-studio:7:{k}" for k in range(1, 37))
+        assert {r[2] for r in _labels(store)} == {1}  # one revision each: none was stored twice
+        wait_for(lambda: not list((ws.root / "inbox").glob("*.json")), 30, "an empty inbox")
+        children = _server_processes(server.pid)
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(90) == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+    store.dispose()
