@@ -12,7 +12,7 @@ the others of its group, and set aside with its reason; while the store is unrea
 deliveries stay in the inbox and are tried again. What labels set off (closing rounds, queueing a
 training job, the training itself) runs after the answer. One writer per process serialises
 deliveries of the same annotation; the unique revision constraint catches the rare race with
-another process (``al-loop sync``), retried one by one.
+another process (``al-loop sync``, another server process), retried one by one.
 """
 
 from __future__ import annotations
