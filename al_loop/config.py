@@ -94,6 +94,9 @@ class TrainingConfig:
     )
     dice_weight: float = setting(1.0, "weight of the class-weighted soft Dice term")
     cross_entropy_weight: float = setting(1.0, "weight of the class-weighted cross-entropy term")
+    precision: str = setting("auto", "training arithmetic: auto is mixed precision on CUDA and fp32 on the CPU; "
+                                     "bf16 autocast on the CPU trains about 1.45x faster for about 0.01 IoU "
+                                     "(validation and the gate stay fp32)", ("auto", "fp32", "bf16"))
     learning_rate: float = setting(3e-3, "Adam learning rate at the start (the paper: 1e-4, constant)")
     lr_schedule: str = setting("cosine", "constant, or cosine: annealed to 1/100 of learning_rate over max_epochs",
                                ("constant", "cosine"))

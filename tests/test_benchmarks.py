@@ -1,5 +1,6 @@
-"""The benchmarks of the expert's seat and of the sensors run end to end and print their figures'
-last line (the figures themselves are in the README, measured by the full runs)."""
+"""The benchmarks of the expert's seat, the sensors, webhooks and training precision run end to end
+and print their figures' last line (the figures themselves are in the README, measured by the full
+runs)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,15 @@ def test_the_sensors_benchmark_runs_in_quick_mode():
                          r"agreement with ETM\+ TM (\S+), OLI (\S+)", last)
     assert found, last
     assert float(found[4]) > 0.95 and float(found[5]) > 0.95  # one ground, mapped alike from each sensor
+
+
+def test_the_webhook_benchmark_stores_every_delivery_through_two_server_processes():
+    lines = _run("benchmarks/webhook_ingestion.py", "--events", "40", "--sequential", "10", "--patch", "128",
+                 "--processes", "1", "2")
+    assert "accepted annotation labels: 100 of 100 sent (0 unexpected), 0 answers not 2xx" in lines, lines
+    assert re.fullmatch(r"p99 with 8 senders: \d+\.\d ms \([12] processes\), target 50 ms", lines[-1]), lines[-1]
+
+
+def test_the_training_precision_benchmark_trains_in_fp32_and_bf16():
+    last = _run("benchmarks/cpu_training_precision.py", "--seeds", "0", "--epochs", "1")[-1]
+    assert re.fullmatch(r"bf16/fp32 training speed ratio: \d+\.\d\d", last), last

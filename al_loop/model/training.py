@@ -298,7 +298,7 @@ def _epoch(model, optimizer, loader: DataLoader, weights, cfg: TrainingConfig, d
         if not (y != IGNORE).any():
             continue
         optimizer.zero_grad(set_to_none=True)
-        with training_autocast(device):
+        with training_autocast(device, cfg.precision):
             logits = model(x)
         loss = loss_fn(logits.float(), y, weights, cfg.dice_weight, cfg.cross_entropy_weight)
         loss.backward()
