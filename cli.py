@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -31,7 +31,7 @@ console = Console()
 errors = Console(stderr=True)
 
 WorkspaceOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--workspace", "-w", envvar=WORKSPACE_ENV, help="Workspace folder (default: current folder)."),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -40,7 +40,7 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress ba
 @app.callback()
 def main(
     log_level: Annotated[
-        Optional[str], typer.Option("--log-level", help="debug, info, warning or error (config logging.level).")
+        str | None, typer.Option("--log-level", help="debug, info, warning or error (config logging.level).")
     ] = None,
 ) -> None:
     """Active-learning annotation loop for glacier mapping."""
@@ -74,13 +74,14 @@ def _store(workspace: Path | None):
 
 @app.command()
 def init(
-    directory: Annotated[Optional[Path], typer.Argument(help="Workspace folder to create.")] = None,
+    directory: Annotated[Path | None, typer.Argument(help="Workspace folder to create.")] = None,
     workspace: WorkspaceOption = None,
     database_url: Annotated[
-        Optional[str], typer.Option(help="SQLAlchemy URL of the database (default: SQLite in the workspace).")
+        str | None, typer.Option(help="SQLAlchemy URL of the database (default: SQLite in the workspace).")
     ] = None,
     profile: Annotated[
-        Optional[str], typer.Option(help="Size patches, model and training for 'cpu' or 'cuda' (default: cuda when a GPU is seen).")
+        str | None, typer.Option(help="Size patches, model and training for 'cpu' or 'cuda' (default: cuda when a GPU "
+                                      "is seen).")
     ] = None,
 ) -> None:
     """Create a workspace (configuration, database) or bring an existing one up to date."""
@@ -116,19 +117,22 @@ def db_upgrade(workspace: WorkspaceOption = None) -> None:
 def ingest_scene(
     path: Annotated[
         Path,
-        typer.Argument(help="An HKH fused tile (15 named bands), a USGS Level-1 folder, or a multi-band file with --bands."),
+        typer.Argument(help="An HKH fused tile (15 named bands), a USGS Level-1 folder, or a multi-band file with "
+                            "--bands."),
     ],
-    dem: Annotated[Optional[Path], typer.Option(help="DEM on any grid and CRS (Level-1 folders and band stacks).")] = None,
+    dem: Annotated[Path | None, typer.Option(help="DEM on any grid and CRS (Level-1 folders and band stacks).")] = None,
     bands: Annotated[
-        Optional[str], typer.Option(help="Band mapping of a multi-band file, in file order, with the sensor's band names, e.g. "
+        str | None, typer.Option(help="Band mapping of a multi-band file, in file order, with the sensor's band "
+                                      "names, e.g. "
                                   "B1,B2,B3,B4,B5,B7 (ETM+, TM) or B2,B3,B4,B5,B6,B7 (OLI).")
     ] = None,
     sensor: Annotated[
-        Optional[str], typer.Option(help="Sensor when the file names cannot tell it (renamed bands, band stacks): LT05 (Landsat 5 TM), "
+        str | None, typer.Option(help="Sensor when the file names cannot tell it (renamed bands, band stacks): LT05 "
+                                      "(Landsat 5 TM), "
                     "LE07 (Landsat 7 ETM+, the default for stacks), LC08 or LC09 (Landsat 8/9 OLI).")
     ] = None,
     date: Annotated[
-        Optional[str], typer.Option(help="Acquisition date YYYY-MM-DD when the file names cannot tell it.")
+        str | None, typer.Option(help="Acquisition date YYYY-MM-DD when the file names cannot tell it.")
     ] = None,
     workspace: WorkspaceOption = None,
     quiet: QuietOption = False,
@@ -149,7 +153,8 @@ def ingest_scene(
                                     quiet=quiet)
         elif dem is not None or sensor or date:
             used = ", ".join(o for o, v in (("--dem", dem), ("--sensor", sensor), ("--date", date)) if v)
-            raise ValueError(f"{path}: an HKH fused tile names its bands, sensor and date, and has elevation and slope; "
+            raise ValueError(f"{path}: an HKH fused tile names its bands, sensor and date, and has elevation and "
+                             "slope; "
                              f"{used} is for Level-1 folders and band stacks")
         else:
             result = ingest_hkh_tile(ws, store, path, quiet=quiet)
@@ -160,10 +165,11 @@ def ingest_scene(
 def ingest_slices(
     folder: Annotated[Path, typer.Argument(help="An HKH slices/ folder (slice_*_img_*.npy, slice_*_mask_*.npy).")],
     footprints: Annotated[
-        Optional[Path], typer.Option(help="Footprint GeoJSON (default: slices.geojson beside the folder).")
+        Path | None, typer.Option(help="Footprint GeoJSON (default: slices.geojson beside the folder).")
     ] = None,
     mask_convention: Annotated[
-        Optional[str], typer.Option(help="'slices' (glacier, clean, debris) or 'splits' (one-hot clean, debris, background); detected if omitted.")
+        str | None, typer.Option(help="'slices' (glacier, clean, debris) or 'splits' (one-hot clean, debris, "
+                                      "background); detected if omitted.")
     ] = None,
     workspace: WorkspaceOption = None,
     quiet: QuietOption = False,
@@ -188,13 +194,19 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
 @ingest_app.command("labels")
 def ingest_labels(
     path: Annotated[Path, typer.Argument(help="Vector labels (shapefile, GeoPackage, GeoJSON) or a label raster.")],
-    attribute: Annotated[Optional[str], typer.Option(help="Attribute whose values map to classes.")] = None,
+    attribute: Annotated[str | None, typer.Option(help="Attribute whose values map to classes.")] = None,
     map_: Annotated[
-        Optional[list[str]],
-        typer.Option("--map", help="VALUE=CLASS (classes: background, clean_ice, debris, glacier, or unlabeled to ignore those pixels); repeat it. For rasters, the pixel value."),
+        list[str] | None,
+        typer.Option(
+            "--map",
+            help="VALUE=CLASS (classes: background, clean_ice, debris, glacier, or unlabeled to "
+            "ignore those pixels); repeat it. For rasters, the pixel value.",
+        ),
     ] = None,
     default_class: Annotated[str, typer.Option(help="Class of every polygon when no attribute is given.")] = "glacier",
-    scene: Annotated[Optional[list[int]], typer.Option(help="Scene id to label (repeat; default: every raster scene).")] = None,
+    scene: Annotated[
+        list[int] | None, typer.Option(help="Scene id to label (repeat; default: every raster scene).")
+    ] = None,
     workspace: WorkspaceOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -231,11 +243,14 @@ def ingest_labels(
 @ingest_app.command("synthetic")
 def ingest_synthetic(
     workspace: WorkspaceOption = None,
-    size: Annotated[Optional[int], typer.Option(help="Scene side in pixels (config synthetic.size).")] = None,
+    size: Annotated[int | None, typer.Option(help="Scene side in pixels (config synthetic.size).")] = None,
     seed: Annotated[
-        Optional[int], typer.Option(help="Generator seed (config synthetic.seed; with --unlabelled one more: another place).")
+        int | None,
+        typer.Option(help="Generator seed (config synthetic.seed; with --unlabelled one more: another place)."),
     ] = None,
-    unlabelled: Annotated[bool, typer.Option("--unlabelled", help="Without its labels: a pool for next-round.")] = False,
+    unlabelled: Annotated[
+        bool, typer.Option("--unlabelled", help="Without its labels: a pool for next-round.")
+    ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Generate a built-in synthetic scene (with exact labels, or none) and ingest it."""
@@ -284,7 +299,8 @@ def status(workspace: WorkspaceOption = None) -> None:
                        *(f"{row[k]:,}" for k in ("background", "clean_ice", "debris", "glacier")))
     console.print(splits)
     if summary["validation_reserved"]:
-        console.print(f"  {summary['validation_reserved']} patch(es) handed out in open rounds will validate once labelled")
+        console.print(f"  {summary['validation_reserved']} patch(es) handed out in open rounds will validate once "
+                      "labelled")
     models = ", ".join(f"{n} {s}" for s, n in summary["models"].items()) or "none"
     jobs = ", ".join(f"{n} {s}" for s, n in summary["jobs"].items()) or "none"
     console.print(f"rounds: {summary['rounds']}   models: {models}   training jobs: {jobs}")
@@ -293,7 +309,8 @@ def status(workspace: WorkspaceOption = None) -> None:
                       f"{r['patches'] - r['labelled']} to go")
     if summary["newest"]:
         newest = summary["newest"]
-        console.print(f"champion: {summary['champion'] or 'none'}; newest version {newest['name']} ({newest['status']}): "
+        console.print(f"champion: {summary['champion'] or 'none'}; newest version {newest['name']} "
+                      f"({newest['status']}): "
                       f"{newest['gate']}", highlight=False)
         console.print(f"  last training: {describe_change(newest['name'], newest['metrics'])}", highlight=False)
     weak = provisional(summary["champion_metrics"]) if summary["champion"] else None
@@ -308,9 +325,15 @@ app.add_typer(models_app, name="models")
 
 @app.command()
 def train(
-    from_: Annotated[Optional[str], typer.Option("--from", help="Fine-tune from this model version (warm start, all labels replayed).")] = None,
-    resume: Annotated[Optional[int], typer.Option(help="Resume a cancelled or interrupted training job from its last epoch.")] = None,
-    cancel: Annotated[Optional[int], typer.Option(help="Ask running training job N to stop after its current epoch.")] = None,
+    from_: Annotated[
+        str | None, typer.Option("--from", help="Fine-tune from this model version (warm start, all labels replayed).")
+    ] = None,
+    resume: Annotated[
+        int | None, typer.Option(help="Resume a cancelled or interrupted training job from its last epoch.")
+    ] = None,
+    cancel: Annotated[
+        int | None, typer.Option(help="Ask running training job N to stop after its current epoch.")
+    ] = None,
     workspace: WorkspaceOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -340,7 +363,7 @@ def train(
 
 @app.command()
 def evaluate(
-    version: Annotated[Optional[str], typer.Argument(help="Model version (default: the champion).")] = None,
+    version: Annotated[str | None, typer.Argument(help="Model version (default: the champion).")] = None,
     split: Annotated[str, typer.Option(help="Labelled patches to evaluate on: val or train.")] = "val",
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -365,7 +388,9 @@ def _metrics_table(metrics: dict, title: str) -> None:
     for column in ("class", "IoU", "precision", "recall", "F1", "pixels"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for name, values in metrics.items():
-        table.add_row(name, *(_score(values[k]) for k in ("iou", "precision", "recall", "f1")), f"{int(values['support']):,}")
+        table.add_row(
+            name, *(_score(values[k]) for k in ("iou", "precision", "recall", "f1")), f"{int(values['support']):,}"
+        )
     console.print(table)
 
 
@@ -390,12 +415,13 @@ def models(ctx: typer.Context, workspace: WorkspaceOption = None) -> None:
                         f"patches, by label source {sources})",
                   caption="n/a: no pixels of that class in validation; -: the version cannot run on it "
                           "(a validation scene lacks one of its channels)")
-    for column in ("version", "status", "parent", "clean ice", "debris", "glacier", "labels", "channels", "gate, when trained"):
+    for column in ("version", "status", "parent", "clean ice", "debris", "glacier", "labels", "channels", "gate, when "
+                                                                                                          "trained"):
         table.add_column(column, overflow="fold")
     names = {v.id: v.name for v in found}
     for v in found:
         rows = scores.get(v.name)
-        iou = (lambda c: "-") if rows is None else (lambda c: _score((rows.get(c) or {}).get("iou")))  # noqa: E731
+        iou = (lambda c: "-") if rows is None else (lambda c: _score((rows.get(c) or {}).get("iou")))  # noqa: E731, B023
         table.add_row(v.name, v.status, names.get(v.parent_id, "-"), iou("clean_ice"), iou("debris"), iou("glacier"),
                       str(labels[v.id]), str(len(v.channels)), gate_summary(v.metrics))
     console.print(table)
@@ -428,9 +454,11 @@ def models_rollback(version: str, workspace: WorkspaceOption = None) -> None:
 @app.command()
 def predict(
     scene: Annotated[int, typer.Argument(help="Scene id (see `al-loop status`).")],
-    version: Annotated[Optional[str], typer.Option(help="Model version (default: the champion).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output GeoTIFF (default: predictions/ in the workspace).")] = None,
-    mc: Annotated[Optional[int], typer.Option(help="Monte Carlo samples (0: no uncertainty; default: model.mc_samples).")] = None,
+    version: Annotated[str | None, typer.Option(help="Model version (default: the champion).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output GeoTIFF (default: predictions/ in the workspace).")] = None,
+    mc: Annotated[
+        int | None, typer.Option(help="Monte Carlo samples (0: no uncertainty; default: model.mc_samples).")
+    ] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Write class, probability and uncertainty maps of a scene, in its grid and CRS."""
@@ -443,14 +471,37 @@ def predict(
 
 @app.command()
 def export(
-    scenes: Annotated[Optional[list[int]], typer.Argument(help="Scene ids (al-loop status); default every raster scene.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for the exports; default <workspace>/exports.")] = None,
-    wgs84: Annotated[bool, typer.Option("--wgs84", help="Polygons in WGS84 longitude/latitude instead of the scene's CRS.")] = False,
-    inventory: Annotated[Optional[Path], typer.Option("--inventory", help="An outline inventory (RGI, GLIMS): each polygon gets the id of the glacier it lies in, and a per-glacier table.")] = None,
-    inventory_id: Annotated[Optional[str], typer.Option("--inventory-id", help="The inventory's id field (default: RGIId, GLIMSId, ... as found).")] = None,
-    min_area: Annotated[Optional[float], typer.Option("--min-area", help="Minimum mapping unit in m² (default backend.min_mapping_unit_m2).")] = None,
-    version: Annotated[Optional[str], typer.Option("--version", help="Model version for unlabelled pixels (default: the champion).")] = None,
-    glims: Annotated[bool, typer.Option("--glims", help="Also a GLIMS-style shapefile (WGS84; glac_bound and debris_cov polygons).")] = False,
+    scenes: Annotated[
+        list[int] | None, typer.Argument(help="Scene ids (al-loop status); default every raster scene.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the exports; default <workspace>/exports.")
+    ] = None,
+    wgs84: Annotated[
+        bool, typer.Option("--wgs84", help="Polygons in WGS84 longitude/latitude instead of the scene's CRS.")
+    ] = False,
+    inventory: Annotated[
+        Path | None,
+        typer.Option(
+            "--inventory",
+            help="An outline inventory (RGI, GLIMS): each "
+            "polygon gets the id of the glacier it lies in, and a per-glacier table.",
+        ),
+    ] = None,
+    inventory_id: Annotated[
+        str | None,
+        typer.Option("--inventory-id", help="The inventory's id field (default: RGIId, GLIMSId, ... as found)."),
+    ] = None,
+    min_area: Annotated[
+        float | None,
+        typer.Option("--min-area", help="Minimum mapping unit in m² (default backend.min_mapping_unit_m2)."),
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Model version for unlabelled pixels (default: the champion).")
+    ] = None,
+    glims: Annotated[
+        bool, typer.Option("--glims", help="Also a GLIMS-style shapefile (WGS84; glac_bound and debris_cov polygons).")
+    ] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Glacier outlines per scene: a GeoPackage of clean-ice, debris and glacier polygons (expert
@@ -478,11 +529,28 @@ def export(
 
 @app.command()
 def change(
-    scenes: Annotated[list[int], typer.Argument(help="Scene ids of the same ground at different dates (al-loop status).")],
-    inventory: Annotated[Path, typer.Option("--inventory", help="The glacier outlines to measure in (RGI, GLIMS, ICIMOD).")],
-    inventory_id: Annotated[Optional[str], typer.Option("--inventory-id", help="The inventory's id field (default: RGIId, GLIMSId, ... as found).")] = None,
-    min_valid: Annotated[float, typer.Option("--min-valid", help="Share of a glacier's outline that must hold data for a date to count (Landsat 7 SLC-off gaps leave about 0.8).")] = 0.7,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for areas.csv, changes.csv and plots; default <workspace>/change.")] = None,
+    scenes: Annotated[
+        list[int], typer.Argument(help="Scene ids of the same ground at different dates (al-loop status).")
+    ],
+    inventory: Annotated[
+        Path, typer.Option("--inventory", help="The glacier outlines to measure in (RGI, GLIMS, ICIMOD).")
+    ],
+    inventory_id: Annotated[
+        str | None,
+        typer.Option("--inventory-id", help="The inventory's id field (default: RGIId, GLIMSId, ... as found)."),
+    ] = None,
+    min_valid: Annotated[
+        float,
+        typer.Option(
+            "--min-valid",
+            help="Share of a glacier's outline that must hold data "
+            "for a date to count (Landsat 7 SLC-off gaps leave about 0.8).",
+        ),
+    ] = 0.7,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for areas.csv, changes.csv and plots; default <workspace>/change."),
+    ] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Glacier area per inventory glacier, class and date, and its change between dates with an
@@ -495,21 +563,25 @@ def change(
     with _clear_errors(), _store(workspace) as (ws, store):
         rows, found, folder = run(ws, store, scenes, inventory, out or ws.root / "change", inventory_id, min_valid)
     flagged = sum(r.flagged for r in rows)
-    console.print(f"{len({r.glacier for r in rows})} glaciers at {len({r.acquired for r in rows})} dates"
-                  + (f"; {flagged} glacier-dates flagged (under {min_valid:.0%} of the outline has data)" if flagged else ""),
-                  highlight=False)
+    console.print(
+        f"{len({r.glacier for r in rows})} glaciers at {len({r.acquired for r in rows})} dates"
+        + (f"; {flagged} glacier-dates flagged (under {min_valid:.0%} of the outline has data)" if flagged else ""),
+        highlight=False,
+    )
     for c in found:
         if c.glacier == "region":
-            console.print(f"  region, {c.start} -> {c.end}: {c.delta_km2:+.3f} km² [{c.low_km2:+.3f}, {c.high_km2:+.3f}] "
+            console.print(f"  region, {c.start} -> {c.end}: {c.delta_km2:+.3f} km² [{c.low_km2:+.3f}, "
+                          f"{c.high_km2:+.3f}] "
                           f"over {c.glaciers} glaciers", highlight=False)
     console.print(f"  {folder / 'areas.csv'}\n  {folder / 'changes.csv'}\n  {folder / 'region.png'}", highlight=False)
 
 
 @app.command("next-round")
 def next_round(
-    size: Annotated[Optional[int], typer.Option(help="Patches to choose (config sampling.round_size).")] = None,
+    size: Annotated[int | None, typer.Option(help="Patches to choose (config sampling.round_size).")] = None,
     strategy: Annotated[
-        Optional[str], typer.Option(help="random, entropy, margin, bald, debris, cloud, combined or balanced (config sampling.strategy).")
+        str | None, typer.Option(help="random, entropy, margin, bald, debris, cloud, combined or balanced (config "
+                                      "sampling.strategy).")
     ] = None,
     workspace: WorkspaceOption = None,
     quiet: QuietOption = False,
@@ -521,19 +593,27 @@ def next_round(
         result = choose(ws, store, size=size, strategy=strategy, quiet=quiet)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
-    table = Table(title=f"round {result.number}: {result.strategy}, model {result.model_version or 'none'} ({result.scored} patches newly scored)")
+    table = Table(title=f"round {result.number}: {result.strategy}, model {result.model_version or 'none'} "
+                        f"({result.scored} patches newly scored)")
     names = sorted({n for p in result.patches for n in p.components})
     for column in ("rank", "patch", "scene", "score", *names):
         table.add_column(column, justify="left" if column == "scene" else "right")
     for p in result.patches:
-        table.add_row(str(p.rank), str(p.patch_id), p.scene, f"{p.score:.3f}", *(f"{p.components.get(n, float('nan')):.2f}" for n in names))
+        table.add_row(
+            str(p.rank),
+            str(p.patch_id),
+            p.scene,
+            f"{p.score:.3f}",
+            *(f"{p.components.get(n, float('nan')):.2f}" for n in names),
+        )
     console.print(table)
     console.print(f"handed out in {result.handout} (manifest.csv, footprints.geojson, quicklooks/)")
 
 
 @app.command()
 def effort(
-    plot: Annotated[Optional[Path], typer.Option(help="PNG of IoU against expert minutes (default: reports/effort.png in the workspace).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="PNG of IoU against expert minutes (default: reports/effort.png in "
+                                                   "the workspace).")] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """What the experts' time bought: each version's validation IoU against the Label Studio lead time of its labels."""
@@ -561,18 +641,31 @@ def effort(
 def simulate(
     out: Annotated[Path, typer.Option(help="Folder for the CSVs and the learning-curve PNG.")] = Path("simulation"),
     size: Annotated[str, typer.Option(help="small (a few minutes on 2 CPU cores) or large.")] = "small",
-    strategies: Annotated[Optional[str], typer.Option(help="Comma-separated strategies (random is always included), each "
-                                                           "NAME[+power|+greedy|+warmupN|+region].")] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds.")] = None,
-    rounds: Annotated[Optional[int], typer.Option(help="Rounds after the seed set.")] = None,
-    round_size: Annotated[Optional[int], typer.Option(help="Patches labelled per round.")] = None,
-    seed_set: Annotated[Optional[int], typer.Option(help="Randomly chosen patches labelled before the first model.")] = None,
-    patch_size: Annotated[Optional[int], typer.Option(help="Patch side in pixels (default: 128; --scene: ingest.patch_size).")] = None,
-    classes: Annotated[Optional[str], typer.Option(help="multiclass or binary (default: model.classes with --scene).")] = None,
-    scene: Annotated[
-        Optional[int], typer.Option(help="Simulate on this ingested scene's labels (of --workspace) instead of synthetic scenes.")
+    strategies: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated strategies (random is always included), each NAME[+power|+greedy|+warmupN|+region]."
+        ),
     ] = None,
-    holdout: Annotated[str, typer.Option(help="With --scene: the side held out as the test region: east, west, north or south.")] = "east",
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Rounds after the seed set.")] = None,
+    round_size: Annotated[int | None, typer.Option(help="Patches labelled per round.")] = None,
+    seed_set: Annotated[
+        int | None, typer.Option(help="Randomly chosen patches labelled before the first model.")
+    ] = None,
+    patch_size: Annotated[
+        int | None, typer.Option(help="Patch side in pixels (default: 128; --scene: ingest.patch_size).")
+    ] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="multiclass or binary (default: model.classes with --scene).")
+    ] = None,
+    scene: Annotated[
+        int | None,
+        typer.Option(help="Simulate on this ingested scene's labels (of --workspace) instead of synthetic scenes."),
+    ] = None,
+    holdout: Annotated[
+        str, typer.Option(help="With --scene: the side held out as the test region: east, west, north or south.")
+    ] = "east",
     holdout_fraction: Annotated[float, typer.Option(help="With --scene: the share of the scene held out.")] = 0.25,
     jobs: Annotated[int, typer.Option(help="Seeds run side by side in this many processes.")] = 1,
     workspace: WorkspaceOption = None,
@@ -607,9 +700,11 @@ def simulate(
                 cfg.classes = classes or ws.config.model.classes
                 cfg.check()
                 result = run_simulation(out, cfg, quiet=quiet, source=(ws, store, scene))
-    table = Table(title=f"simulation: {len(cfg.seeds)} seeds, seed set {cfg.seed_set}, {cfg.rounds} rounds of "
-                        f"{cfg.round_size}; full-pool glacier IoU {result['full_pool_glacier']:.3f}",
-                  caption="AULC: mean glacier IoU (clean ice and debris together) over the labels; gain: paired by seed")
+    table = Table(
+        title=f"simulation: {len(cfg.seeds)} seeds, seed set {cfg.seed_set}, {cfg.rounds} rounds of "
+        f"{cfg.round_size}; full-pool glacier IoU {result['full_pool_glacier']:.3f}",
+        caption="AULC: mean glacier IoU (clean ice and debris together) over the labels; gain: paired by seed",
+    )
     for column in ("strategy", "AULC glacier", "gain over random", "AULC debris", "labels to 95% of full pool",
                    "final glacier IoU", "final debris IoU"):
         table.add_column(column, justify="left" if column == "strategy" else "right")
@@ -627,11 +722,17 @@ def simulate(
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Listen address (config backend.host).")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port (config backend.port, which `connect` registers).")] = None,
-    worker: Annotated[bool, typer.Option(help="Run the training worker in this process (config backend.worker).")] = True,
-    processes: Annotated[Optional[int], typer.Option(
-        min=1, help="Server processes (config backend.processes): webhooks and predictions on more cores.")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (config backend.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (config backend.port, which `connect` registers).")] = None,
+    worker: Annotated[
+        bool, typer.Option(help="Run the training worker in this process (config backend.worker).")
+    ] = True,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Server processes (config backend.processes): webhooks and predictions on more cores."
+        ),
+    ] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """The Label Studio ML backend: predictions, webhooks into the store, retraining by label
@@ -676,7 +777,9 @@ def connect(workspace: WorkspaceOption = None) -> None:
         console.print(f"  {report.refreshed} open tasks brought up to date (views, description)")
     for number, n in report.imported.items():
         console.print(f"  round {number}: {n} tasks imported")
-    console.print(f"  {report.predictions} predictions pushed with model {report.model_version or 'none (no model yet)'}")
+    console.print(
+        f"  {report.predictions} predictions pushed with model {report.model_version or 'none (no model yet)'}"
+    )
 
 
 @app.command("label-config")
@@ -710,10 +813,11 @@ def sync(workspace: WorkspaceOption = None) -> None:
 @app.command()
 def demo(
     workspace: WorkspaceOption = None,
-    size: Annotated[Optional[int], typer.Option(help="Synthetic scene side in pixels (config synthetic.size).")] = None,
-    label_studio: Annotated[bool, typer.Option(help="Start Label Studio and the backend (else stop after the first round).")] = True,
+    size: Annotated[int | None, typer.Option(help="Synthetic scene side in pixels (config synthetic.size).")] = None,
+    label_studio: Annotated[bool, typer.Option(help="Start Label Studio and the backend (else stop after the first "
+                                                    "round).")] = True,
     port: Annotated[
-        Optional[int], typer.Option(help="Label Studio's port (default 8080, or a free one when 8080 is taken).")
+        int | None, typer.Option(help="Label Studio's port (default 8080, or a free one when 8080 is taken).")
     ] = None,
     wait: Annotated[bool, typer.Option(help="Keep Label Studio and the backend running until Ctrl-C.")] = True,
 ) -> None:

@@ -139,7 +139,8 @@ class SamplingConfig:
     top_q: float = setting(0.1, "a patch scores the mean of its top q fraction of valid pixels")
     per_scene_cap: int = setting(0, "at most this many patches of one scene per round (0: no cap)")
     exclusion_radius: float = setting(1000.0, "metres: no two patches of a round closer than this")
-    method: str = setting("", "diversity: kcenter (on bottleneck features), power or greedy; empty: kcenter with a model, greedy cold",
+    method: str = setting("", "diversity: kcenter (on bottleneck features), power or greedy; empty: kcenter with a "
+                              "model, greedy cold",
                           ("", "kcenter", "power", "greedy"))
     batch_size: int = setting(4, "patches scored per Monte Carlo batch")
     ray_address: str = setting("", "score the pool on a Ray cluster (pip install al-loop[ray]): its address "
@@ -148,13 +149,15 @@ class SamplingConfig:
     ray_workers: int = setting(2, "model actors scoring on the Ray cluster (each reads patches and holds a model)")
     ray_gpus: float = setting(0.0, "GPUs per Ray scoring actor (0: CPU workers)")
     seed: int = setting(0, "seed of Monte Carlo masks and random choices")
-    query: str = setting("patch", "what an expert is asked to label: the whole patch, or only its most ambiguous region "
+    query: str = setting("patch", "what an expert is asked to label: the whole patch, or only its most ambiguous "
+                                  "region "
                          "(a square window of sampling.region_fraction of it; needs a model)", ("patch", "region"))
     region_fraction: float = setting(0.25, "region queries: the share of a patch's pixels in the window")
     cost_aware: bool = setting(False, "rank patches by score per expected expert second (a cost model fitted on "
                                       "Label Studio's lead times; a prior before five exist)")
     warmup_labels: int = setting(
-        0, "rounds choose at random until this many training patches are labelled (early models are unsure of the wrong things)"
+        0, "rounds choose at random until this many training patches are labelled (early models are unsure of the "
+           "wrong things)"
     )
 
 
@@ -182,13 +185,17 @@ class BackendConfig:
     url: str = setting("", "URL Label Studio uses to reach the backend; empty: http://<host>:<port>")
     username: str = setting("al-loop", "HTTP Basic auth user Label Studio sends to the backend")
     password: str = setting("", "HTTP Basic auth password (a random one is written at init)")
-    webhook_secret: str = setting("", "shared secret expected in the X-Al-Loop-Secret header of webhooks (random at init)")
-    prediction_format: str = setting("brush", "predictions as brush (RLE masks, exact) or polygons", ("brush", "polygons"))
+    webhook_secret: str = setting("", "shared secret expected in the X-Al-Loop-Secret header of webhooks (random at "
+                                      "init)")
+    prediction_format: str = setting(
+        "brush", "predictions as brush (RLE masks, exact) or polygons", ("brush", "polygons")
+    )
     batch_size: int = setting(4, "patches per inference batch in /predict")
     min_mapping_unit_m2: float = setting(
         10_000.0, "pre-labels: parts of a class smaller than this take their surroundings' class "
                   "(GLIMS' 0.01 km² minimum glacier; 0: off)")
-    smoothing_radius: int = setting(1, "pre-labels: radius in pixels of the majority filter smoothing class boundaries (0: off)")
+    smoothing_radius: int = setting(1, "pre-labels: radius in pixels of the majority filter smoothing class "
+                                       "boundaries (0: off)")
     worker: bool = setting(True, "run the training worker inside `al-loop serve`")
     processes: int = setting(1, "HTTP server processes of `al-loop serve` (webhooks and predictions on more cores; "
                                 "the first also runs the training worker)")

@@ -17,6 +17,7 @@ from PIL import Image
 
 from al_loop import bands
 from al_loop.config import Workspace
+from al_loop.model.checkpoints import CheckpointError, load_version
 from al_loop.model.data import (
     IGNORE,
     LabelledPatch,
@@ -30,7 +31,6 @@ from al_loop.model.data import (
 from al_loop.model.inference import pick_device
 from al_loop.model.metrics import SegmentationScores, jsonable
 from al_loop.model.training import evaluate_samples, normalize
-from al_loop.model.checkpoints import CheckpointError, load_version
 from db import queries, registry
 from db.models import ModelVersion
 from db.session import Store

@@ -100,7 +100,8 @@ def model_mosaic(workspace: Workspace, scene: Scene, version, mosaic: Mosaic) ->
             span = min(height, top + rows + HALO) - start
             valid = bands.valid_mask(read_window(src, start, 0, span, width, reflective), reflective_names)
             x = normalize(read_window(src, start, 0, span, width, index), valid, version.normalization)
-            result = predict_scene(model, lambda r, c, h, w: x[:, r : r + h, c : c + w], span, width, device=device,
+            result = predict_scene(model, lambda r, c, h, w: x[:, r : r + h, c : c + w],  # noqa: B023 (used here)
+                                   span, width, device=device,
                                    precision=workspace.config.model.precision)
             keep = slice(top - start, top - start + rows)
             probs = result.probs[:, keep]
@@ -118,7 +119,10 @@ def paint_labels(session, scene: Scene, mosaic: Mosaic) -> None:
         p = item.patch
         rows = slice(max(p.row_off, 0), min(p.row_off + p.height, scene.height))
         cols = slice(max(p.col_off, 0), min(p.col_off + p.width, scene.width))
-        crop = (slice(rows.start - p.row_off, rows.stop - p.row_off), slice(cols.start - p.col_off, cols.stop - p.col_off))
+        crop = (
+            slice(rows.start - p.row_off, rows.stop - p.row_off),
+            slice(cols.start - p.col_off, cols.stop - p.col_off),
+        )
         for code, sources in ((INVENTORY, lambda s: s not in EXPERT_SOURCES), (EXPERT, lambda s: s in EXPERT_SOURCES)):
             masks = [unpack_mask(label.mask, p.height, p.width) for label in item.labels if sources(label.source)]
             if not masks:

@@ -120,8 +120,10 @@ def describe_change(name: str, metrics: dict[str, Any]) -> str:
     def figure(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
-    rows = [f"{row.replace('_', ' ')} {figure(r.get('champion')) + ' -> ' if before else ''}{figure(r.get('candidate'))}"
-            for row, r in (decision.get("rows") or {}).items()]
+    rows = [
+        f"{row.replace('_', ' ')} {figure(r.get('champion')) + ' -> ' if before else ''}{figure(r.get('candidate'))}"
+        for row, r in (decision.get("rows") or {}).items()
+    ]
     against = f"IoU, {before} -> {name}" if before else f"IoU of {name}"
     where = f"on {metrics.get('val_patches')} validation patches"
     verdict = "promoted" if decision.get("passed") else "rejected"

@@ -453,7 +453,8 @@ def ingest_slices(
         for ordinal, entry in enumerate(track(usable, description="slices", disable=quiet, transient=True)):
             pixels = np.asarray(read_slice_image(entry.image_path), dtype=np.float32)
             if pixels.shape[1:] != (height, width):
-                raise ValueError(f"{entry.image_path}: slice of {pixels.shape[1:]} pixels, expected {(height, width)} like the others")
+                raise ValueError(f"{entry.image_path}: slice of {pixels.shape[1:]} pixels, expected {(height, width)} "
+                                 "like the others")
             minx, miny, maxx, maxy = entry.bounds or (None, None, None, None)
             patch = _patch(
                 workspace, staging, scene, pixels, list(bands.CHANNELS), entry.name,

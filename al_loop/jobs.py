@@ -88,7 +88,7 @@ def _move(job: TrainingJob, state: JobState) -> None:
 
 def _aware(moment: dt.datetime | None) -> dt.datetime | None:
     if moment is not None and moment.tzinfo is None:  # SQLite returns naive UTC datetimes
-        return moment.replace(tzinfo=dt.timezone.utc)
+        return moment.replace(tzinfo=dt.UTC)
     return moment
 
 

@@ -14,9 +14,9 @@ from rasterio.transform import Affine
 from al_loop import bands
 from al_loop.config import Workspace
 from al_loop.io.rasters import read_window
+from al_loop.model.checkpoints import load_version
 from al_loop.model.inference import pick_device, predict_scene
 from al_loop.model.training import normalize
-from al_loop.model.checkpoints import load_version
 from db import registry
 from db.models import Scene
 from db.session import Store
@@ -34,7 +34,8 @@ def predict_scene_file(workspace: Workspace, store: Store, scene_id: int, out: P
         version = registry.version(session, version_name) if version_name else registry.champion(session)
         if version is None:
             raise LookupError("no champion model yet: train one with `al-loop train`")
-        channel_idx = bands.require_channels(version.channels, scene.available_channels, where=f"scene {scene.id} ({scene.name})")
+        channel_idx = bands.require_channels(version.channels, scene.available_channels, where=f"scene {scene.id} "
+                                                                                               f"({scene.name})")
         channel_idx = [scene.channels.index(scene.available_channels[i]) for i in channel_idx]
         reflective_names = [c for c in scene.available_channels if c in bands.REFLECTIVE_BANDS]
         reflective = [scene.channels.index(c) for c in reflective_names]

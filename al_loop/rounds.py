@@ -28,12 +28,12 @@ from sqlalchemy.orm import Session
 from al_loop.classes import UNLABELED
 from al_loop.config import Workspace
 from al_loop.io.handout import HandoutPatch, write_handout
-from al_loop.io.views import patch_view_files
 from al_loop.io.rasters import read_decimated
+from al_loop.io.views import patch_view_files
+from al_loop.model.checkpoints import load_version
 from al_loop.model.inference import mc_predict, pick_device
 from al_loop.model.training import normalize
 from al_loop.patches import read_patch
-from al_loop.model.checkpoints import load_version
 from al_loop.sampling import acquisition, cost
 from al_loop.sampling.explain import why_chosen
 from al_loop.sampling.regions import Region, ambiguity_map, best_window, region_side
@@ -117,8 +117,10 @@ def score_pool(workspace: Workspace, store: Store, version: ModelVersion | None,
     batch = max(1, cfg.sampling.batch_size)
     for start in track(range(0, len(todo), batch), description="scoring the pool", disable=quiet, transient=True):
         rows = []
-        for patch, components in zip(todo[start : start + batch],
-                                     score_batch(workspace, todo[start : start + batch], model, version, thresholds, device)):
+        for patch, components in zip(
+            todo[start : start + batch],
+            score_batch(workspace, todo[start : start + batch], model, version, thresholds, device),
+        ):
             rows.append(PatchScore(patch_id=patch.id, model_version_id=version_id, score=components.pop("_score"),
                                    components=components))
         with store.session() as session:  # one transaction per batch: a crash keeps what was scored
@@ -135,7 +137,9 @@ def score_batch(workspace, patches, model, version, thresholds, device) -> list[
     if model is None:
         out = []
         for (pixels, valid), names, patch in zip(raw, channels, patches):
-            components = acquisition.prior_components(pixels, names, valid, thresholds[patch.scene_id], cfg.sampling.top_q)
+            components = acquisition.prior_components(
+                pixels, names, valid, thresholds[patch.scene_id], cfg.sampling.top_q
+            )
             out.append({**components, "_score": float(np.mean(list(components.values())))})
         return out
     x = np.stack([
@@ -176,7 +180,8 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
         with store.session() as session:
             labelled = queries.labelled_training_patch_count(session)
         if labelled < cfg.warmup_labels:
-            notes.append(f"warm-up: {labelled} of {cfg.warmup_labels} training patches labelled (sampling.warmup_labels), "
+            notes.append(f"warm-up: {labelled} of {cfg.warmup_labels} training patches labelled "
+                         "(sampling.warmup_labels), "
                          f"so this round chooses at random instead of {strategy!r}")
             strategy = "random"
     if version is None and strategy != "random":
@@ -193,7 +198,8 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
         if size < 1:
             raise ValueError(f"round size (--size, sampling.round_size) must be at least 1, found {size}")
         if size > len(pool):
-            notes.append(f"the pool holds {len(pool)} patches, fewer than the round size {size}: all of them are handed out")
+            notes.append(f"the pool holds {len(pool)} patches, fewer than the round size {size}: all of them are "
+                         "handed out")
             size = len(pool)
         cached = _cached_components(session, pool, version) if strategy != "random" or version else []
         scores, components, embeddings = _pool_scores(cached, len(pool), version, strategy, cfg.seed)
@@ -308,8 +314,9 @@ def query_regions(workspace: Workspace, store: Store, patch_ids: list[int], stra
         mc = mc_predict(model, torch.from_numpy(x[None]), T=cfg.model.mc_samples, device=pick_device(),
                         valid=valid[None], seed=cfg.sampling.seed, precision=cfg.model.precision)
         usable = {n: w for n, w in weights.items() if n != "cloud" or thresholds[patch.scene_id] is not None}
-        maps, valid = acquisition.pixel_maps(mc, pixels, names, valid=valid, cloud_thresholds=thresholds[patch.scene_id],
-                                             strategy=None)
+        maps, valid = acquisition.pixel_maps(
+            mc, pixels, names, valid=valid, cloud_thresholds=thresholds[patch.scene_id], strategy=None
+        )
         side = region_side(patch.height, patch.width, fraction)
         regions[patch.id] = best_window(ambiguity_map(maps, usable, valid), side)
     return regions

@@ -29,7 +29,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import rasterio
 import torch
-from rasterio.windows import Window
 from rich.progress import Progress
 from sqlalchemy import select
 
@@ -168,7 +167,8 @@ class Variant:
             elif option == "region":
                 region = REGION_FRACTION
             else:
-                raise ValueError(f"strategy {spec!r}: unknown option {option!r} (power, greedy, kcenter, warmupN, region)")
+                raise ValueError(f"strategy {spec!r}: unknown option {option!r} (power, greedy, kcenter, warmupN, "
+                                 "region)")
         return cls(spec, name, method, warmup, region)
 
 
@@ -296,7 +296,9 @@ def _test_iou(workspace: Workspace, store: Store, ground: Ground, cfg: Simulatio
     return {name: float(rows[name]["iou"]) if name in rows else float("nan") for name in ROWS}
 
 
-def _template(root: Path, cfg: SimulationConfig, seed: int, ground: Ground) -> tuple[Path, Oracle, list[int], list[int]]:
+def _template(
+    root: Path, cfg: SimulationConfig, seed: int, ground: Ground
+) -> tuple[Path, Oracle, list[int], list[int]]:
     """The pool workspace before any strategy acts: validation blocks and a seed set labelled.
     Patches the truth says nothing about cannot be answered by the oracle: they are left out
     of the pool (marked low_valid)."""
@@ -493,21 +495,26 @@ def _report(out: Path, curves: list[Curve], reference: dict[int, dict[str, float
                  for c in mine]
         reach_random = [labels_to_reach(c.labels, [i["glacier"] for i in c.iou], randoms[c.seed].iou[-1]["glacier"])
                         for c in mine if c.seed in randoms]
-        summary.append({
-            "strategy": strategy,
-            "aulc_mean": float(np.mean(aulc)), "aulc_std": float(np.std(aulc)),
-            "aulc_debris_mean": _mean([_aulc(c, "debris") for c in mine]),
-            "gain_over_random_mean": float(np.mean(paired)) if paired else float("nan"),
-            "gain_over_random_sd": float(np.std(paired, ddof=1)) if len(paired) > 1 else float("nan"),
-            "debris_gain_over_random_mean": _mean(paired_debris),
-            "debris_gain_over_random_sd": float(np.std(paired_debris, ddof=1)) if len(paired_debris) > 1 else float("nan"),
-            "labels_to_random_final": reach_random,
-            "minutes": float(np.mean([c.seconds for c in mine])) / 60,
-            "labels_to_95pct": reach,
-            "final_glacier_iou": float(np.mean([c.iou[-1]["glacier"] for c in mine])),
-            "final_clean_iou": _mean([c.iou[-1]["clean_ice"] for c in mine]),
-            "final_debris_iou": _mean([c.iou[-1]["debris"] for c in mine]),
-        })
+        summary.append(
+            {
+                "strategy": strategy,
+                "aulc_mean": float(np.mean(aulc)),
+                "aulc_std": float(np.std(aulc)),
+                "aulc_debris_mean": _mean([_aulc(c, "debris") for c in mine]),
+                "gain_over_random_mean": float(np.mean(paired)) if paired else float("nan"),
+                "gain_over_random_sd": float(np.std(paired, ddof=1)) if len(paired) > 1 else float("nan"),
+                "debris_gain_over_random_mean": _mean(paired_debris),
+                "debris_gain_over_random_sd": float(np.std(paired_debris, ddof=1))
+                if len(paired_debris) > 1
+                else float("nan"),
+                "labels_to_random_final": reach_random,
+                "minutes": float(np.mean([c.seconds for c in mine])) / 60,
+                "labels_to_95pct": reach,
+                "final_glacier_iou": float(np.mean([c.iou[-1]["glacier"] for c in mine])),
+                "final_clean_iou": _mean([c.iou[-1]["clean_ice"] for c in mine]),
+                "final_debris_iou": _mean([c.iou[-1]["debris"] for c in mine]),
+            }
+        )
     summary_path = out / "summary.csv"
     with open(summary_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(summary[0]))

@@ -69,7 +69,12 @@ def settings_of(cfg: TrainingConfig) -> dict[str, Any]:
 
 def block_key(patch: Patch, block: int) -> tuple:
     if patch.data_path:  # a slice: blocks on its footprint
-        return (patch.scene_id, "m", int((patch.minx or 0) // (block * PIXEL_M)), int((patch.maxy or 0) // (block * PIXEL_M)))
+        return (
+            patch.scene_id,
+            "m",
+            int((patch.minx or 0) // (block * PIXEL_M)),
+            int((patch.maxy or 0) // (block * PIXEL_M)),
+        )
     return (patch.scene_id, patch.row_off // block, patch.col_off // block)
 
 
@@ -110,7 +115,10 @@ def choose_validation_blocks(blocks: dict[tuple, Block], fraction: float, seed: 
         val = pixels[chosen].sum(axis=0)
         share = np.divide(val, totals, out=np.zeros_like(val), where=totals > 0)
         # Shares as ratios: holding a tenth of the wanted share is as bad as holding ten times it.
-        cost = abs(sizes[chosen].sum() - target) / target + np.abs(np.log((share + 0.01) / (fraction + 0.01)))[shared].sum()
+        cost = (
+            abs(sizes[chosen].sum() - target) / target
+            + np.abs(np.log((share + 0.01) / (fraction + 0.01)))[shared].sum()
+        )
         cost += ((val == 0) & shared).sum()  # a class that could validate but does not
         cost += 100 * ((totals - val == 0) & (totals > 0)).sum()  # training loses a class: only if unavoidable
         draws.append((cost, chosen))

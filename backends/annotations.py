@@ -125,8 +125,8 @@ def parse_time(value: Any, field: str) -> dt.datetime | None:
     except ValueError:
         raise AnnotationError(f"{field} must be an ISO 8601 time, found {_short(value)}") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.astimezone(dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.astimezone(dt.UTC)
 
 
 def annotation_id(value: Any, field: str = "annotation.id") -> int:

@@ -5,7 +5,7 @@
 | ``GET /health`` | 1 s | no auth; says which model is served |
 | ``POST /setup`` | 3 s | checks the project's labeling config once per project (cached), returns the model version |
 | ``POST /predict`` | 100 s | one prediction per task, in order, batched; 4xx names a bad task |
-| ``POST /webhook`` | 1 s | checks, answers once the label is committed (group commit; 202 when the writer is behind); follow-ups after |
+| ``POST /webhook`` | 1 s | checks, answers once committed (group commit; 202 if the writer lags); follow-ups after |
 | ``GET /versions`` | 3 s | the registry's versions |
 
 Every route but ``/health`` needs HTTP Basic auth; ``/webhook`` also needs the shared secret in
@@ -29,8 +29,8 @@ from sqlalchemy import select
 
 from backends import annotations
 from backends.annotations import AnnotationError
-from backends.label_config import ALL_LABELS, BRUSH_NAME, IMAGE_NAME, POLYGON_NAME
 from backends.inbox import Retire
+from backends.label_config import ALL_LABELS, BRUSH_NAME, IMAGE_NAME, POLYGON_NAME
 from backends.predictor import ModelUnavailable, PredictionError, predict_patch_ids
 from db.models import ModelVersion
 

@@ -68,7 +68,8 @@ def prepare(root: Path, size: int, log: Callable[[str], None]) -> DemoState:
         log(f"model {report.version} trained: {report.gate}")
     if open_round is None:
         chosen = next_round(workspace, store)
-        log(f"round {chosen.number}: {len(chosen.patches)} patches chosen with {chosen.model_version} ({chosen.strategy})")
+        log(f"round {chosen.number}: {len(chosen.patches)} patches chosen with {chosen.model_version} "
+            f"({chosen.strategy})")
     return DemoState(workspace, store)
 
 
@@ -113,7 +114,8 @@ def run_live(state: DemoState, port: int | None, log: Callable[[str], None], wai
         report = connect(workspace, store, backend.holder)
         log(f"Label Studio: {label_studio.url}/projects/{report.project_id} "
             f"(user {label_studio.username}, password {label_studio.password})")
-        log(f"{sum(report.imported.values())} tasks imported, {report.predictions} predictions by {report.model_version}; "
+        log(f"{sum(report.imported.values())} tasks imported, {report.predictions} predictions by "
+            f"{report.model_version}; "
             f"after {cfg.retraining.label_threshold} accepted annotations a fine-tuned model is trained and served")
         if wait:
             log("press Ctrl-C to stop")

@@ -37,14 +37,14 @@ from al_loop.classes import UNLABELED, class_code
 from al_loop.config import Workspace
 from al_loop.gate import provisional
 from al_loop.model.calibration import patch_confidence
+from al_loop.model.checkpoints import CheckpointError, load_version
 from al_loop.model.inference import pick_device, predict_proba
 from al_loop.model.network import UNet
 from al_loop.model.training import normalize
 from al_loop.patches import read_patch
 from al_loop.prelabels import clean_prediction, min_pixels_for_area
-from al_loop.terrain import pixel_size_metres
-from al_loop.model.checkpoints import CheckpointError, load_version
 from al_loop.sampling.regions import Region
+from al_loop.terrain import pixel_size_metres
 from backends.label_config import LABEL_NAMES, REGION_NAME, label_config
 from backends.results import (
     ResultError,
@@ -146,7 +146,8 @@ class ModelHolder:
     def _load(self, champion) -> ServedModel:
         unknown = [c for c in champion.classes if class_code(c) not in LABEL_NAMES]
         if unknown:
-            raise PredictionError(f"model {champion.name} predicts {unknown}, which the labeling config has no label for")
+            raise PredictionError(f"model {champion.name} predicts {unknown}, which the labeling config has no label "
+                                  "for")
         model, _ = load_version(self.workspace, champion)
         metrics = champion.metrics or {}
         return ServedModel(champion.id, champion.name, model.to(self.device).eval(), list(champion.channels),

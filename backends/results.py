@@ -31,9 +31,8 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from rasterio.features import rasterize, shapes
-from scipy import ndimage
-from shapely.geometry import LineString, Polygon, shape
+from rasterio.features import rasterize
+from shapely.geometry import LineString, Polygon
 from shapely.ops import split
 
 from al_loop.classes import BACKGROUND, UNLABELED

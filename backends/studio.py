@@ -153,7 +153,9 @@ def project_description(store: Store) -> str:
     if champion is not None:
         iou = ", ".join(f"{name.replace('_', ' ')} {values['iou']:.2f}" for name, values in figures.items()
                         if name != "background" and values.get("iou") is not None)
-        lines.append(f"Model served: {champion.name} (IoU on {patches} validation patches when trained: {iou or 'n/a'}).")
+        lines.append(
+            f"Model served: {champion.name} (IoU on {patches} validation patches when trained: {iou or 'n/a'})."
+        )
         weak = provisional(champion.metrics or {})
         if weak:
             lines.append(f"Provisional model ({weak}): its pre-labels are a rough guess.")

@@ -16,9 +16,9 @@ and cached in ``.cache/label-studio-1.23.2-template/``; it holds no user, organi
 Label Studio creates the user from LABEL_STUDIO_USERNAME / PASSWORD / USER_TOKEN on the first
 start of each copy, so every server can have its own credentials.
 
-With ``data_dir`` (the demo) the dir is kept (a new one starts as a copy of the template). Label Studio applies the credentials
-only when it creates the user, on the first start; on later starts an existing user keeps its
-password and token whatever the environment says. So the credentials used on the first start
+With ``data_dir`` (the demo) the dir is kept (a new one starts as a copy of the template). Label
+Studio applies the credentials only when it creates the user, on the first start; on later starts
+an existing user keeps its password and token whatever the environment says. So the credentials used on the first start
 are saved in ``<data_dir>/al-loop-credentials.json`` and reused; asking for other ones is an error.
 """
 
@@ -231,7 +231,7 @@ class LabelStudioServer:
         return value
 
     # -- lifecycle -----------------------------------------------------------------------
-    def __enter__(self) -> "LabelStudioServer":
+    def __enter__(self) -> LabelStudioServer:
         if self._process is None:
             self.start()
         return self
@@ -239,7 +239,7 @@ class LabelStudioServer:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
-    def start(self) -> "LabelStudioServer":
+    def start(self) -> LabelStudioServer:
         if self._process is not None:
             raise RuntimeError("LabelStudioServer already started")
         exe = find_label_studio()
@@ -451,7 +451,8 @@ class LabelStudioServer:
         answer = httpx.post(f"{self.url}/api/jwt/settings", json={"legacy_api_tokens_enabled": False},
                             headers={"Authorization": f"Bearer {self.access_token()}"}, timeout=30)
         if answer.status_code != 200 or answer.json().get("legacy_api_tokens_enabled") is not False:
-            raise LabelStudioUnavailable(f"legacy tokens could not be disabled: {answer.status_code} {answer.text[:200]}")
+            raise LabelStudioUnavailable(f"legacy tokens could not be disabled: {answer.status_code} "
+                                         f"{answer.text[:200]}")
 
     def _terminate(self) -> None:
         process, self._process, self.pid = self._process, None, None

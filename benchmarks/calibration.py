@@ -36,7 +36,12 @@ from al_loop.model.inference import predict_proba
 from al_loop.model.training import normalize
 from al_loop.patches import read_patch
 from db import registry
-from prelabels import pool_truth, served_champion, walkthrough_workspace  # benchmarks/prelabels.py: the same walkthrough and truth
+
+from prelabels import (  # benchmarks/prelabels.py: the same walkthrough and truth
+    pool_truth,
+    served_champion,
+    walkthrough_workspace,
+)
 
 console = Console(width=160)
 
@@ -97,17 +102,22 @@ def main() -> None:
             probs, truths, valids, temperature, metrics, version = pool_probabilities(root)
     before, after = scores(probs, truths, valids, 1.0), scores(probs, truths, valids, temperature)
     fit = metrics.get("calibration") or {}
-    table = Table(title=f"{version}: temperature {temperature:.3f} fitted on {fit.get('pixels', 0):,} validation pixels "
-                        f"(ECE there {fit.get('ece_before')} -> {fit.get('ece_after')}); pool scene, {len(probs)} patches; "
+    table = Table(title=f"{version}: temperature {temperature:.3f} fitted on {fit.get('pixels', 0):,} validation "
+                        "pixels "
+                        f"(ECE there {fit.get('ece_before')} -> {fit.get('ece_after')}); pool scene, {len(probs)} "
+                        "patches; "
                         f"{time.perf_counter() - began:.0f} s")
     for column in ("on the pool scene", "T = 1", f"T = {temperature:.3f}"):
         table.add_column(column, justify="left" if column.startswith("on") else "right")
     for key in before:
         table.add_row(key, f"{before[key]:.4f}", f"{after[key]:.4f}")
     console.print(table)
-    console.print(f"calibration: T {temperature:.3f}, pool pixel ECE {before['pixel ECE']:.4f} -> {after['pixel ECE']:.4f}, "
-                  f"patch |score - accuracy| {before['patch |score - accuracy|']:.4f} -> "
-                  f"{after['patch |score - accuracy|']:.4f}", highlight=False)
+    console.print(
+        f"calibration: T {temperature:.3f}, pool pixel ECE {before['pixel ECE']:.4f} -> {after['pixel ECE']:.4f}, "
+        f"patch |score - accuracy| {before['patch |score - accuracy|']:.4f} -> "
+        f"{after['patch |score - accuracy|']:.4f}",
+        highlight=False,
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ Accuracy: the README walkthrough's model (trained here, or ``--workspace``) on t
 per-class IoU of fp32 and bf16 predictions against the scene's exact labels, the share of pixels
 whose class differs, and the pool's acquisition scores (``rounds.score_batch``, the product's
 ``combined`` strategy) under both: Spearman's rho and the overlap of the top quarter. The last line is
-``bf16/fp32 scoring speed ratio: X``, channels-last bf16 over fp32 eager (what scoring was). ``--quick``: 3-epoch model, one repeat, T=4.
+``bf16/fp32 scoring speed ratio: X``, channels-last bf16 over fp32 eager (what scoring was).
+``--quick``: 3-epoch model, one repeat, T=4.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from al_loop.model.training import normalize
 from al_loop.patches import read_patch
 from db import registry
 from db.models import Scene
+
 from prelabels import pool_truth, served_champion, walkthrough_workspace  # benchmarks/prelabels.py
 
 console = Console(width=200)

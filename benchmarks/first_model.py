@@ -121,7 +121,8 @@ def main() -> None:
         for name in ("built-in", "B1-B4 800x655"):
             with console.status(f"walkthrough on the {name} scene"):
                 rows.append(walkthrough(Path(tmp) / name.split()[0], name))
-    table = Table(title="first model with the defaults (cpu profile, 2 CPU cores) vs a tuned threshold, same validation set")
+    table = Table(title="first model with the defaults (cpu profile, 2 CPU cores) vs a tuned threshold, same "
+                        "validation set")
     for column in ("scene", "channels", "train/val patches", "ingest s", "train s", "evaluate s", "next-round s",
                    "best epoch", "glacier IoU", "clean IoU", "debris IoU", "threshold rule", "threshold glacier IoU",
                    "model - threshold"):
@@ -129,10 +130,19 @@ def main() -> None:
     for r in rows:
         t, model = r["times"], float(iou(r["trained"], "glacier"))
         name, direction, cut = r["rule"]
-        table.add_row(r["scene"], str(r["channels"]), f"{r['train_patches']}/{r['val_patches']}",
-                      *(f"{t[k]:.0f}" for k in ("ingest", "train", "evaluate", "next-round")),
-                      "/".join(r["epochs"]), f"{model:.3f}", iou(r["trained"], "clean_ice"), iou(r["trained"], "debris"),
-                      f"{name} {direction} {cut:.3g}", f"{r['threshold_iou']:.3f}", f"{model - r['threshold_iou']:+.3f}")
+        table.add_row(
+            r["scene"],
+            str(r["channels"]),
+            f"{r['train_patches']}/{r['val_patches']}",
+            *(f"{t[k]:.0f}" for k in ("ingest", "train", "evaluate", "next-round")),
+            "/".join(r["epochs"]),
+            f"{model:.3f}",
+            iou(r["trained"], "clean_ice"),
+            iou(r["trained"], "debris"),
+            f"{name} {direction} {cut:.3g}",
+            f"{r['threshold_iou']:.3f}",
+            f"{model - r['threshold_iou']:+.3f}",
+        )
     console.print(table)
 
 

@@ -68,8 +68,11 @@ def main() -> None:
         print(f"{factor:>4}x {side:>5}x{side:<5} {f['patches']:>8} {f['seconds']:>8.2f} "
               f"{f['patches'] / f['seconds']:>10.2f} {f['added_mb']:>9.1f} {f['peak_mb']:>8.1f}")
     (_, _, one), (_, _, four) = rows
-    print(f"ratio 4x/1x: patches/s {four['patches'] / four['seconds'] / (one['patches'] / one['seconds']):.2f}, "
-          f"added memory {four['added_mb'] / max(one['added_mb'], 1e-9):.2f}, peak memory {four['peak_mb'] / one['peak_mb']:.2f}")
+    print(
+        f"ratio 4x/1x: patches/s {four['patches'] / four['seconds'] / (one['patches'] / one['seconds']):.2f}, "
+        f"added memory {four['added_mb'] / max(one['added_mb'], 1e-9):.2f}, "
+        f"peak memory {four['peak_mb'] / one['peak_mb']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,12 @@ def main() -> None:
     parser.add_argument("--strategies", help="comma-separated strategies besides random")
     parser.add_argument("--out", type=Path, help="folder for the CSVs and the PNG (default: a temp folder)")
     parser.add_argument("--method", default="", help="batch diversity: kcenter (default with a model), power or greedy")
-    parser.add_argument("--jobs", type=int, default=3,
-                        help="seeds run side by side, one thread each (default 3: five seeds in two waves on two cores)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=3,
+        help="seeds run side by side, one thread each (default 3: five seeds in two waves on two cores)",
+    )
     args = parser.parse_args()
     cfg = config(args.quick)
     if args.seeds:
@@ -70,20 +74,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         result = run_simulation(args.out or Path(tmp) / "simulation", cfg, quiet=False)
         minutes = (time.perf_counter() - began) / 60
-        table = Table(title=f"label efficiency: {len(cfg.seeds)} seeds, pool {cfg.scene_size} px in {cfg.patch_size}-px "
+        table = Table(title=f"label efficiency: {len(cfg.seeds)} seeds, pool {cfg.scene_size} px in "
+                            f"{cfg.patch_size}-px "
                             f"patches, seed set {cfg.seed_set}, {cfg.rounds} rounds of {cfg.round_size}; full-pool "
-                            f"glacier IoU {result['full_pool_glacier']:.3f}, debris {_fmt(result['full_pool_debris'])}; {minutes:.1f} min in all")
-        for column in ("strategy", "AULC glacier", "gain vs random", "AULC debris", "debris gain", "labels to random's final",
+                            f"glacier IoU {result['full_pool_glacier']:.3f}, debris "
+                            f"{_fmt(result['full_pool_debris'])}; {minutes:.1f} min in all")
+        for column in ("strategy", "AULC glacier", "gain vs random", "AULC debris", "debris gain", "labels to "
+                                                                                                   "random's final",
                        "final glacier", "final debris", "min / seed"):
             table.add_column(column, justify="left" if column == "strategy" else "right")
         for row in result["rows"]:
             reach = [r for r in row["labels_to_random_final"]]
             reached = [r for r in reach if r is not None]
-            reach_text = "-" if not reached else f"{sum(reached) / len(reached):.0f} ({len(reached)}/{len(reach)} seeds)"
+            reach_text = (
+                "-" if not reached else f"{sum(reached) / len(reached):.0f} ({len(reached)}/{len(reach)} seeds)"
+            )
             random_row = row["strategy"] == "random"
             table.add_row(
                 row["strategy"], f"{row['aulc_mean']:.3f} ± {row['aulc_std']:.3f}",
-                "-" if random_row else f"{_fmt(row['gain_over_random_mean'], True)} ± {_fmt(row['gain_over_random_sd'])}",
+                "-" if random_row else f"{_fmt(row['gain_over_random_mean'], True)} ± "
+                                       f"{_fmt(row['gain_over_random_sd'])}",
                 _fmt(row["aulc_debris_mean"]),
                 "-" if random_row else f"{_fmt(row['debris_gain_over_random_mean'], True)} ± "
                                        f"{_fmt(row['debris_gain_over_random_sd'])}",

@@ -1,6 +1,6 @@
-"""Pool scoring throughput at T=20 (CUDA when there is one, else the CPU): patches per second of the whole per-patch pipeline
-of `al-loop next-round` (read, normalise, Monte Carlo dropout, every acquisition component),
-against one deterministic pass over the same patches measured in the same run.
+"""Pool scoring throughput at T=20 (CUDA when there is one, else the CPU): patches per second of
+the whole per-patch pipeline of `al-loop next-round` (read, normalise, Monte Carlo dropout, every
+acquisition component), against one deterministic pass over the same patches measured in the same run.
 
     python benchmarks/pool_scoring.py [--patches 8] [--size 512] [--precision auto|fp32|bf16]
 
@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=8)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--T", type=int, default=20)
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="model.precision (default: the product's)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="model.precision (default: the "
+                                                                                "product's)")
     args = parser.parse_args()
     cfg = apply_profile(Config(), "cuda")  # the paper's U-Net
     side = args.size * int(np.ceil(np.sqrt(args.patches)))
@@ -47,7 +48,14 @@ def main() -> None:
     thresholds = acquisition.cloud_thresholds(pixels[:, ::4, ::4], bands.CHANNELS)
     torch.manual_seed(0)
     model = UNet(15, 3, cfg.model.depth, cfg.model.base_filters, cfg.model.max_filters, cfg.model.dropout).eval()
-    x = torch.from_numpy(np.stack([np.nan_to_num((p - p.mean((1, 2), keepdims=True)) / (p.std((1, 2), keepdims=True) + 1e-6)) for p in patches]))
+    x = torch.from_numpy(
+        np.stack(
+            [
+                np.nan_to_num((p - p.mean((1, 2), keepdims=True)) / (p.std((1, 2), keepdims=True) + 1e-6))
+                for p in patches
+            ]
+        )
+    )
 
     device, run = pick_device(), {"batch_size": cfg.sampling.batch_size, "precision": args.precision}
     predict_proba(model, x[:1], device, **run)  # warm-up: kernels chosen on first use

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from sqlalchemy import select
 from sqlalchemy.orm import joinedload
-from webhook_ingestion import blobby_mask  # a sibling script
 
 from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
 from al_loop.model.inference import predict_proba
@@ -43,6 +42,8 @@ from backends.predictor import FORMATS, predict_masks, to_prediction
 from backends.service import Backend, ThreadedServer
 from backends.studio_process import free_port
 from db.models import Patch
+
+from webhook_ingestion import blobby_mask  # a sibling script
 
 PATCH, BATCHES = 512, (1, 4, 8)
 
@@ -130,7 +131,9 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, backend.batch_size {cfg.batch_size}, best of {args.repeats}")
     print(f"{'tasks':>5}{'format':>10}{'bare ms/task':>14}{'/predict ms/task':>18}{'/predict / bare':>17}")
     for (n, fmt), t in rows.items():
-        print(f"{n:>5}{fmt:>10}{t['bare'] / n * 1000:>14.1f}{t['http'] / n * 1000:>18.1f}{t['http'] / t['bare']:>17.3f}")
+        print(
+            f"{n:>5}{fmt:>10}{t['bare'] / n * 1000:>14.1f}{t['http'] / n * 1000:>18.1f}{t['http'] / t['bare']:>17.3f}"
+        )
     print(f"polygons / brush, 1 task over HTTP: {rows[1, 'polygons']['http'] / rows[1, 'brush']['http']:.2f}")
     for name, mask in (("served", served_mask), ("smooth", smooth_mask)):
         brush, polygons = (encode_ms[name, fmt] for fmt in FORMATS)

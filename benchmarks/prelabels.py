@@ -90,7 +90,11 @@ def walkthrough(root: Path, quick: bool) -> dict[str, float]:
     env = {"AL_LOOP_WORKSPACE": str(root), "COLUMNS": "200"}
     if quick:
         env["AL_LOOP_TRAINING_MAX_EPOCHS"] = "3"
-    times = {"init": run(env, "init"), "ingest": run(env, "ingest", "synthetic", "-q"), "train": run(env, "train", "-q")}
+    times = {
+        "init": run(env, "init"),
+        "ingest": run(env, "ingest", "synthetic", "-q"),
+        "train": run(env, "train", "-q"),
+    }
     times["pool"] = run(env, "ingest", "synthetic", "--unlabelled", "-q")
     ws = open_workspace(root)
     store = open_store(ws)

@@ -43,13 +43,14 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from al_loop import bands, sensors
-from al_loop.io.landsat import find_level1_scene, sensor_of
 from al_loop.config import open_workspace
+from al_loop.io.landsat import find_level1_scene, sensor_of
 from al_loop.prediction import NODATA_CLASS, predict_scene_file
 from al_loop.synthetic import make_level1_folder
 from al_loop.workspace import open_store
 from cli import app
 from db.models import Scene
+
 from prelabels import walkthrough_workspace  # benchmarks/prelabels.py: the same walkthrough
 
 console = Console(width=200)
@@ -80,7 +81,9 @@ def one_seed(root: Path, workspace: Path, seed: int, size: int) -> dict[str, dic
         scene_id = names[code]
         data = make_level1_folder(root / f"{seed}-{code}", height=size, width=size, seed=seed, band_names=delivered,
                                   scene_id=scene_id, outline_fraction=1.0, with_dem=True)
-        result = runner.invoke(app, ["ingest", "scene", str(data.folder), "--dem", str(data.dem), "-w", str(workspace), "-q"])
+        result = runner.invoke(
+            app, ["ingest", "scene", str(data.folder), "--dem", str(data.dem), "-w", str(workspace), "-q"]
+        )
         if result.exit_code != 0:
             raise RuntimeError(result.output)
         truth, folders[code] = data.truth, data.folder

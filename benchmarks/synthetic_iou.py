@@ -74,7 +74,8 @@ def main() -> None:
     channels = list(bands.CHANNELS)
     norm = normalization(train_samples, channels)
     print(f"train {len(train_samples)} / val {len(val_samples)} / test {len(test_samples)} patches of {args.patch}px, "
-          f"paper-size U-Net (depth {config.model.depth}, {config.model.base_filters}-{config.model.max_filters} filters)")
+          f"paper-size U-Net (depth {config.model.depth}, {config.model.base_filters}-{config.model.max_filters} "
+          "filters)")
     rows = []
     for design, everywhere in (("head-only dropout", False), ("dropout everywhere", True)):
         arch = {**architecture(config.model), "dropout_everywhere": everywhere}
@@ -84,9 +85,14 @@ def main() -> None:
         matrix, deterministic, mc = score(result.model, test_samples, norm, args.T)
         iou = matrix.iou()
         rows.append((design, iou, mc / deterministic, result.best_epoch, minutes))
-    print(f"\n{'design':<20} {'background':>10} {'clean ice':>10} {'debris':>10} {'MC T=' + str(args.T) + ' / 1 pass':>16} {'best epoch':>10} {'train min':>9}")
+    print(
+        f"\n{'design':<20} {'background':>10} {'clean ice':>10} {'debris':>10} "
+        f"{'MC T=' + str(args.T) + ' / 1 pass':>16} {'best epoch':>10} {'train min':>9}"
+    )
     for design, iou, ratio, epoch, minutes in rows:
-        print(f"{design:<20} {iou[0]:>10.3f} {iou[1]:>10.3f} {iou[2]:>10.3f} {ratio:>16.2f} {epoch:>10} {minutes:>9.1f}")
+        print(
+            f"{design:<20} {iou[0]:>10.3f} {iou[1]:>10.3f} {iou[2]:>10.3f} {ratio:>16.2f} {epoch:>10} {minutes:>9.1f}"
+        )
 
 
 if __name__ == "__main__":

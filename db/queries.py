@@ -11,7 +11,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from al_loop.classes import class_counts
-from db.models import AnnotationTombstone, Label, ModelEvaluation, ModelVersion, Patch, Round, RoundPatch, Scene, StoreSetting, TrainingJob
+from db.models import (
+    AnnotationTombstone,
+    Label,
+    ModelEvaluation,
+    ModelVersion,
+    Patch,
+    Round,
+    RoundPatch,
+    Scene,
+    StoreSetting,
+    TrainingJob,
+)
 
 JOB_QUEUE_LOCK = 7_240_511  # PostgreSQL advisory lock key of the training job queue
 
@@ -366,7 +377,9 @@ def status_summary(session: Session) -> dict[str, Any]:
         ).all()
     )
     ignored: dict[str, int] = {}
-    for details in session.scalars(select(Label.details).where(Label.status == "accepted", Label.source == "annotation")):
+    for details in session.scalars(
+        select(Label.details).where(Label.status == "accepted", Label.source == "annotation")
+    ):
         for key, n in ((details or {}).get("ignored") or {}).items():
             ignored[key] = ignored.get(key, 0) + int(n)
     open_rounds = [

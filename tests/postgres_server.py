@@ -291,7 +291,7 @@ class PostgresServer:
         )
 
     # -- lifecycle -----------------------------------------------------------------------
-    def __enter__(self) -> "PostgresServer":
+    def __enter__(self) -> PostgresServer:
         if self.pid is None:
             self.start()
         return self
@@ -299,7 +299,7 @@ class PostgresServer:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         if self.base_dir is not None:
             raise RuntimeError("PostgresServer already started")
         bin_dir = self.bin_dir  # raises PostgresBinariesNotFound

@@ -7,22 +7,22 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from scipy import ndimage
 from sqlalchemy import func, select
-import torch
 
 from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, UNLABELED
 from al_loop.config import write_config
 from al_loop.effort import effort_points
 from al_loop.model.data import IGNORE, labelled_patches, load_samples
 from al_loop.model.training import loss_fn
+from al_loop.prelabels import clean_prediction
 from al_loop.retrain import run_training
 from al_loop.rounds import next_round
 from al_loop.sampling.regions import Region
 from backends.app import SECRET_HEADER, create_app
 from backends.label_config import label_config
-from al_loop.prelabels import clean_prediction
 from backends.predictor import MIN_PART_PX, mapping_unit_pixels, predict_masks
 from backends.results import (
     mask_to_brush_results,
@@ -85,8 +85,8 @@ def _post_webhook(ws, client, body):
 
 def _labels(store):
     with store.session() as session:
-        return [(l.patch_id, l.origin, l.revision, l.status, l.author, l.details.get("lead_time"))
-                for l in session.scalars(select(Label).where(Label.source == "annotation").order_by(Label.id))]
+        return [(lab.patch_id, lab.origin, lab.revision, lab.status, lab.author, lab.details.get("lead_time"))
+                for lab in session.scalars(select(Label).where(Label.source == "annotation").order_by(Label.id))]
 
 
 def test_health_is_open_and_everything_else_needs_basic_auth(served):
@@ -130,7 +130,7 @@ def test_predict_answers_one_result_per_task_in_order_with_version_and_calibrate
     with store.session() as session:
         patch_rows = [session.get(Patch, p) for p in asked]
         for p in patch_rows:
-            p.scene
+            _ = p.scene  # loaded while the session is open
     expected, confidences = predict_masks(ws, backend.holder.current, patch_rows, backend.holder.device, 4)
     # Pre-labels are the model's masks cleaned: smoothed, nothing below the mapping unit.
     cfg = ws.config.backend
@@ -163,7 +163,9 @@ def test_predict_names_bad_tasks_with_a_4xx(served):
                                              "label_config": label_config(polygons=False)})
     assert response.status_code == 422 and "does not fit the project's labeling config" in response.json()["error"]
     assert client.post("/predict", json={"tasks": []}).status_code == 400
-    assert client.post("/predict", content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
+    assert (
+        client.post("/predict", content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
+    )
 
 
 def test_annotations_become_labels_revisions_and_retirements(served):
@@ -347,7 +349,9 @@ def test_a_region_query_is_predicted_as_a_box_and_only_its_pixels_are_stored_and
     logits = torch.zeros(1, 3, 128, 128)
     scrambled = logits.clone()
     scrambled[:, :, torch.from_numpy(~inside)] = torch.randn(3, int((~inside).sum()))
-    assert loss_fn(logits, target, weights, 1.0, 1.0) == pytest.approx(float(loss_fn(scrambled, target, weights, 1.0, 1.0)))
+    assert loss_fn(logits, target, weights, 1.0, 1.0) == pytest.approx(
+        float(loss_fn(scrambled, target, weights, 1.0, 1.0))
+    )
 
 
 def test_effort_puts_each_version_against_the_expert_seconds_behind_it(served):
@@ -388,7 +392,7 @@ def test_unsure_and_cloud_pixels_are_stored_unlabeled_and_counted_and_an_empty_s
     _post_webhook(ws, client, _event(patches[1], [], annotation_id=702))  # submitted with nothing painted
     backend.writer.join()
     with store.session() as session:
-        labels = {l.patch_id: l for l in session.scalars(select(Label).where(Label.source == "annotation"))}
+        labels = {lab.patch_id: lab for lab in session.scalars(select(Label).where(Label.source == "annotation"))}
         assert set(labels) == {patches[0]}  # the empty one is no label
         stored = labels[patches[0]]
         assert stored.details["ignored"] == {"unsure": int(unsure.sum())}

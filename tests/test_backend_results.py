@@ -11,6 +11,7 @@ from label_studio_sdk.converter.brush import decode_rle
 from label_studio_sdk.label_interface import LabelInterface
 
 from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, GLACIER, UNLABELED
+from al_loop.sampling.regions import Region
 from backends.label_config import (
     ALL_LABELS,
     BRUSH_NAME,
@@ -23,13 +24,12 @@ from backends.label_config import (
     VIEW_DATA_KEYS,
     label_config,
 )
-from al_loop.sampling.regions import Region
 from backends.results import (
     EmptyAnnotation,
     ResultError,
-    read_results,
     mask_to_brush_results,
     mask_to_polygon_results,
+    read_results,
     region_to_result,
     results_to_mask,
     validate_with_sdk,
@@ -210,7 +210,8 @@ _OTHER_SIZE_RLE = mask_to_brush_results(np.ones((H, W + 1), np.uint8))[0]["value
     [
         (_brush_results, 1, lambda r: r["value"].update(rle=r["value"]["rle"][:40]),
          "malformed rle for a 64x48 RGBA mask: the stream ends"),
-        (_brush_results, 1, _set_value(rle=_OTHER_SIZE_RLE), "malformed rle for a 64x48 RGBA mask: holds 12480 values, expected 12288"),
+        (_brush_results, 1, _set_value(rle=_OTHER_SIZE_RLE), "malformed rle for a 64x48 RGBA mask: holds 12480 "
+                                                             "values, expected 12288"),
         (_brush_results, 1, _set_value(rle=[0, 300, 2]), "malformed rle: must be a list of int"),
         (_brush_results, 1, lambda r: r.update(original_width=W + 1),
          "original_width/height 65x48 do not match the patch 64x48"),
@@ -274,7 +275,9 @@ def test_a_region_box_bounds_what_an_annotation_labels():
     no_box = results_to_mask(mask_to_brush_results(mask), 64, 64)
     assert (no_box == mask).all()  # no box: the whole patch, as before
     moved = region_to_result(Region(32, 0, 64, 32), 64, 64)  # the expert moved the box: theirs counts
-    two = results_to_mask(mask_to_brush_results(mask) + [moved, region_to_result(Region(0, 32, 32, 64), 64, 64)], 64, 64)
+    two = results_to_mask(
+        mask_to_brush_results(mask) + [moved, region_to_result(Region(0, 32, 32, 64), 64, 64)], 64, 64
+    )
     assert (two[32:, :32] == 0).all() and (two[:32, 32:] == 2).all() and (two[:32, :32] == 255).all()
 
 

@@ -26,7 +26,7 @@ def test_written_file_documents_and_round_trips_every_key(tmp_path):
     assert values["ingest"]["patch_size"] == 128
     for section in ("database", "ingest", "synthetic"):
         for key in values[section]:
-            assert f"\n# " in text.split(f"{key} =")[0][-200:], f"{section}.{key} has no comment"
+            assert "\n# " in text.split(f"{key} =")[0][-200:], f"{section}.{key} has no comment"
     assert load_config(tmp_path, environ={}) == config
 
 

@@ -70,7 +70,9 @@ def test_views_share_the_patch_grid_and_a_missing_band_is_a_card_saying_so():
     views, titles = patch_views(pixels, valid, {}, (30.0, 30.0))
     assert set(views) == {v.key for v in VIEWS} - {"context"}
     assert all(image.size == (48, 32) for image in views.values())  # PIL sizes are (width, height)
-    assert titles["terrain"] == f"Terrain: hillshade, elevation contours every {contour_interval(pixels['elevation']):g} m"
+    assert (
+        titles["terrain"] == f"Terrain: hillshade, elevation contours every {contour_interval(pixels['elevation']):g} m"
+    )
     assert titles["false_colour"].startswith("False colour B5/B4/B2")
     # no thermal band: the SWIR/thermal view is a grey card, the others are drawn
     card = np.asarray(views["swir_thermal"])
@@ -122,7 +124,7 @@ def test_the_views_of_a_real_hkh_tile_are_all_drawn_and_line_up(shared_data, sql
     ingest_hkh_tile(sqlite_workspace, store, shared_data / "lila_hkh" / "LE07_134040_20070922_clip.tif", quiet=True)
     with store.session() as session:
         patch = session.query(Patch).first()
-        patch.scene
+        _ = patch.scene  # loaded while the session is open
         paths, titles = patch_view_files(sqlite_workspace, patch)
         _, valid = read_patch(sqlite_workspace, patch, ["B1"])
     images = {key: np.asarray(PIL.Image.open(path).convert("RGBA")) for key, path in paths.items()}

@@ -70,7 +70,7 @@ def _inventory(path, scene, crs="EPSG:4326"):
     parts, _ = ndimage.label(labels > 0)
     schema = {"geometry": "Polygon", "properties": {"RGIId": "str", "Name": "str"}}
     with fiona.open(path, "w", driver="GPKG", crs=crs, schema=schema) as dst:
-        for k, (geometry, value) in enumerate(shapes(parts.astype(np.int32), mask=parts > 0, transform=transform)):
+        for k, (geometry, _value) in enumerate(shapes(parts.astype(np.int32), mask=parts > 0, transform=transform)):
             moved = transform_geom(scene_crs, crs, mapping(shape(geometry).buffer(30)))  # a margin, as outlines have
             dst.write({"geometry": moved, "properties": {"RGIId": f"RGI60-15.{k + 1:05d}", "Name": f"glacier {k}"}})
     return path
@@ -109,7 +109,9 @@ def test_the_pool_scene_exports_model_outlines_that_read_back_and_match_the_pixe
         assert all(r["area_km2"] * 1e6 >= unit * pixel_area * 0.999 for r in rows)  # nothing below the unit
         assert {r["source"] for r in rows} == {"model"} and {r["model_version"] for r in rows} == {"v1"}
         assert all(0 < r["confidence"] <= 1 and r["acquired"] == "2008-10-12" for r in rows)
-        assert {"class", "area_km2", "expert_share", "inventory_share", "model_share", "scene_id", "sensor"} <= set(rows[0])
+        assert {"class", "area_km2", "expert_share", "inventory_share", "model_share", "scene_id", "sensor"} <= set(
+            rows[0]
+        )
     holes = [g for g, _ in layers["glacier"][1] if g.interiors]
     assert holes, "nunataks (holes) are kept"
     assert result.picture.read_bytes()[:4] == b"\x89PNG"

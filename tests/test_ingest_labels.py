@@ -47,8 +47,12 @@ def _masks(store):
 
 
 def test_vector_inventory_is_rasterised_per_patch_with_its_mapping(tmp_path, clip_scene, workspace, store):
-    path = _geojson(tmp_path / "inventory.geojson", [({"kind": "C"}, _box(*CLEAN_BOX)), ({"kind": "D"}, _box(*DEBRIS_BOX))])
-    result = ingest_labels(workspace, store, path, attribute="kind", mapping={"C": "clean_ice", "D": "debris"}, quiet=True)
+    path = _geojson(
+        tmp_path / "inventory.geojson", [({"kind": "C"}, _box(*CLEAN_BOX)), ({"kind": "D"}, _box(*DEBRIS_BOX))]
+    )
+    result = ingest_labels(
+        workspace, store, path, attribute="kind", mapping={"C": "clean_ice", "D": "debris"}, quiet=True
+    )
     assert result.created == result.patches > 0
     full = np.full((256, 256), 254, dtype=np.uint8)
     for row, col, mask, _ in _masks(store):
@@ -62,11 +66,19 @@ def test_vector_inventory_is_rasterised_per_patch_with_its_mapping(tmp_path, cli
 
 
 def test_reingesting_is_idempotent_and_a_new_mapping_revises(tmp_path, clip_scene, workspace, store):
-    path = _geojson(tmp_path / "inventory.geojson", [({"kind": "C"}, _box(*CLEAN_BOX)), ({"kind": "D"}, _box(*DEBRIS_BOX))])
-    first = ingest_labels(workspace, store, path, attribute="kind", mapping={"C": "clean_ice", "D": "debris"}, quiet=True)
-    again = ingest_labels(workspace, store, path, attribute="kind", mapping={"C": "clean_ice", "D": "debris"}, quiet=True)
+    path = _geojson(
+        tmp_path / "inventory.geojson", [({"kind": "C"}, _box(*CLEAN_BOX)), ({"kind": "D"}, _box(*DEBRIS_BOX))]
+    )
+    first = ingest_labels(
+        workspace, store, path, attribute="kind", mapping={"C": "clean_ice", "D": "debris"}, quiet=True
+    )
+    again = ingest_labels(
+        workspace, store, path, attribute="kind", mapping={"C": "clean_ice", "D": "debris"}, quiet=True
+    )
     assert again.unchanged == first.created and again.created == again.revised == 0
-    remapped = ingest_labels(workspace, store, path, attribute="kind", mapping={"C": "glacier", "D": "debris"}, quiet=True)
+    remapped = ingest_labels(
+        workspace, store, path, attribute="kind", mapping={"C": "glacier", "D": "debris"}, quiet=True
+    )
     assert remapped.revised > 0
     masks = _masks(store)
     assert all(r.revision == 2 for *_, r in masks if r.n_glacier)
@@ -76,7 +88,11 @@ def test_reingesting_is_idempotent_and_a_new_mapping_revises(tmp_path, clip_scen
 
 def test_invalid_polygons_are_repaired_and_empty_ones_counted(tmp_path, clip_scene, workspace, store):
     minx, miny, maxx, maxy = CLEAN_BOX
-    bowtie = transform_geom("EPSG:32647", "EPSG:4326", {"type": "Polygon", "coordinates": [[(minx, miny), (maxx, maxy), (maxx, miny), (minx, maxy), (minx, miny)]]})
+    bowtie = transform_geom(
+        "EPSG:32647",
+        "EPSG:4326",
+        {"type": "Polygon", "coordinates": [[(minx, miny), (maxx, maxy), (maxx, miny), (minx, maxy), (minx, miny)]]},
+    )
     path = _geojson(tmp_path / "bad.geojson", [({}, bowtie), ({}, {"type": "Polygon", "coordinates": []})])
     result = ingest_labels(workspace, store, path, quiet=True)
     assert result.file_counts["repaired"] == 1 and result.file_counts["empty"] == 1
@@ -91,7 +107,9 @@ def test_invalid_polygons_are_repaired_and_empty_ones_counted(tmp_path, clip_sce
         ([({"kind": "C"}, None)], {"attribute": "kind", "mapping": {"C": "snow"}}, "snow"),
     ],
 )
-def test_bad_label_files_are_refused_and_nothing_is_stored(tmp_path, clip_scene, workspace, store, features, options, message):
+def test_bad_label_files_are_refused_and_nothing_is_stored(
+    tmp_path, clip_scene, workspace, store, features, options, message
+):
     far = {"type": "Polygon", "coordinates": [[(10, 10), (10.1, 10), (10.1, 10.1), (10, 10)]]}
     features = [(props, far if geom == "far" else _box(*CLEAN_BOX)) for props, geom in features]
     path = _geojson(tmp_path / "labels.geojson", features)
@@ -105,7 +123,16 @@ def test_bad_label_files_are_refused_and_nothing_is_stored(tmp_path, clip_scene,
 def test_raster_labels_are_read_with_nearest_and_a_value_mapping(tmp_path, clip_scene, workspace, store, shared_data):
     clip = shared_data / "lila_hkh" / "LE07_134040_20070922_clip.tif"
     with rasterio.open(clip) as src:
-        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="uint8", crs=src.crs, transform=src.transform, nodata=0)
+        profile = dict(
+            driver="GTiff",
+            width=src.width,
+            height=src.height,
+            count=1,
+            dtype="uint8",
+            crs=src.crs,
+            transform=src.transform,
+            nodata=0,
+        )
     values = np.full((169, 139), 9, dtype=np.uint8)  # 9: rock in this label scheme
     values[20:60, 10:50] = 5  # 5: ice
     values[:, 100:] = 0  # nodata

@@ -22,7 +22,9 @@ def _slices_folder(tmp_path, shared_data, with_orphan_mask=False):
         image[:, 100:140, :] = np.nan  # an SLC-off stripe
         np.save(folder / f"slice_{tile}_img_{n}.npy", image)
     for tile, n in names:
-        (folder / f"slice_{tile}_mask_{n}.npy").symlink_to(shared_data / "lila_hkh" / "slices" / f"slice_{tile}_mask_{n}.npy")
+        (folder / f"slice_{tile}_mask_{n}.npy").symlink_to(
+            shared_data / "lila_hkh" / "slices" / f"slice_{tile}_mask_{n}.npy"
+        )
     return folder, shared_data / "lila_hkh" / "slices.geojson"
 
 
@@ -41,8 +43,8 @@ def test_slices_become_patches_with_their_real_masks_as_labels(tmp_path, shared_
             assert pixels.shape == (2, 512, 512) and not valid[:, 100:140].any()
             assert workspace.resolve(patch.quicklook_rgb).is_file()
         labels = session.scalars(select(Label).order_by(Label.patch_id)).all()
-        assert sorted(l.n_clean_ice for l in labels) == [33, 697]
-        assert all(l.n_debris == 0 and l.n_glacier == 0 for l in labels)
+        assert sorted(lab.n_clean_ice for lab in labels) == [33, 697]
+        assert all(lab.n_debris == 0 and lab.n_glacier == 0 for lab in labels)
         mask = unpack_mask(labels[0].mask, 512, 512)
         assert set(np.unique(mask)) <= {0, CLEAN_ICE}
     again = ingest_slices(workspace, store, folder, footprints=footprints, quiet=True)

@@ -63,7 +63,9 @@ def test_real_clip_is_cut_into_patches_with_valid_fractions(shared_data, workspa
 def test_a_scene_smaller_than_a_patch_reads_as_nodata_past_its_edge(shared_data, sqlite_workspace):
     sqlite_workspace.config.ingest.patch_size = 512
     store = open_store(sqlite_workspace)
-    result = ingest_hkh_tile(sqlite_workspace, store, shared_data / "lila_hkh" / "LE07_134040_20070922_clip.tif", quiet=True)
+    result = ingest_hkh_tile(
+        sqlite_workspace, store, shared_data / "lila_hkh" / "LE07_134040_20070922_clip.tif", quiet=True
+    )
     with store.session() as session:
         patch = session.scalars(select(Patch)).one()
         pixels, valid = read_patch(sqlite_workspace, patch, ["B1"])
@@ -131,11 +133,14 @@ def _write(path, count=15, crs="EPSG:32645", descriptions=bands.CHANNELS):
     [
         (lambda p: (p.write_text("not a raster"), p)[1], RasterInputError, "not a readable raster"),
         (lambda p: _write(p, crs=None), RasterInputError, "no CRS"),
-        (lambda p: _write(p, count=3, descriptions=["red", "green", "blue"]), BandNameError, "do not match the HKH channels"),
+        (lambda p: _write(p, count=3, descriptions=["red", "green", "blue"]), BandNameError, "do not match the HKH "
+                                                                                             "channels"),
         (lambda p: _write(p, count=6, descriptions=None), BandNameError, "bands have no names"),
     ],
 )
-def test_bad_scenes_are_refused_naming_the_file_and_nothing_is_written(tmp_path, workspace, store, make, error, message):
+def test_bad_scenes_are_refused_naming_the_file_and_nothing_is_written(
+    tmp_path, workspace, store, make, error, message
+):
     path = make(tmp_path / "bad.tif")
     with pytest.raises(error, match=message) as info:
         ingest_hkh_tile(workspace, store, path, quiet=True)

@@ -103,7 +103,7 @@ def test_a_silent_workers_job_is_taken_over_and_the_old_runner_stops(ws_store):
         job_id = jobs.queue_job(session, "manual").id
     assert _claim(store, "otherhost:1:1") == job_id
     with store.session() as session:
-        session.get(TrainingJob, job_id).heartbeat_at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+        session.get(TrainingJob, job_id).heartbeat_at = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     assert _claim(store, "otherhost:2:1") == job_id
     with store.session() as session:
         job = session.get(TrainingJob, job_id)
@@ -214,7 +214,9 @@ def test_a_live_cli_training_beats_its_heartbeat_and_is_never_taken_over(workspa
         trainer.join()
         assert reports and not any(taken)
         with store.session() as session:
-            assert [(j.status, j.result_model_id is not None) for j in session.scalars(select(TrainingJob))] == [("done", True)]
+            assert [(j.status, j.result_model_id is not None) for j in session.scalars(select(TrainingJob))] == [
+                ("done", True)
+            ]
             assert len(session.scalars(select(ModelVersion)).all()) == 1
     finally:
         store.dispose()

@@ -5,6 +5,7 @@ backend that was down catching up with `sync`."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -13,11 +14,9 @@ import time
 import uuid
 from collections.abc import Callable
 
-import io
-
 import httpx
-import PIL.Image
 import numpy as np
+import PIL.Image
 import pytest
 from sqlalchemy import select
 
@@ -95,8 +94,8 @@ def _mask(k: int) -> np.ndarray:
 
 def _annotation_labels(store) -> list[tuple[int, str]]:
     with store.session() as session:
-        return [(l.details["label_studio_annotation"], l.status)
-                for l in session.scalars(select(Label).where(Label.source == "annotation").order_by(Label.id))]
+        return [(lab.details["label_studio_annotation"], lab.status)
+                for lab in session.scalars(select(Label).where(Label.source == "annotation").order_by(Label.id))]
 
 
 def _round_status(store, number: int) -> str | None:
@@ -115,7 +114,12 @@ def test_the_live_loop_from_connect_to_a_new_champion_and_the_next_round(live):
         report = studio.connect(ws, store)
         assert report.created and report.imported == {1: 4} and report.predictions == 4
         again = studio.connect(ws, store)  # connecting again changes nothing
-        assert (again.project_id, again.created, again.imported, again.predictions) == (report.project_id, False, {1: 0}, 0)
+        assert (again.project_id, again.created, again.imported, again.predictions) == (
+            report.project_id,
+            False,
+            {1: 0},
+            0,
+        )
         project = ls.projects.get(id=report.project_id)
         v1 = report.model_version  # "v1", with "(provisional: why)" when trained on too little
         assert v1.split(" ")[0] == "v1" and project.model_version == v1
@@ -260,7 +264,9 @@ def test_the_commands_serve_connect_and_sync(live):
         wait_for(lambda: _answers(health), 60, "al-loop serve to answer /health")
         connected = subprocess.run([*al_loop, "connect"], env=env, capture_output=True, text=True, timeout=300)
         assert connected.returncode == 0, connected.stderr
-        assert "round 1: 4 tasks imported" in connected.stdout and "4 predictions pushed with model v1" in connected.stdout
+        assert (
+            "round 1: 4 tasks imported" in connected.stdout and "4 predictions pushed with model v1" in connected.stdout
+        )
         project_id = studio.project_or_fail(ls, ws).id
         task = sorted(_tasks(ls, project_id), key=lambda t: t.data["rank"])[0]
         first = ls.annotations.create(id=task.id, result=mask_to_brush_results(_mask(0)))

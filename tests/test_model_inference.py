@@ -101,7 +101,7 @@ def test_trunk_runs_once_unless_dropout_everywhere(x, monkeypatch):
         model = small(dropout_everywhere=everywhere)
         calls = []
         original = model.features
-        monkeypatch.setattr(model, "features", lambda *a, **k: calls.append(1) or original(*a, **k))
+        monkeypatch.setattr(model, "features", lambda *a, **k: calls.append(1) or original(*a, **k))  # noqa: B023
         result = mc_predict(model, x, T=4)
         assert len(calls) == expected_calls
         assert result.bald.max() > 0

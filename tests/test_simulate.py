@@ -106,5 +106,6 @@ def test_the_label_efficiency_benchmark_runs_end_to_end_in_quick_mode():
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
     assert any("random" in line and "combined" not in line for line in lines)
-    assert re.fullmatch(r"best strategy: \S+, glacier AULC gain over random: -?\d\.\d{3} ± \d\.\d{3} \(paired, 2 seeds\)",
-                        lines[-1]), lines[-1]
+    assert re.fullmatch(
+        r"best strategy: \S+, glacier AULC gain over random: -?\d\.\d{3} ± \d\.\d{3} \(paired, 2 seeds\)", lines[-1]
+    ), lines[-1]

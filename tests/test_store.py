@@ -93,7 +93,7 @@ def test_model_versions_keep_the_labels_they_were_trained_on(store):
         child.parent_id = parent.id
     with store.session() as session:
         child = session.scalars(select(ModelVersion).where(ModelVersion.name == "v2")).one()
-        assert [l.origin for l in child.labels] == ["file"]
+        assert [lab.origin for lab in child.labels] == ["file"]
         assert child.parent_id is not None and child.status == "candidate"
 
 

@@ -4,7 +4,9 @@ import pytest
 from al_loop.tiling import patch_windows
 
 
-@pytest.mark.parametrize("height, width, size, overlap", [(1000, 700, 256, 0), (512, 512, 512, 0), (1100, 530, 256, 64)])
+@pytest.mark.parametrize(
+    "height, width, size, overlap", [(1000, 700, 256, 0), (512, 512, 512, 0), (1100, 530, 256, 64)]
+)
 def test_windows_cover_every_pixel_on_a_regular_grid(height, width, size, overlap):
     covered = np.zeros((height + size, width + size), dtype=int)
     windows = patch_windows(height, width, size, overlap)

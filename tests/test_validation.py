@@ -55,7 +55,7 @@ def test_validation_comes_only_from_labelled_patches_and_holds_every_class(pool_
         val = [p for p in patches if p.split == "val"]
         assert val and report.assigned["val"] == len(val) and report.assigned["train"] == len(labelled) - len(val)
         val_labels = session.scalars(select(Label).where(Label.patch_id.in_([p.id for p in val]))).all()
-        assert sum(l.n_clean_ice for l in val_labels) > 0 and sum(l.n_debris for l in val_labels) > 0
+        assert sum(lab.n_clean_ice for lab in val_labels) > 0 and sum(lab.n_debris for lab in val_labels) > 0
 
 
 def test_handed_out_patches_are_routed_and_the_handout_says_which_validate(pool_ws):
@@ -64,7 +64,10 @@ def test_handed_out_patches_are_routed_and_the_handout_says_which_validate(pool_
     ws.config.training.validation_fraction = 0.5  # so that some new blocks go to validation
     chosen = next_round(ws, store, size=16, strategy="random", quiet=True)
     with store.session() as session:
-        splits = {p.id: p.split for p in session.scalars(select(Patch).where(Patch.id.in_([c.patch_id for c in chosen.patches])))}
+        splits = {
+            p.id: p.split
+            for p in session.scalars(select(Patch).where(Patch.id.in_([c.patch_id for c in chosen.patches])))
+        }
     assert set(splits.values()) == {"val", "train"}
     manifest = {int(r["patch_id"]): r["label_used_for"] for r in csv.DictReader(open(chosen.handout / "manifest.csv"))}
     assert manifest == {k: {"val": "validation", "train": "training"}[v] for k, v in splits.items()}
@@ -80,7 +83,9 @@ def test_with_train_routing_new_labels_never_validate(pool_ws):
     ws.config.training.validation_routing = "train"
     chosen = next_round(ws, store, size=16, strategy="random", quiet=True)
     with store.session() as session:
-        assert {p.split for p in session.scalars(select(Patch).where(Patch.id.in_([c.patch_id for c in chosen.patches])))} == {"train"}
+        assert {
+            p.split for p in session.scalars(select(Patch).where(Patch.id.in_([c.patch_id for c in chosen.patches])))
+        } == {"train"}
 
 
 def test_a_changed_seed_redraws_before_any_model_and_is_refused_after(pool_ws):
@@ -106,8 +111,8 @@ def test_a_changed_seed_redraws_before_any_model_and_is_refused_after(pool_ws):
 
 
 def test_labels_in_one_block_hold_out_single_patches_and_say_so(tmp_path):
-    from tests.test_training import _small
     from al_loop.workspace import init_workspace
+    from tests.test_training import _small
 
     ws = _small(init_workspace(tmp_path / "ws"))
     ws.config.training.validation_block = 4096  # the whole scene is one block

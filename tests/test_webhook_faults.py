@@ -10,13 +10,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 from sqlalchemy import select
 
 from al_loop.ingest import ingest_synthetic_scene
@@ -126,7 +124,10 @@ def test_bad_requests_get_a_4xx_never_a_500(served):
     headers = {SECRET_HEADER: ws.config.backend.webhook_secret, "content-type": "application/json"}
     huge_id = _event(2**63, _brush())
     response = _post_webhook(ws, client, huge_id)
-    assert response.status_code == 422 and "task.data.patch_id must be an id between 1 and 2147483647" in response.json()["error"]
+    assert (
+        response.status_code == 422
+        and "task.data.patch_id must be an id between 1 and 2147483647" in response.json()["error"]
+    )
     deep = b"[" * 100_000 + b"]" * 100_000
     assert client.post("/webhook", content=deep, headers=headers).status_code == 400
     assert client.post("/predict", content=deep, headers=headers).status_code == 400
@@ -148,9 +149,10 @@ def test_bad_requests_get_a_4xx_never_a_500(served):
 
 
 def test_a_champion_that_cannot_be_loaded_still_lets_labels_in(served):
+    from fastapi.testclient import TestClient
+
     from backends.app import create_app
     from backends.service import Backend
-    from fastapi.testclient import TestClient
     from db import registry
 
     ws, store, _, _, patches = served

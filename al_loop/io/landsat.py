@@ -214,7 +214,7 @@ def find_level1_scene(folder: Path) -> Level1Scene:
     found: dict[str, Path] = {}
     namings, ids = set(), set()
     for path in sorted(folder.iterdir()):
-        for naming, pattern in _BAND_FILES.items():
+        for naming, pattern in _BAND_FILES.items():  # noqa: B007 (the naming that matched is used below)
             match = pattern.fullmatch(path.name)
             if match is not None:
                 break
@@ -224,7 +224,9 @@ def find_level1_scene(folder: Path) -> Level1Scene:
                                     or re.search(r"L[A-Z]\d{2}_L2", path.name, re.IGNORECASE)):
             continue  # a Level-2 product (surface reflectance or temperature), not Level-1 DN
         if naming != "renamed":
-            code = match["sensor"].upper() if naming == "collection" else f"{match['pre'][:2].upper()}0{match['pre'][2]}"
+            code = (
+                match["sensor"].upper() if naming == "collection" else f"{match['pre'][:2].upper()}0{match['pre'][2]}"
+            )
             try:
                 sensor_of(code)
             except RasterInputError as exc:

@@ -25,11 +25,11 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from al_loop import bands
-from al_loop.io.quicklooks import FALSE_COLOUR, NATURAL, stretch_band
 from al_loop.config import Workspace
+from al_loop.io.quicklooks import FALSE_COLOUR, NATURAL, stretch_band
 from al_loop.patches import read_patch
-from db.models import Patch
 from al_loop.terrain import hillshade, pixel_size_metres
+from db.models import Patch
 
 VIEW_SIZE = 256  # pixels of a context view (the patch views keep the patch's size)
 CONTEXT_SPAN = 3  # the context view covers this many patch widths, centred on the patch

@@ -74,7 +74,9 @@ def load_model(path: Path, channels: list[str] | None = None,
     if data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an al-loop model file (format {data.get('format')!r}, expected {FORMAT!r})")
     if channels is not None and list(channels) != data["channels"]:
-        raise CheckpointError(f"{path}: model was trained on channels {data['channels']}, asked to use {list(channels)}")
+        raise CheckpointError(
+            f"{path}: model was trained on channels {data['channels']}, asked to use {list(channels)}"
+        )
     if classes is not None and list(classes) != data["classes"]:
         raise CheckpointError(f"{path}: model predicts classes {data['classes']}, expected {list(classes)}")
     model = UNet(len(data["channels"]), len(data["classes"]), **data["architecture"])

@@ -195,7 +195,9 @@ def training_channels(session: Session, wanted: list[str], scene_ids: set[int]) 
     return shared
 
 
-def load_samples(workspace: Workspace, labelled: list[LabelledPatch], channels: list[str], classes: str) -> list[Sample]:
+def load_samples(
+    workspace: Workspace, labelled: list[LabelledPatch], channels: list[str], classes: str
+) -> list[Sample]:
     """Samples of labelled patches: where to read their pixels, and their targets (each patch is
     read once, for its valid mask; a missing channel is a clear error)."""
     samples = []

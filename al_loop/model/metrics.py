@@ -12,7 +12,6 @@ type"), and with :class:`CountOnce` counts every scene pixel once where patches 
 from __future__ import annotations
 
 import math
-
 from collections.abc import Hashable, Sequence
 
 import numpy as np

@@ -43,7 +43,12 @@ class TrainResult:
 
 
 def architecture(cfg: ModelConfig) -> dict[str, Any]:
-    return {"depth": cfg.depth, "base_filters": cfg.base_filters, "max_filters": cfg.max_filters, "dropout": cfg.dropout}
+    return {
+        "depth": cfg.depth,
+        "base_filters": cfg.base_filters,
+        "max_filters": cfg.max_filters,
+        "dropout": cfg.dropout,
+    }
 
 
 def normalize(pixels: np.ndarray, valid: np.ndarray, norm: dict[str, list[float]]) -> np.ndarray:
@@ -90,7 +95,9 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
         labelled = (typed | unknown).float()
         glacier_target = ((target != 0) & (typed | unknown)).float()
         glacier_prob = (1 - probs[:, 0]) * labelled
-        glacier_dice = 1 - (2 * (glacier_prob * glacier_target).sum() + 1.0) / ((glacier_prob + glacier_target).sum() + 1.0)
+        glacier_dice = 1 - (2 * (glacier_prob * glacier_target).sum() + 1.0) / (
+            (glacier_prob + glacier_target).sum() + 1.0
+        )
         dice_terms = torch.cat([dice_terms, (glacier_weight * glacier_dice)[None]])
         dice_weights = dice_weights + glacier_weight
     dice = dice_terms.sum() / dice_weights
@@ -170,7 +177,8 @@ def train(
     n_classes = len(class_names)
     weights = torch.tensor(train_cfg.class_weights[:n_classes], dtype=torch.float32, device=device)
     if len(weights) != n_classes:
-        raise ValueError(f"training.class_weights has {len(train_cfg.class_weights)} values, the model has {n_classes} classes")
+        raise ValueError(f"training.class_weights has {len(train_cfg.class_weights)} values, the model has "
+                         f"{n_classes} classes")
     torch.manual_seed(train_cfg.seed)
     model = UNet(len(norm["mean"]), n_classes, **arch)
     if parent is not None:
@@ -217,7 +225,9 @@ def train(
                 state.update(best_score=score, best_epoch=state["epoch"],
                              best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
             if checkpoint is not None:
-                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, checkpoint)
+                atomic_save(
+                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, checkpoint
+                )
             on_epoch(record)
             progress.update(task, completed=state["epoch"],
                             description=f"training: epoch {state['epoch']} loss {train_loss:.3f} val IoU {score:.3f}")

@@ -47,7 +47,10 @@ def edge_pixels(mask: np.ndarray) -> int:
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, found shape {mask.shape}")
     edge = np.zeros(mask.shape, dtype=bool)
-    for a, b, ea, eb in ((mask[1:], mask[:-1], edge[1:], edge[:-1]), (mask[:, 1:], mask[:, :-1], edge[:, 1:], edge[:, :-1])):
+    for a, b, ea, eb in (
+        (mask[1:], mask[:-1], edge[1:], edge[:-1]),
+        (mask[:, 1:], mask[:, :-1], edge[:, 1:], edge[:, :-1]),
+    ):
         differs = (a != b) & (a != UNLABELED) & (b != UNLABELED)
         ea |= differs
         eb |= differs

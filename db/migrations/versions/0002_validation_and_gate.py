@@ -26,7 +26,9 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('model_version_id', 'validation_set', name='uq_model_evaluation')
     )
-    op.create_index(op.f('ix_model_evaluations_model_version_id'), 'model_evaluations', ['model_version_id'], unique=False)
+    op.create_index(
+        op.f("ix_model_evaluations_model_version_id"), "model_evaluations", ["model_version_id"], unique=False
+    )
     op.create_table('annotation_tombstones',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('project', sa.BigInteger(), nullable=False),
