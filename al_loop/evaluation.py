@@ -30,7 +30,8 @@ from al_loop.model.data import (
 )
 from al_loop.model.inference import pick_device
 from al_loop.model.metrics import SegmentationScores, jsonable
-from al_loop.model.training import evaluate_samples, normalize
+from al_loop.model.normalization import normalize
+from al_loop.model.training import evaluate_samples
 from db import queries, registry
 from db.models import ModelVersion
 from db.session import Store

@@ -41,7 +41,7 @@ from al_loop.model.calibration import log_softmax
 from al_loop.model.checkpoints import load_version
 from al_loop.model.data import labelled_patches
 from al_loop.model.inference import pick_device, predict_scene
-from al_loop.model.training import normalize
+from al_loop.model.normalization import normalize
 from al_loop.outlines import LAYERS, apply_mapping_unit, trace
 from al_loop.prelabels import min_pixels_for_area
 from al_loop.terrain import pixel_size_metres

@@ -16,7 +16,7 @@ from al_loop.config import Workspace
 from al_loop.io.rasters import read_window
 from al_loop.model.checkpoints import load_version
 from al_loop.model.inference import pick_device, predict_scene
-from al_loop.model.training import normalize
+from al_loop.model.normalization import normalize
 from db import registry
 from db.models import Scene
 from db.session import Store

@@ -40,7 +40,7 @@ from al_loop.model.calibration import patch_confidence
 from al_loop.model.checkpoints import CheckpointError, load_version
 from al_loop.model.inference import pick_device, predict_proba
 from al_loop.model.network import UNet
-from al_loop.model.training import normalize
+from al_loop.model.normalization import normalize
 from al_loop.patches import read_patch
 from al_loop.prelabels import clean_prediction, min_pixels_for_area
 from al_loop.sampling.regions import Region

@@ -33,7 +33,7 @@ from scipy.stats import spearmanr
 
 from al_loop.model.calibration import expected_calibration_error, log_softmax, patch_confidence
 from al_loop.model.inference import predict_proba
-from al_loop.model.training import normalize
+from al_loop.model.normalization import normalize
 from al_loop.patches import read_patch
 from db import registry
 

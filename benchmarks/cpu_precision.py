@@ -39,7 +39,7 @@ from al_loop import rounds
 from al_loop.classes import UNLABELED
 from al_loop.model.inference import _mc_sums, cpu_has_bf16, mc_predict
 from al_loop.model.network import UNet
-from al_loop.model.training import normalize
+from al_loop.model.normalization import normalize
 from al_loop.patches import read_patch
 from db import registry
 from db.models import Scene

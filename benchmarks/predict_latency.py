@@ -31,7 +31,7 @@ from sqlalchemy.orm import joinedload
 
 from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
 from al_loop.model.inference import predict_proba
-from al_loop.model.training import normalize
+from al_loop.model.normalization import normalize
 from al_loop.patches import read_patch
 from al_loop.retrain import run_training
 from al_loop.rounds import next_round

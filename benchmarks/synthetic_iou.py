@@ -21,7 +21,8 @@ from al_loop.config import Config, apply_profile
 from al_loop.model.data import HeldPixels, Sample, normalization, to_target
 from al_loop.model.inference import mc_predict, predict_proba
 from al_loop.model.metrics import ConfusionMatrix
-from al_loop.model.training import architecture, normalize, train
+from al_loop.model.normalization import normalize
+from al_loop.model.training import architecture, train
 from al_loop.synthetic import generate
 from al_loop.tiling import patch_windows
 

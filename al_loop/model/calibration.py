@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from al_loop.model.data import IGNORE, UNKNOWN_GLACIER, Sample
-from al_loop.model.training import normalize
+from al_loop.model.normalization import normalize
 
 MAX_PIXELS = 200_000  # validation pixels sampled for the fit (plenty for one parameter)
 ECE_BINS = 15

@@ -27,6 +27,7 @@ from al_loop.model.data import IGNORE, UNKNOWN_GLACIER, PixelCache, Sample
 from al_loop.model.inference import pick_device, training_autocast
 from al_loop.model.metrics import CountOnce, SegmentationScores, validation_score
 from al_loop.model.network import UNet
+from al_loop.model.normalization import normalize
 
 
 class TrainingCancelled(RuntimeError):
@@ -49,15 +50,6 @@ def architecture(cfg: ModelConfig) -> dict[str, Any]:
         "max_filters": cfg.max_filters,
         "dropout": cfg.dropout,
     }
-
-
-def normalize(pixels: np.ndarray, valid: np.ndarray, norm: dict[str, list[float]]) -> np.ndarray:
-    """Standardise with the model's own statistics; invalid pixels become 0 (the mean)."""
-    mean = np.asarray(norm["mean"], dtype=np.float32)[:, None, None]
-    std = np.asarray(norm["std"], dtype=np.float32)[:, None, None]
-    out = (np.nan_to_num(pixels) - mean) / std
-    out[:, ~valid] = 0.0
-    return out.astype(np.float32)
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
