@@ -32,7 +32,7 @@ from al_loop.io.rasters import read_decimated
 from al_loop.io.views import patch_view_files
 from al_loop.model.checkpoints import load_version
 from al_loop.model.inference import mc_predict, pick_device
-from al_loop.model.training import normalize
+from al_loop.model.normalization import normalize
 from al_loop.patches import read_patch
 from al_loop.sampling import acquisition, cost
 from al_loop.sampling.explain import why_chosen
@@ -320,3 +320,12 @@ def query_regions(workspace: Workspace, store: Store, patch_ids: list[int], stra
         side = region_side(patch.height, patch.width, fraction)
         regions[patch.id] = best_window(ambiguity_map(maps, usable, valid), side)
     return regions
+
+
+def close_finished_rounds(session: Session) -> list[int]:
+    """A round is open from the moment it is chosen until every one of its patches has an
+    accepted label; then it is closed. Closes those that are done; their numbers."""
+    finished = queries.fully_labelled_open_rounds(session)
+    for round_ in finished:
+        round_.status = "closed"
+    return [r.number for r in finished]

@@ -27,16 +27,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from al_loop import jobs
 from al_loop.config import Workspace
+from al_loop.rounds import close_finished_rounds
 from backends import annotations
 from backends.inbox import Inbox, Item, Retire, describe
-from db import queries
-from db.models import Round, RoundPatch
 from db.session import Store
 
 log = logging.getLogger(__name__)
@@ -69,19 +67,6 @@ def write_all(session: Session, items: list[Item]) -> list[Counter]:
         else:
             outcomes.append(Counter([annotations.apply(session, item, known)]))
     return outcomes
-
-
-def close_finished_rounds(session: Session) -> list[int]:
-    """Close open rounds whose every patch has an accepted label; their numbers."""
-    unlabeled = (
-        select(RoundPatch.round_id)
-        .where(RoundPatch.patch_id.not_in(queries.labelled_patch_ids()))
-        .distinct()
-    )
-    finished = session.scalars(select(Round).where(Round.status == "open", Round.id.not_in(unlabeled))).all()
-    for round_ in finished:
-        round_.status = "closed"
-    return [r.number for r in finished]
 
 
 def after_labels(session: Session, workspace: Workspace) -> tuple[list[int], int | None]:

@@ -65,6 +65,12 @@ def open_round_patch_ids() -> Select:
     return select(RoundPatch.patch_id).join(Round).where(Round.status == "open")
 
 
+def fully_labelled_open_rounds(session: Session) -> list[Round]:
+    """Open rounds whose every patch has an accepted label."""
+    unlabeled = select(RoundPatch.round_id).where(RoundPatch.patch_id.not_in(labelled_patch_ids())).distinct()
+    return list(session.scalars(select(Round).where(Round.status == "open", Round.id.not_in(unlabeled))))
+
+
 def scene_by_fingerprint(session: Session, fingerprint: str) -> Scene | None:
     return session.scalar(select(Scene).where(Scene.fingerprint == fingerprint))
 
