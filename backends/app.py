@@ -25,16 +25,14 @@ from typing import Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from sqlalchemy import select
 
-from backends import annotations
+from backends import SECRET_HEADER, annotations
 from backends.annotations import AnnotationError
 from backends.inbox import Retire
 from backends.label_config import ALL_LABELS, BRUSH_NAME, IMAGE_NAME, POLYGON_NAME
 from backends.predictor import ModelUnavailable, PredictionError, predict_patch_ids
-from db.models import ModelVersion
+from db import registry
 
-SECRET_HEADER = "X-Al-Loop-Secret"
 MAX_BODY_BYTES = 32 * 2**20  # a 512x512 brush annotation, even RLE of the legacy encoder, is a few MB
 STORE_TIMEOUT_S = 0.8  # Label Studio gives a webhook 1 s: answer 202 (queued) before that
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
@@ -226,7 +224,7 @@ def create_app(backend) -> FastAPI:
     @app.get("/versions", dependencies=[Depends(authorised)])
     def versions() -> dict[str, Any]:
         with backend.store.session() as session:
-            rows = session.execute(select(ModelVersion.name, ModelVersion.status).order_by(ModelVersion.id)).all()
-        return {"versions": [name for name, _ in rows], "statuses": dict(rows)}
+            found = registry.versions(session)
+            return {"versions": [v.name for v in found], "statuses": {v.name: v.status for v in found}}
 
     return app

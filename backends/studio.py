@@ -35,9 +35,8 @@ from al_loop.gate import describe_change, provisional
 from al_loop.io.landsat import path_row
 from al_loop.io.views import patch_view_files
 from al_loop.sampling.explain import why_chosen
-from backends import annotations
+from backends import SECRET_HEADER, annotations
 from backends.annotations import AnnotationError
-from backends.app import SECRET_HEADER
 from backends.label_config import (
     ABOUT_KEY,
     IMAGE_DATA_KEY,

@@ -39,7 +39,7 @@ from sqlalchemy import func, select
 
 from al_loop.ingest import ingest_synthetic_scene
 from al_loop.workspace import init_workspace, open_store
-from backends.app import SECRET_HEADER
+from backends import SECRET_HEADER
 from backends.results import mask_to_brush_results
 from backends.studio_process import free_port
 from db.models import Label, Patch

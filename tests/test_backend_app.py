@@ -21,7 +21,8 @@ from al_loop.prelabels import clean_prediction
 from al_loop.retrain import run_training
 from al_loop.rounds import next_round
 from al_loop.sampling.regions import Region
-from backends.app import SECRET_HEADER, create_app
+from backends import SECRET_HEADER
+from backends.app import create_app
 from backends.label_config import label_config
 from backends.predictor import MIN_PART_PX, mapping_unit_pixels, predict_masks
 from backends.results import (

@@ -26,8 +26,7 @@ from al_loop.io.views import VIEW_SIZE
 from al_loop.retrain import run_training
 from al_loop.rounds import next_round, pool_patches
 from al_loop.sampling.regions import Region
-from backends import studio
-from backends.app import SECRET_HEADER
+from backends import SECRET_HEADER, studio
 from backends.label_config import VIEW_DATA_KEYS
 from backends.results import mask_to_brush_results, results_to_mask
 from backends.service import Backend, ThreadedServer

@@ -214,7 +214,7 @@ def test_checkpoints_for_other_channels_or_classes_or_corrupted_are_refused(scen
     with pytest.raises(CheckpointError, match="damaged.pt: not a readable model file"):
         load_model(damaged)
     original = path.read_bytes()
-    with pytest.raises(pickle.PicklingError):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # what pickle raises depends on where the lambda is
         atomic_save({"bad": lambda: None}, path)  # cannot be saved: the old file must survive
     assert path.read_bytes() == original and not list(path.parent.glob(".*.part"))
     path.write_bytes(original[:1000])  # the champion's file damaged on disk

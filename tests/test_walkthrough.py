@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from al_loop.config import open_workspace
 from al_loop.synthetic import make_level1_folder
 from al_loop.workspace import open_store
-from backends.app import SECRET_HEADER, create_app
+from backends import SECRET_HEADER
+from backends.app import create_app
 from backends.results import mask_to_brush_results
 from backends.service import Backend
 from cli import app
