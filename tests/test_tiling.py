@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from al_loop.tiling import patch_windows
+from al_loop.tiling import clipped_blocks, edge_aligned_starts, patch_windows
 
 
 @pytest.mark.parametrize(
@@ -41,3 +41,24 @@ def test_small_scene_gets_one_patch_reaching_past_its_edge():
 def test_bad_sizes_are_refused(size, overlap):
     with pytest.raises(ValueError, match="patch"):
         patch_windows(100, 100, size, overlap)
+
+
+@pytest.mark.parametrize("length, size, stride", [(1000, 256, 192), (256, 256, 192), (100, 256, 192), (513, 256, 256)])
+def test_edge_aligned_tiles_are_whole_and_cover_the_axis(length, size, stride):
+    starts = edge_aligned_starts(length, size, stride)
+    covered = np.zeros(max(length, size), dtype=int)
+    for start in starts:
+        covered[start : start + size] += 1
+    assert (covered[:length] > 0).all()
+    assert starts == sorted(starts) and starts[0] == 0
+    assert all(start + size <= length for start in starts) or starts == [0]  # whole, unless the axis is shorter
+
+
+@pytest.mark.parametrize("height, width, size", [(100, 70, 32), (64, 64, 64), (10, 300, 128)])
+def test_clipped_blocks_cover_every_pixel_once_inside_the_scene(height, width, size):
+    covered = np.zeros((height, width), dtype=int)
+    for row, col, h, w in clipped_blocks(height, width, size):
+        assert 0 < h <= size and 0 < w <= size
+        covered[row : row + h, col : col + w] += 1
+    assert (covered == 1).all()
+

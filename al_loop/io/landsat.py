@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -53,6 +53,7 @@ from al_loop.bands import (
 from al_loop.io.rasters import RasterInfo, RasterInputError, describe_raster
 from al_loop.sensors import ETM_PLUS, SENSORS, Calibration, Sensor, channels_from, to_etm
 from al_loop.terrain import pixel_size_metres, slope_degrees
+from al_loop.tiling import clipped_blocks
 
 SENSOR_NAMES = {  # every Landsat sensor code a scene id may carry; al_loop.sensors.SENSORS has those supported
     "LT04": "Landsat 4 TM",
@@ -358,7 +359,7 @@ def build_stack(
             for i, name in enumerate(CHANNELS, start=1):
                 dst.set_band_description(i, name)
             dst.update_tags(missing_channels=",".join(missing))
-            windows = list(_blocks(grid.width, grid.height, block_size))
+            windows = [Window(col, row, w, h) for row, col, h, w in clipped_blocks(grid.height, grid.width, block_size)]
             for done, window in enumerate(windows, start=1):
                 block = _build_block(window, readers, terrain, available, lambda raw: to_etm(raw, sensor, calibration))
                 dst.write(block, window=window)
@@ -534,12 +535,6 @@ class _TerrainReader:
         rows = np.arange(window.row_off - 1, window.row_off + window.height + 1)
         xres, yres = pixel_size_metres(self.transform, self.crs, rows)
         return dem[1:-1, 1:-1], slope_degrees(dem, xres, yres)[1:-1, 1:-1]
-
-
-def _blocks(width: int, height: int, size: int) -> Iterator[Window]:
-    for row in range(0, height, size):
-        for col in range(0, width, size):
-            yield Window(col, row, min(size, width - col), min(size, height - row))
 
 
 def _build_block(

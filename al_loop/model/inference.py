@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from al_loop.model.network import UNet
+from al_loop.tiling import edge_aligned_starts
 
 ReadWindow = Callable[[int, int, int, int], np.ndarray]
 """``read(row, col, height, width)`` -> array of shape (C, height, width) (model-ready input)."""
@@ -202,14 +203,6 @@ def mc_predict(
     return result
 
 
-def _starts(length: int, tile: int, stride: int) -> list[int]:
-    """Window starts covering ``length``; the last window ends at the edge (no padding needed
-    unless the scene is smaller than a tile)."""
-    if length <= tile:
-        return [0]
-    return list(range(0, length - tile, stride)) + [length - tile]
-
-
 def _ramp(n: int, overlap: int) -> np.ndarray:
     """Blending weights along one axis: linear from ~0 to 1 over ``overlap`` pixels at both ends.
 
@@ -258,8 +251,8 @@ def predict_scene(
     ramp_h, ramp_w = _ramp(tile_h, min(overlap, tile_h - 1)), _ramp(tile_w, min(overlap, tile_w - 1))
     windows = [
         (r, c, min(tile_h, height - r), min(tile_w, width - c))
-        for r in _starts(height, tile_h, tile_h - overlap)
-        for c in _starts(width, tile_w, tile_w - overlap)
+        for r in edge_aligned_starts(height, tile_h, tile_h - overlap)
+        for c in edge_aligned_starts(width, tile_w, tile_w - overlap)
     ]
 
     probs: np.ndarray | None = None
