@@ -36,12 +36,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from al_loop.config import Workspace
 from db import queries, registry
-from db.models import Label, ModelVersion, TrainingJob, utcnow
+from db.models import TrainingJob, utcnow
 from db.session import Store
 
 log = logging.getLogger(__name__)
@@ -121,13 +120,11 @@ def staleness(job: TrainingJob, stale_seconds: float) -> str | None:
 
 
 def active_job(session: Session) -> TrainingJob | None:
-    return session.scalar(select(TrainingJob).where(TrainingJob.status.in_([s.value for s in ACTIVE]))
-                          .order_by(TrainingJob.id).limit(1))
+    return queries.first_job_in(session, [s.value for s in ACTIVE])
 
 
 def _running(session: Session) -> TrainingJob | None:
-    return session.scalar(select(TrainingJob).where(
-        TrainingJob.status.in_((JobState.RUNNING.value, JobState.CANCELLING.value))).limit(1))
+    return queries.first_job_in(session, (JobState.RUNNING.value, JobState.CANCELLING.value))
 
 
 def queue_job(session: Session, trigger: str) -> TrainingJob | None:
@@ -202,8 +199,7 @@ def claim(store: Store, worker: str, stale_seconds: float, *, job_id: int | None
                 job = running
                 job.error = f"taken over: {why}"
             else:
-                job = session.scalar(select(TrainingJob).where(TrainingJob.status == JobState.QUEUED.value)
-                                     .order_by(TrainingJob.id).limit(1))
+                job = queries.first_job_in(session, [JobState.QUEUED.value])
                 if job is None:
                     return None
         resumed = job.status != JobState.QUEUED
@@ -322,12 +318,8 @@ class NewLabels:
 def new_labels(session: Session) -> NewLabels:
     """Accepted labels stored after the newest trained version read its training data (its
     ``label_watermark``: validation labels it read but did not train on are not new)."""
-    newest = session.scalar(select(ModelVersion).order_by(ModelVersion.id.desc()).limit(1))
-    query = select(func.count(Label.id), func.coalesce(func.sum(Label.n_debris), 0)).where(Label.status == "accepted")
-    if newest is not None:
-        query = query.where(Label.id > newest.config.get("label_watermark", 0))
-    count, debris = session.execute(query).one()
-    return NewLabels(int(count), int(debris))
+    newest = queries.newest_version(session)
+    return NewLabels(*queries.accepted_labels_after(session, newest.config.get("label_watermark", 0) if newest else 0))
 
 
 def queue_if_due(session: Session, workspace: Workspace) -> TrainingJob | None:

@@ -20,7 +20,6 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.warp import transform_bounds
 from rich.progress import track
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from al_loop.classes import UNLABELED
@@ -167,10 +166,7 @@ def ingest_labels(
 
 
 def _target_scenes(session: Session, scene_ids: list[int] | None) -> list[Scene]:
-    query = select(Scene).where(Scene.data_path.is_not(None)).order_by(Scene.id)
-    if scene_ids:
-        query = query.where(Scene.id.in_(scene_ids))
-    scenes = list(session.scalars(query))
+    scenes = queries.raster_scenes(session, scene_ids)
     if scene_ids:
         missing = sorted(set(scene_ids) - {s.id for s in scenes})
         if missing:

@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
-
 from al_loop import gate, jobs
 from al_loop.config import Workspace
 from al_loop.evaluation import ValidationSet, scores_record, version_scores
@@ -83,7 +81,7 @@ def run_training(
                 parent.normalization if parent else normalization(data.train, channels))
             arch = parent.config["architecture"] if parent else architecture(cfg.model)
             # Labels up to here are the ones this run could see (retraining counts those after it).
-            watermark = session.scalar(select(func.max(Label.id))) or 0
+            watermark = queries.newest_label_id(session)
     except Exception as exc:
         if claimed is not None:
             jobs.finish(store, claimed.id, worker, jobs.JobState.FAILED, error=str(exc))

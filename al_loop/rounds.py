@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 from rich.progress import track
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from al_loop.classes import UNLABELED
@@ -61,30 +60,14 @@ class RoundResult:
 def pool_patches(session: Session, version: ModelVersion | None = None) -> list[Patch]:
     """Unlabeled patches worth an expert's time: no accepted label, not in an open round, not
     mostly nodata, and (with a model) in a scene that has every channel the model uses."""
-    lacking = [s.id for s in scenes_lacking(session, version)]
-    return list(session.scalars(
-        select(Patch)
-        .where(Patch.id.not_in(queries.labelled_patch_ids()))
-        .where(Patch.id.not_in(queries.open_round_patch_ids()))
-        .where(Patch.low_valid.is_(False))
-        .where(Patch.scene_id.not_in(lacking))
-        .order_by(Patch.id)
-    ))
+    return queries.pool_patches(session, [s.id for s in scenes_lacking(session, version)])
 
 
 def scenes_lacking(session: Session, version: ModelVersion | None) -> list[Scene]:
     """Scenes without every channel ``version`` uses: the model cannot score their patches."""
     if version is None:
         return []
-    scenes = session.scalars(select(Scene).order_by(Scene.id))
-    return [s for s in scenes if not set(version.channels) <= set(s.available_channels)]
-
-
-def _scored_by(version_id: int | None):
-    """Scores of one model version (``None``: the cold-start priors)."""
-    if version_id is None:
-        return PatchScore.model_version_id.is_(None)
-    return PatchScore.model_version_id == version_id
+    return [s for s in queries.all_scenes(session) if not set(version.channels) <= set(s.available_channels)]
 
 
 def scene_cloud_thresholds(workspace: Workspace, scene: Scene) -> dict[str, float] | None:
@@ -104,7 +87,7 @@ def score_pool(workspace: Workspace, store: Store, version: ModelVersion | None,
     cfg = workspace.config
     with store.session() as session:
         version_id = version.id if version else None
-        done = set(session.scalars(select(PatchScore.patch_id).where(_scored_by(version_id))))
+        done = queries.scored_patch_ids(session, version_id)
         todo = [p for p in pool_patches(session, version) if p.id not in done]
         scenes = {p.scene_id: p.scene for p in todo}
     if cfg.sampling.ray_address and todo:
@@ -229,7 +212,7 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
             notes.append("region queries need a model: this cold-start round asks for whole patches")
         elif cfg.query == "region":
             regions = query_regions(workspace, store, [pool[i].id for i in chosen], strategy, cfg.region_fraction)
-        number = (session.scalar(select(Round.number).order_by(Round.number.desc()).limit(1)) or 0) + 1
+        number = queries.last_round_number(session) + 1
         used = strategy if version or strategy == "random" else COLD_START
         round_ = Round(number=number, strategy=used, model_version_id=version.id if version else None,
                        config={"size": size, "asked_strategy": strategy, **vars(cfg)})
@@ -257,10 +240,7 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
 
 def _cached_components(session: Session, pool: list[Patch], version: ModelVersion | None) -> list[dict[str, Any]]:
     """The cached components of each pool patch under ``version`` (``None``: the priors), in pool order."""
-    rows = dict(session.execute(
-        select(PatchScore.patch_id, PatchScore.components)
-        .where(_scored_by(version.id if version else None), PatchScore.patch_id.in_([p.id for p in pool]))
-    ).all())
+    rows = queries.cached_components(session, version.id if version else None, [p.id for p in pool])
     return [rows[p.id] for p in pool]
 
 
@@ -302,7 +282,7 @@ def query_regions(workspace: Workspace, store: Store, patch_ids: list[int], stra
         version = registry.champion(session)
         if version is None:
             raise LookupError("region queries need a champion model: train one first (al-loop train)")
-        patches = list(session.scalars(select(Patch).where(Patch.id.in_(patch_ids)).order_by(Patch.id)))
+        patches = queries.patches_by_id(session, patch_ids)
         scenes = {p.scene_id: p.scene for p in patches}
     thresholds = {sid: scene_cloud_thresholds(workspace, scene) for sid, scene in scenes.items()}
     model = load_version(workspace, version)[0]

@@ -30,7 +30,6 @@ import numpy as np
 import rasterio
 import torch
 from rich.progress import Progress
-from sqlalchemy import select
 
 from al_loop import bands
 from al_loop.config import Workspace, open_workspace
@@ -135,7 +134,7 @@ class Oracle:
     def label(self, store: Store, patch_ids: list[int], regions: dict[int, Region] | None = None) -> None:
         """Label whole patches, or only their ``regions`` (the rest stays unlabelled)."""
         with store.session() as session:
-            for patch in session.scalars(select(Patch).where(Patch.id.in_(patch_ids))):
+            for patch in queries.patches_by_id(session, patch_ids):
                 mask = self.window(patch)
                 if regions and patch.id in regions:
                     mask[~regions[patch.id].mask(patch.height, patch.width)] = 255
@@ -308,7 +307,7 @@ def _template(
     ingest_hkh_tile(ws, store, ground.pool_image, quiet=True)
     with store.session() as session:
         patches = []
-        for patch in session.scalars(select(Patch).order_by(Patch.id)):
+        for patch in queries.all_patches(session):
             if not (oracle.window(patch) != 255).any():
                 patch.low_valid = True
             if not patch.low_valid:
@@ -331,7 +330,7 @@ def _template(
                          "(lower --seed-set, --rounds or --round-size, or the patch size)")
     seed_set = _seed_set(store, oracle, train, cfg.seed_set, seed)
     with store.session() as session:
-        for patch in session.scalars(select(Patch).where(Patch.id.in_(seed_set))):
+        for patch in queries.patches_by_id(session, seed_set):
             patch.split = "train"
     oracle.label(store, val + seed_set)
     store.dispose()
@@ -342,7 +341,7 @@ def _seed_set(store: Store, oracle: Oracle, train: list[int], size: int, seed: i
     """A random seed set the first model can learn from: it must show at least two classes
     (a random draw of a few patches can be all background)."""
     with store.session() as session:
-        windows = {p.id: oracle.window(p) for p in session.scalars(select(Patch).where(Patch.id.in_(train)))}
+        windows = {p.id: oracle.window(p) for p in queries.patches_by_id(session, train)}
     rng = np.random.default_rng(seed)
     for _ in range(1000):
         chosen = sorted(rng.choice(train, size=size, replace=False).tolist())

@@ -32,7 +32,6 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backends.results import EmptyAnnotation, ResultError, read_results
@@ -279,9 +278,7 @@ def retire(session: Session, project: int, annotation_ids: list[int], known: Kno
     for annotation_id in annotation_ids:
         queries.add_tombstone(session, project, annotation_id)
     origins = [origin(project, i) for i in annotation_ids]
-    labels = session.scalars(
-        select(Label).where(Label.source == SOURCE, Label.status == "accepted", Label.origin.in_(origins))
-    ).all()
+    labels = queries.accepted_labels_of_origins(session, SOURCE, origins)
     for label in labels:
         label.status = "retired"
     return len(labels)
@@ -291,7 +288,7 @@ def set_author_emails(session: Session, emails: dict[str, str]) -> int:
     """Record the email of the annotation labels whose author is a Label Studio user id in
     ``emails`` (user id -> email); returns how many labels changed."""
     changed = 0
-    for label in session.scalars(select(Label).where(Label.source == SOURCE, Label.author.in_(list(emails)))):
+    for label in queries.labels_by_authors(session, SOURCE, list(emails)):
         label.details = {**label.details, "email": emails[label.author]}
         label.author = emails[label.author]
         changed += 1
@@ -301,9 +298,5 @@ def set_author_emails(session: Session, emails: dict[str, str]) -> int:
 def accepted_annotation_ids(session: Session, project: int) -> dict[int, int]:
     """Annotation id -> label id of the accepted labels of one project."""
     prefix = origin(project, 0)[:-1]
-    rows = session.execute(
-        select(Label.origin, Label.id).where(
-            Label.source == SOURCE, Label.status == "accepted", Label.origin.startswith(prefix)
-        )
-    )
-    return {int(o.rsplit(":", 1)[1]): label_id for o, label_id in rows}
+    labels = queries.accepted_origins(session, SOURCE, prefix)
+    return {int(o.rsplit(":", 1)[1]): label_id for o, label_id in labels.items()}

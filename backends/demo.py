@@ -16,16 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
-
 from al_loop.config import CONFIG_FILE, Workspace, open_workspace, write_config
 from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
 from al_loop.retrain import run_training
 from al_loop.rounds import next_round
 from al_loop.synthetic import make_scene
 from al_loop.workspace import init_workspace, open_store
-from db import registry
-from db.models import Round
+from db import queries, registry
 from db.session import Store
 
 POOL_SCENE = "LE07_145039_20081012_pool"
@@ -62,7 +59,7 @@ def prepare(root: Path, size: int, log: Callable[[str], None]) -> DemoState:
     log(f"pool scene {pool.name}: {pool.patches} patches to annotate")
     with store.session() as session:
         champion = registry.champion(session)
-        open_round = session.scalar(select(Round.number).where(Round.status == "open").limit(1))
+        open_round = next(iter(queries.open_round_numbers(session)), None)
     if champion is None:
         report = run_training(workspace, store)
         log(f"model {report.version} trained: {report.gate}")

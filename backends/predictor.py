@@ -30,8 +30,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from affine import Affine
-from sqlalchemy import select
-from sqlalchemy.orm import joinedload
 
 from al_loop.classes import UNLABELED, class_code
 from al_loop.config import Workspace
@@ -212,8 +210,7 @@ def predict_patch_ids(workspace: Workspace, store: Store, holder: ModelHolder, p
                                                  "for predictions")
     with store.session() as session:
         # The scenes come along: read_patch uses them after the session closed.
-        found = {p.id: p for p in session.scalars(
-            select(Patch).options(joinedload(Patch.scene)).where(Patch.id.in_(list(patch_ids))))}
+        found = {p.id: p for p in queries.patches_by_id(session, list(patch_ids), with_scenes=True)}
     missing = [i for i in patch_ids if i not in found]
     if missing:
         raise PredictionError(f"no patch {missing[0]} in the store" + (f" (nor {missing[1:]})" if missing[1:] else ""))

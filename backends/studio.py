@@ -28,7 +28,6 @@ from urllib.parse import quote
 
 from rasterio.crs import CRS
 from rasterio.warp import transform
-from sqlalchemy import select
 
 from al_loop.config import Workspace
 from al_loop.gate import describe_change, provisional
@@ -49,7 +48,7 @@ from backends.label_config import (
 from backends.label_writer import after_labels, write
 from backends.predictor import ModelHolder, predict_patch_ids
 from db import queries, registry
-from db.models import Patch, Round, RoundPatch
+from db.models import Patch, RoundPatch
 from db.session import Store
 
 log = logging.getLogger(__name__)
@@ -126,7 +125,7 @@ def connect(workspace: Workspace, store: Store, holder: ModelHolder | None = Non
     _ensure_rank_view(ls, project.id)
     report = ConnectReport(project.id, created, holder.version_title)
     with store.session() as session:
-        rounds = session.scalars(select(Round.number).where(Round.status == "open").order_by(Round.number)).all()
+        rounds = queries.open_round_numbers(session)
     report.refreshed = refresh_open_tasks(ls, workspace, store, project.id)
     for number in rounds:
         tasks = import_round(ls, workspace, store, project.id, number)
@@ -254,9 +253,7 @@ def import_round(ls, workspace: Workspace, store: Store, project_id: int, number
     the task's data is brought up to date instead of a second task being made."""
     prefix = f"{project_id}:"
     with store.session() as session:
-        round_patches = session.scalars(
-            select(RoundPatch).join(Round).where(Round.number == number).order_by(RoundPatch.rank)
-        ).all()
+        round_patches = queries.round_patches(session, number)
         todo = [rp for rp in round_patches if not (rp.external_id or "").startswith(prefix)]
         existing = queries.patch_tasks(session, [rp.patch_id for rp in todo], prefix)
         strategy = round_patches[0].round.strategy if round_patches else ""
@@ -287,8 +284,7 @@ def refresh_open_tasks(ls, workspace: Workspace, store: Store, project_id: int) 
     older al-loop gets the views and the description its new labeling config shows)."""
     tasks = open_tasks(store, project_id)
     with store.session() as session:
-        rows = session.scalars(select(RoundPatch).join(Round).where(RoundPatch.patch_id.in_(list(tasks)),
-                                                                   Round.status == "open")).all()
+        rows = queries.open_round_patches(session, list(tasks))
         data = {}
         for rp in rows:
             siblings = [other.components for other in rp.round.patches]
@@ -342,12 +338,7 @@ def _describe_scene(patch: Patch) -> list[str]:
 def open_tasks(store: Store, project_id: int) -> dict[int, int]:
     """Patch id -> task id of the project's tasks in open rounds whose patch has no label yet."""
     with store.session() as session:
-        rows = session.execute(
-            select(RoundPatch.patch_id, RoundPatch.external_id).join(Round)
-            .where(Round.status == "open", RoundPatch.external_id.startswith(f"{project_id}:"))
-            .where(RoundPatch.patch_id.not_in(queries.labelled_patch_ids()))
-            .order_by(Round.number, RoundPatch.rank)
-        ).all()
+        rows = queries.unlabelled_open_tasks(session, f"{project_id}:")
     return {patch_id: int(external.split(":")[1]) for patch_id, external in rows}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from db.models import (
     ModelEvaluation,
     ModelVersion,
     Patch,
+    PatchScore,
     Round,
     RoundPatch,
     Scene,
@@ -448,3 +450,137 @@ def timed_labels(session: Session) -> list[tuple[np.ndarray, float]]:
 def raster_scene_ids(session: Session) -> list[int]:
     """The ids of the scenes stored as one raster (not slices), in order."""
     return list(session.scalars(select(Scene.id).where(Scene.data_path.is_not(None)).order_by(Scene.id)))
+
+
+def accepted_labels_of_origins(session: Session, source: str, origins: list[str]) -> list[Label]:
+    return list(session.scalars(
+        select(Label).where(Label.source == source, Label.status == "accepted", Label.origin.in_(origins))))
+
+
+def labels_by_authors(session: Session, source: str, authors: list[str]) -> list[Label]:
+    return list(session.scalars(select(Label).where(Label.source == source, Label.author.in_(authors))))
+
+
+def accepted_origins(session: Session, source: str, prefix: str) -> dict[str, int]:
+    """Origin -> label id of the accepted labels of ``source`` whose origin starts with ``prefix``."""
+    rows = session.execute(select(Label.origin, Label.id).where(
+        Label.source == source, Label.status == "accepted", Label.origin.startswith(prefix)))
+    return {origin: label_id for origin, label_id in rows}
+
+
+def open_round_numbers(session: Session) -> list[int]:
+    return list(session.scalars(select(Round.number).where(Round.status == "open").order_by(Round.number)))
+
+
+def round_patches(session: Session, number: int) -> list[RoundPatch]:
+    """The patches of round ``number`` in rank order."""
+    return list(session.scalars(select(RoundPatch).join(Round).where(Round.number == number).order_by(RoundPatch.rank)))
+
+
+def open_round_patches(session: Session, patch_ids: list[int]) -> list[RoundPatch]:
+    """The entries of these patches in rounds still open."""
+    return list(session.scalars(
+        select(RoundPatch).join(Round).where(RoundPatch.patch_id.in_(patch_ids), Round.status == "open")))
+
+
+def unlabelled_open_tasks(session: Session, prefix: str) -> list[tuple[int, str]]:
+    """(patch id, external id) of the unlabelled patches in open rounds whose external id starts
+    with ``prefix``, in round and rank order."""
+    return list(session.execute(
+        select(RoundPatch.patch_id, RoundPatch.external_id).join(Round)
+        .where(Round.status == "open", RoundPatch.external_id.startswith(prefix))
+        .where(RoundPatch.patch_id.not_in(labelled_patch_ids()))
+        .order_by(Round.number, RoundPatch.rank)
+    ).all())
+
+
+def newest_label_id(session: Session) -> int:
+    """The id of the newest label, 0 without any (labels after it arrived later)."""
+    return session.scalar(select(func.max(Label.id))) or 0
+
+
+def raster_scenes(session: Session, scene_ids: list[int] | None = None) -> list[Scene]:
+    """Scenes with pixels (not label-only), all or those of ``scene_ids``, by id."""
+    query = select(Scene).where(Scene.data_path.is_not(None)).order_by(Scene.id)
+    if scene_ids:
+        query = query.where(Scene.id.in_(scene_ids))
+    return list(session.scalars(query))
+
+
+def scenes_by_id(session: Session, scene_ids: set[int]) -> list[Scene]:
+    return list(session.scalars(select(Scene).where(Scene.id.in_(scene_ids)).order_by(Scene.id)))
+
+
+def accepted_labels_with_patches(session: Session, patch_ids: list[int] | None = None) -> list[Label]:
+    """Accepted labels (of ``patch_ids``, or all), their patches and scenes loaded along."""
+    query = select(Label).where(Label.status == "accepted")
+    if patch_ids is not None:
+        query = query.where(Label.patch_id.in_(patch_ids))
+    return list(session.scalars(query.options(selectinload(Label.patch).selectinload(Patch.scene))))
+
+
+def first_job_in(session: Session, statuses: Iterable[str]) -> TrainingJob | None:
+    """The oldest training job in one of ``statuses``."""
+    return session.scalar(select(TrainingJob).where(TrainingJob.status.in_(list(statuses)))
+                          .order_by(TrainingJob.id).limit(1))
+
+
+def newest_version(session: Session) -> ModelVersion | None:
+    """The version trained last, whatever its status."""
+    return session.scalar(select(ModelVersion).order_by(ModelVersion.id.desc()).limit(1))
+
+
+def accepted_labels_after(session: Session, label_id: int) -> tuple[int, int]:
+    """(count, debris pixels) of the accepted labels with an id above ``label_id``."""
+    count, debris = session.execute(
+        select(func.count(Label.id), func.coalesce(func.sum(Label.n_debris), 0))
+        .where(Label.status == "accepted", Label.id > label_id)
+    ).one()
+    return int(count), int(debris)
+
+
+def pool_patches(session: Session, leave_out_scenes: list[int]) -> list[Patch]:
+    """Patches with no accepted label, in no open round, not mostly nodata, in none of
+    ``leave_out_scenes``, by id."""
+    return list(session.scalars(
+        select(Patch)
+        .where(Patch.id.not_in(labelled_patch_ids()))
+        .where(Patch.id.not_in(open_round_patch_ids()))
+        .where(Patch.low_valid.is_(False))
+        .where(Patch.scene_id.not_in(leave_out_scenes))
+        .order_by(Patch.id)
+    ))
+
+
+def all_scenes(session: Session) -> list[Scene]:
+    return list(session.scalars(select(Scene).order_by(Scene.id)))
+
+
+def _scored_by(version_id: int | None):
+    """Scores of one model version (``None``: the cold-start priors)."""
+    if version_id is None:
+        return PatchScore.model_version_id.is_(None)
+    return PatchScore.model_version_id == version_id
+
+
+def scored_patch_ids(session: Session, version_id: int | None) -> set[int]:
+    """Patches whose acquisition scores under ``version_id`` (None: the priors) are cached."""
+    return set(session.scalars(select(PatchScore.patch_id).where(_scored_by(version_id))))
+
+
+def cached_components(session: Session, version_id: int | None, patch_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Patch id -> its cached acquisition components under ``version_id``."""
+    return dict(session.execute(
+        select(PatchScore.patch_id, PatchScore.components)
+        .where(_scored_by(version_id), PatchScore.patch_id.in_(patch_ids))
+    ).all())
+
+
+def last_round_number(session: Session) -> int:
+    """The number of the newest round, 0 before the first."""
+    return session.scalar(select(Round.number).order_by(Round.number.desc()).limit(1)) or 0
+
+
+def all_patches(session: Session) -> list[Patch]:
+    return list(session.scalars(select(Patch).order_by(Patch.id)))
+

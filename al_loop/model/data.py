@@ -11,8 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from al_loop import bands
 from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, GLACIER, combine_masks
@@ -20,7 +19,8 @@ from al_loop.config import Workspace
 from al_loop.model.metrics import CountOnce
 from al_loop.patches import PatchSource, patch_source
 from al_loop.validation import SplitReport, assign_splits
-from db.models import Label, Patch, Scene
+from db import queries
+from db.models import Label, Patch
 from db.queries import unpack_mask
 
 IGNORE = 255
@@ -157,11 +157,8 @@ def _strength(label: Label) -> tuple:
 
 def labelled_patches(session: Session, patch_ids: list[int] | None = None) -> dict[int, LabelledPatch]:
     """Every patch with an accepted label, with its labels in the order they combine."""
-    query = select(Label).where(Label.status == "accepted")
-    if patch_ids is not None:
-        query = query.where(Label.patch_id.in_(patch_ids))
     found: dict[int, LabelledPatch] = {}
-    for label in session.scalars(query.options(selectinload(Label.patch).selectinload(Patch.scene))):
+    for label in queries.accepted_labels_with_patches(session, patch_ids):
         found.setdefault(label.patch_id, LabelledPatch(label.patch)).labels.append(label)
     for item in found.values():
         item.labels.sort(key=_strength)
@@ -182,7 +179,7 @@ def validation_set_id(patches: Iterable[tuple[int, tuple[int, ...]]]) -> str:
 def training_channels(session: Session, wanted: list[str], scene_ids: set[int]) -> list[str]:
     """The channels a new model uses: ``wanted`` (``model.channels``), which every labelled
     scene must have, or, when empty, every channel the labelled scenes share except BQA."""
-    scenes = list(session.scalars(select(Scene).where(Scene.id.in_(scene_ids)).order_by(Scene.id)))
+    scenes = queries.scenes_by_id(session, scene_ids)
     if wanted:
         for scene in scenes:
             bands.require_channels(wanted, scene.available_channels,
