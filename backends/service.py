@@ -221,10 +221,12 @@ def serve_processes(workspace: Workspace, host: str, port: int, processes: int) 
         for process, _ in running.values():
             if process.is_alive():
                 os.kill(process.pid, signal.SIGINT)  # uvicorn's graceful stop; the writer commits what it holds
-        for process, _ in running.values():
-            process.join(STOP_WAIT_S)
-            if process.is_alive():
-                process.terminate()
+        deadline = time.monotonic() + STOP_WAIT_S
+        for index, (process, _) in running.items():
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():  # what it answered is in the inbox: the next start writes it
+                log.warning("server process %d did not stop within %.0f s: killed", index, STOP_WAIT_S)
+                process.kill()
                 process.join()
         listener.close()
 
@@ -247,7 +249,8 @@ def _serve_one(workspace: Workspace, listener, index: int, processes: int, level
         backend.sync()
     backend.start(worker=first and workspace.config.backend.worker)
     try:
-        uvicorn.Server(uvicorn.Config(create_app(backend), log_level="warning")).run(sockets=[listener])
+        config = uvicorn.Config(create_app(backend), log_level="warning", timeout_graceful_shutdown=STOP_WAIT_S / 2)
+        uvicorn.Server(config).run(sockets=[listener])
     except KeyboardInterrupt:
         pass
     finally:

@@ -242,8 +242,9 @@ def test_several_server_processes_store_every_delivery_once_and_replace_a_killed
     port = free_port()
     env = {**os.environ, "AL_LOOP_WORKSPACE": str(ws.root), "AL_LOOP_BACKEND_PORT": str(port)}
     url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
     server = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--no-worker", "--processes", "2"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=log.open("w"))
     auth = (ws.config.backend.username, ws.config.backend.password)
     headers = {SECRET_HEADER: ws.config.backend.webhook_secret}
 
@@ -270,6 +271,7 @@ def test_several_server_processes_store_every_delivery_once_and_replace_a_killed
         children = _server_processes(server.pid)
     finally:
         server.send_signal(signal.SIGINT)
-        assert server.wait(90) == 0
+        code = server.wait(90)
+    assert code == 0, log.read_text()[-3000:]
     assert not any(Path(f"/proc/{pid}").exists() for pid in children)
     store.dispose()
