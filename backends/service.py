@@ -203,7 +203,10 @@ def serve_processes(workspace: Workspace, host: str, port: int, processes: int) 
 
     running = {index: start(index) for index in range(processes)}
     log.info("serving on %s:%d in %d processes", host, port, processes)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stopped as a service: stop the processes too
+    # Ctrl-C stops them all, also where a shell started us with SIGINT ignored (a background job): Python then
+    # installs no KeyboardInterrupt handler of its own. Stopped as a service (SIGTERM): the same.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while True:
             wait([process.sentinel for process, _ in running.values()])
