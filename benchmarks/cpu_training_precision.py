@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,15 +25,10 @@ from sqlalchemy import select
 from al_loop.workspace import open_store, open_workspace
 from db.models import ModelVersion
 
-ROOT = Path(__file__).resolve().parents[1]
+from training_memory import cli  # benchmarks/training_memory.py: al-loop in its own process
+
 ROWS = ("glacier", "clean_ice", "debris")
 console = Console(width=140)
-
-
-def cli(*args: str, env: dict[str, str]) -> None:
-    done = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
-    if done.returncode != 0:
-        raise SystemExit(f"al-loop {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
 
 
 def train(root: Path, precision: str, seed: int, epochs: int | None) -> dict[str, float]:
