@@ -80,8 +80,8 @@ def init(
         str | None, typer.Option(help="SQLAlchemy URL of the database (default: SQLite in the workspace).")
     ] = None,
     profile: Annotated[
-        str | None, typer.Option(help="Size patches, model and training for 'cpu' or 'cuda' (default: cuda when a GPU "
-                                      "is seen).")
+        str | None, typer.Option(help="Size patches, model and training for 'cpu' or 'cuda' (default: cuda "
+                                      "when a GPU is seen).")
     ] = None,
 ) -> None:
     """Create a workspace (configuration, database) or bring an existing one up to date."""
@@ -117,13 +117,13 @@ def db_upgrade(workspace: WorkspaceOption = None) -> None:
 def ingest_scene(
     path: Annotated[
         Path,
-        typer.Argument(help="An HKH fused tile (15 named bands), a USGS Level-1 folder, or a multi-band file with "
-                            "--bands."),
+        typer.Argument(help="An HKH fused tile (15 named bands), a USGS Level-1 folder, or a "
+                            "multi-band file with --bands."),
     ],
     dem: Annotated[Path | None, typer.Option(help="DEM on any grid and CRS (Level-1 folders and band stacks).")] = None,
     bands: Annotated[
-        str | None, typer.Option(help="Band mapping of a multi-band file, in file order, with the sensor's band "
-                                      "names, e.g. "
+        str | None, typer.Option(help="Band mapping of a multi-band file, in file order, with the "
+                                      "sensor's band names, e.g. "
                                   "B1,B2,B3,B4,B5,B7 (ETM+, TM) or B2,B3,B4,B5,B6,B7 (OLI).")
     ] = None,
     sensor: Annotated[
@@ -153,8 +153,8 @@ def ingest_scene(
                                     quiet=quiet)
         elif dem is not None or sensor or date:
             used = ", ".join(o for o, v in (("--dem", dem), ("--sensor", sensor), ("--date", date)) if v)
-            raise ValueError(f"{path}: an HKH fused tile names its bands, sensor and date, and has elevation and "
-                             "slope; "
+            raise ValueError(f"{path}: an HKH fused tile names its bands, sensor and date, and has "
+                             "elevation and slope; "
                              f"{used} is for Level-1 folders and band stacks")
         else:
             result = ingest_hkh_tile(ws, store, path, quiet=quiet)
@@ -299,8 +299,8 @@ def status(workspace: WorkspaceOption = None) -> None:
                        *(f"{row[k]:,}" for k in ("background", "clean_ice", "debris", "glacier")))
     console.print(splits)
     if summary["validation_reserved"]:
-        console.print(f"  {summary['validation_reserved']} patch(es) handed out in open rounds will validate once "
-                      "labelled")
+        console.print(f"  {summary['validation_reserved']} patch(es) handed out in open rounds will "
+                      "validate once labelled")
     models = ", ".join(f"{n} {s}" for s, n in summary["models"].items()) or "none"
     jobs = ", ".join(f"{n} {s}" for s, n in summary["jobs"].items()) or "none"
     console.print(f"rounds: {summary['rounds']}   models: {models}   training jobs: {jobs}")

@@ -149,15 +149,15 @@ class SamplingConfig:
     ray_workers: int = setting(2, "model actors scoring on the Ray cluster (each reads patches and holds a model)")
     ray_gpus: float = setting(0.0, "GPUs per Ray scoring actor (0: CPU workers)")
     seed: int = setting(0, "seed of Monte Carlo masks and random choices")
-    query: str = setting("patch", "what an expert is asked to label: the whole patch, or only its most ambiguous "
-                                  "region "
+    query: str = setting("patch", "what an expert is asked to label: the whole patch, or only its "
+                                  "most ambiguous region "
                          "(a square window of sampling.region_fraction of it; needs a model)", ("patch", "region"))
     region_fraction: float = setting(0.25, "region queries: the share of a patch's pixels in the window")
     cost_aware: bool = setting(False, "rank patches by score per expected expert second (a cost model fitted on "
                                       "Label Studio's lead times; a prior before five exist)")
     warmup_labels: int = setting(
-        0, "rounds choose at random until this many training patches are labelled (early models are unsure of the "
-           "wrong things)"
+        0, "rounds choose at random until this many training patches are labelled (early models are unsure "
+           "of the wrong things)"
     )
 
 
@@ -185,8 +185,8 @@ class BackendConfig:
     url: str = setting("", "URL Label Studio uses to reach the backend; empty: http://<host>:<port>")
     username: str = setting("al-loop", "HTTP Basic auth user Label Studio sends to the backend")
     password: str = setting("", "HTTP Basic auth password (a random one is written at init)")
-    webhook_secret: str = setting("", "shared secret expected in the X-Al-Loop-Secret header of webhooks (random at "
-                                      "init)")
+    webhook_secret: str = setting("", "shared secret expected in the X-Al-Loop-Secret header of "
+                                      "webhooks (random at init)")
     prediction_format: str = setting(
         "brush", "predictions as brush (RLE masks, exact) or polygons", ("brush", "polygons")
     )

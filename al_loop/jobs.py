@@ -187,8 +187,8 @@ def claim(store: Store, worker: str, stale_seconds: float, *, job_id: int | None
                                    f"resumed; stop it with --cancel {job_id}")
                 job.error = f"taken over: {why}"
             elif job.status not in (JobState.CANCELLED, JobState.FAILED):
-                raise JobError(f"training job {job_id} is {job.status}: only a cancelled, failed or interrupted job "
-                               "can be resumed")
+                raise JobError(f"training job {job_id} is {job.status}: only a cancelled, failed or "
+                               "interrupted job can be resumed")
             elif running is not None and running.id != job_id:
                 raise JobError(f"training job {running.id} is running ({running.claimed_by}): resume {job_id} after it")
         else:

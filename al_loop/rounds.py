@@ -181,8 +181,8 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
         if size < 1:
             raise ValueError(f"round size (--size, sampling.round_size) must be at least 1, found {size}")
         if size > len(pool):
-            notes.append(f"the pool holds {len(pool)} patches, fewer than the round size {size}: all of them are "
-                         "handed out")
+            notes.append(f"the pool holds {len(pool)} patches, fewer than the round size {size}: all "
+                         "of them are handed out")
             size = len(pool)
         cached = _cached_components(session, pool, version) if strategy != "random" or version else []
         scores, components, embeddings = _pool_scores(cached, len(pool), version, strategy, cfg.seed)

@@ -166,8 +166,8 @@ class Variant:
             elif option == "region":
                 region = REGION_FRACTION
             else:
-                raise ValueError(f"strategy {spec!r}: unknown option {option!r} (power, greedy, kcenter, warmupN, "
-                                 "region)")
+                raise ValueError(f"strategy {spec!r}: unknown option {option!r} (power, greedy, "
+                                 "kcenter, warmupN, region)")
         return cls(spec, name, method, warmup, region)
 
 

@@ -42,10 +42,9 @@ class Retire:
         self.project, self.annotation_ids = project, tuple(annotation_ids)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Retire) and (self.project, self.annotation_ids) == (
-            other.project,
-            other.annotation_ids,
-        )
+        if not isinstance(other, Retire):
+            return False
+        return (self.project, self.annotation_ids) == (other.project, other.annotation_ids)
 
     def __repr__(self) -> str:
         return f"Retire({self.project}, {self.annotation_ids})"

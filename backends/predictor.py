@@ -144,8 +144,8 @@ class ModelHolder:
     def _load(self, champion) -> ServedModel:
         unknown = [c for c in champion.classes if class_code(c) not in LABEL_NAMES]
         if unknown:
-            raise PredictionError(f"model {champion.name} predicts {unknown}, which the labeling config has no label "
-                                  "for")
+            raise PredictionError(f"model {champion.name} predicts {unknown}, which the labeling "
+                                  "config has no label for")
         model, _ = load_version(self.workspace, champion)
         metrics = champion.metrics or {}
         return ServedModel(champion.id, champion.name, model.to(self.device).eval(), list(champion.channels),

@@ -102,10 +102,10 @@ def main() -> None:
             probs, truths, valids, temperature, metrics, version = pool_probabilities(root)
     before, after = scores(probs, truths, valids, 1.0), scores(probs, truths, valids, temperature)
     fit = metrics.get("calibration") or {}
-    table = Table(title=f"{version}: temperature {temperature:.3f} fitted on {fit.get('pixels', 0):,} validation "
-                        "pixels "
-                        f"(ECE there {fit.get('ece_before')} -> {fit.get('ece_after')}); pool scene, {len(probs)} "
-                        "patches; "
+    table = Table(title=f"{version}: temperature {temperature:.3f} fitted on "
+                        f"{fit.get('pixels', 0):,} validation pixels "
+                        f"(ECE there {fit.get('ece_before')} -> {fit.get('ece_after')}); pool scene, "
+                        f"{len(probs)} patches; "
                         f"{time.perf_counter() - began:.0f} s")
     for column in ("on the pool scene", "T = 1", f"T = {temperature:.3f}"):
         table.add_column(column, justify="left" if column.startswith("on") else "right")

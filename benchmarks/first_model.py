@@ -121,8 +121,8 @@ def main() -> None:
         for name in ("built-in", "B1-B4 800x655"):
             with console.status(f"walkthrough on the {name} scene"):
                 rows.append(walkthrough(Path(tmp) / name.split()[0], name))
-    table = Table(title="first model with the defaults (cpu profile, 2 CPU cores) vs a tuned threshold, same "
-                        "validation set")
+    table = Table(title="first model with the defaults (cpu profile, 2 CPU cores) vs a tuned "
+                        "threshold, same validation set")
     for column in ("scene", "channels", "train/val patches", "ingest s", "train s", "evaluate s", "next-round s",
                    "best epoch", "glacier IoU", "clean IoU", "debris IoU", "threshold rule", "threshold glacier IoU",
                    "model - threshold"):

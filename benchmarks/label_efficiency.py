@@ -79,8 +79,8 @@ def main() -> None:
                             f"patches, seed set {cfg.seed_set}, {cfg.rounds} rounds of {cfg.round_size}; full-pool "
                             f"glacier IoU {result['full_pool_glacier']:.3f}, debris "
                             f"{_fmt(result['full_pool_debris'])}; {minutes:.1f} min in all")
-        for column in ("strategy", "AULC glacier", "gain vs random", "AULC debris", "debris gain", "labels to "
-                                                                                                   "random's final",
+        for column in ("strategy", "AULC glacier", "gain vs random", "AULC debris", "debris gain", "labels "
+                                                                                                   "to random's final",
                        "final glacier", "final debris", "min / seed"):
             table.add_column(column, justify="left" if column == "strategy" else "right")
         for row in result["rows"]:

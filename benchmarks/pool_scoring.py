@@ -33,8 +33,8 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=8)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--T", type=int, default=20)
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="model.precision (default: the "
-                                                                                "product's)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="model.precision "
+                                                                                "(default: the product's)")
     args = parser.parse_args()
     cfg = apply_profile(Config(), "cuda")  # the paper's U-Net
     side = args.size * int(np.ceil(np.sqrt(args.patches)))

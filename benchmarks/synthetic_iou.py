@@ -75,8 +75,8 @@ def main() -> None:
     channels = list(bands.CHANNELS)
     norm = normalization(train_samples, channels)
     print(f"train {len(train_samples)} / val {len(val_samples)} / test {len(test_samples)} patches of {args.patch}px, "
-          f"paper-size U-Net (depth {config.model.depth}, {config.model.base_filters}-{config.model.max_filters} "
-          "filters)")
+          f"paper-size U-Net (depth {config.model.depth}, "
+          f"{config.model.base_filters}-{config.model.max_filters} filters)")
     rows = []
     for design, everywhere in (("head-only dropout", False), ("dropout everywhere", True)):
         arch = {**architecture(config.model), "dropout_everywhere": everywhere}

@@ -166,8 +166,8 @@ def test_an_expert_paints_with_the_mouse_says_no_glacier_or_submits_nothing(live
             .move_by_offset(40, 0).move_by_offset(40, 0).release().perform()
         browser.save_screenshot(str(tmp_path / "stroke.png"))
         _submit(browser)
-        wait_for(lambda: _stored_label(store, stroked.data["patch_id"]) is not None, 60, "the stroked label in the "
-                                                                                         "store")
+        wait_for(lambda: _stored_label(store, stroked.data["patch_id"]) is not None, 60, "the "
+                                                                                         "stroked label in the store")
         after = _stored_label(store, stroked.data["patch_id"])
         changed = after != before
         assert changed.sum() > 20, "the stroke reached the store"

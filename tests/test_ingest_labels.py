@@ -88,11 +88,8 @@ def test_reingesting_is_idempotent_and_a_new_mapping_revises(tmp_path, clip_scen
 
 def test_invalid_polygons_are_repaired_and_empty_ones_counted(tmp_path, clip_scene, workspace, store):
     minx, miny, maxx, maxy = CLEAN_BOX
-    bowtie = transform_geom(
-        "EPSG:32647",
-        "EPSG:4326",
-        {"type": "Polygon", "coordinates": [[(minx, miny), (maxx, maxy), (maxx, miny), (minx, maxy), (minx, miny)]]},
-    )
+    corners = [[(minx, miny), (maxx, maxy), (maxx, miny), (minx, maxy), (minx, miny)]]
+    bowtie = transform_geom("EPSG:32647", "EPSG:4326", {"type": "Polygon", "coordinates": corners})
     path = _geojson(tmp_path / "bad.geojson", [({}, bowtie), ({}, {"type": "Polygon", "coordinates": []})])
     result = ingest_labels(workspace, store, path, quiet=True)
     assert result.file_counts["repaired"] == 1 and result.file_counts["empty"] == 1
@@ -123,16 +120,8 @@ def test_bad_label_files_are_refused_and_nothing_is_stored(
 def test_raster_labels_are_read_with_nearest_and_a_value_mapping(tmp_path, clip_scene, workspace, store, shared_data):
     clip = shared_data / "lila_hkh" / "LE07_134040_20070922_clip.tif"
     with rasterio.open(clip) as src:
-        profile = dict(
-            driver="GTiff",
-            width=src.width,
-            height=src.height,
-            count=1,
-            dtype="uint8",
-            crs=src.crs,
-            transform=src.transform,
-            nodata=0,
-        )
+        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="uint8", crs=src.crs,
+                       transform=src.transform, nodata=0)
     values = np.full((169, 139), 9, dtype=np.uint8)  # 9: rock in this label scheme
     values[20:60, 10:50] = 5  # 5: ice
     values[:, 100:] = 0  # nodata

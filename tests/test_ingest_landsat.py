@@ -38,19 +38,8 @@ def test_band_stack_with_dem_is_built_ingested_and_idempotent(tmp_path, olinda, 
     with store.session() as session:
         scene = session.scalars(select(Scene)).one()
         assert scene.source_kind == "band_stack"
-        assert scene.available_channels == [
-            "B1",
-            "B2",
-            "B3",
-            "B4",
-            "B5",
-            "B7",
-            "ndvi",
-            "ndsi",
-            "ndwi",
-            "elevation",
-            "slope",
-        ]
+        assert scene.available_channels == ["B1", "B2", "B3", "B4", "B5", "B7", "ndvi", "ndsi", "ndwi",
+                                            "elevation", "slope"]
         assert scene.details["missing_channels"] == ["B6_VCID_1", "B6_VCID_2", "B8", "BQA"]
         assert not scene.data_path.startswith("/")  # the derived stack lives in the workspace
         patch = session.scalars(select(Patch).where(Patch.row_off == 0, Patch.col_off == 0)).one()

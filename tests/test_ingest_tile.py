@@ -133,8 +133,8 @@ def _write(path, count=15, crs="EPSG:32645", descriptions=bands.CHANNELS):
     [
         (lambda p: (p.write_text("not a raster"), p)[1], RasterInputError, "not a readable raster"),
         (lambda p: _write(p, crs=None), RasterInputError, "no CRS"),
-        (lambda p: _write(p, count=3, descriptions=["red", "green", "blue"]), BandNameError, "do not match the HKH "
-                                                                                             "channels"),
+        (lambda p: _write(p, count=3, descriptions=["red", "green", "blue"]), BandNameError, "do not "
+                                                                                             "match the HKH channels"),
         (lambda p: _write(p, count=6, descriptions=None), BandNameError, "bands have no names"),
     ],
 )

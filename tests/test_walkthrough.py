@@ -60,19 +60,8 @@ def test_defaults_work_on_a_small_b1_to_b4_scene_with_partial_labels(tmp_path):
     ingested = _run(env, "ingest", "scene", data.folder)
     assert "12 patches" in ingested and "lacks 10 of the 15 channels: B5," in ingested
     _run(env, "ingest", "labels", data.outlines, "-q")
-    _run(
-        env,
-        "ingest",
-        "labels",
-        data.glacier_map,
-        "--map",
-        "0=unlabeled",
-        "--map",
-        "1=clean_ice",
-        "--map",
-        "2=debris",
-        "-q",
-    )
+    _run(env, "ingest", "labels", data.glacier_map, "--map", "0=unlabeled", "--map", "1=clean_ice",
+         "--map", "2=debris", "-q")
     trained = _run(env, "train", "-q")
     assert "model v1 (champion)" in trained
     assert _iou(trained, "glacier") > 0.3  # four bands, six labelled patches
@@ -104,44 +93,18 @@ def test_defaults_work_on_a_small_b1_to_b4_scene_with_partial_labels(tmp_path):
         assert predicted.status_code == 200 and predicted.json()["results"][0]["result"]
         mask = np.zeros((256, 256), np.uint8)
         mask[:100, :100] = 1
-        event = {
-            "action": "ANNOTATION_CREATED",
-            "project": {"id": 1},
-            "task": {"id": 1, "data": {"patch_id": patch_id}},
-            "annotation": {
-                "id": 9,
-                "result": mask_to_brush_results(mask),
-                "completed_by": {"id": 1, "email": "a@b"},
-                "lead_time": 3.0,
-                "was_cancelled": False,
-                "updated_at": "2026-11-27T10:00:00Z",
-            },
-        }
+        event = {"action": "ANNOTATION_CREATED", "project": {"id": 1},
+                 "task": {"id": 1, "data": {"patch_id": patch_id}},
+                 "annotation": {"id": 9, "result": mask_to_brush_results(mask),
+                                "completed_by": {"id": 1, "email": "a@b"}, "lead_time": 3.0,
+                                "was_cancelled": False, "updated_at": "2026-11-27T10:00:00Z"}}
         stored = client.post("/webhook", json=event, headers={SECRET_HEADER: ws.config.backend.webhook_secret})
         assert stored.status_code == 200 and stored.json()["status"] == "stored"
     finally:
         backend.stop()
         store.dispose()
 
-    simulated = _run(
-        env,
-        "simulate",
-        "--scene",
-        "1",
-        "--patch-size",
-        "64",
-        "--seeds",
-        "0",
-        "--rounds",
-        "1",
-        "--round-size",
-        "2",
-        "--seed-set",
-        "2",
-        "--strategies",
-        "combined",
-        "--out",
-        tmp_path / "sim",
-        "-q",
-    )
+    simulated = _run(env, "simulate", "--scene", "1", "--patch-size", "64", "--seeds", "0", "--rounds", "1",
+                     "--round-size", "2", "--seed-set", "2", "--strategies", "combined", "--out", tmp_path / "sim",
+                     "-q")
     assert re.search(r"│ combined │ [0-9.]+ ± [0-9.]+ │ [+-][0-9.]+ ± n/a │", simulated), simulated

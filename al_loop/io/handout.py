@@ -52,21 +52,10 @@ def write_handout(folder: Path, round_number: int, strategy: str, model: str | N
                 target = tmp / "quicklooks" / f"{p.rank:03d}_{look.name}"
                 shutil.copyfile(look, target)
                 copied.append(f"quicklooks/{target.name}")
-            writer.writerow(
-                [
-                    p.rank,
-                    p.patch_id,
-                    p.scene,
-                    p.row_off,
-                    p.col_off,
-                    SPLIT_WORDS[p.split],
-                    "whole patch" if p.region is None else " ".join(map(str, p.region)),
-                    p.why,
-                    f"{p.score:.6f}",
-                    *(f"{p.components.get(n, float('nan')):.6f}" for n in names),
-                    ";".join(copied),
-                ]
-            )
+            writer.writerow([p.rank, p.patch_id, p.scene, p.row_off, p.col_off, SPLIT_WORDS[p.split],
+                             "whole patch" if p.region is None else " ".join(map(str, p.region)), p.why,
+                             f"{p.score:.6f}", *(f"{p.components.get(n, float('nan')):.6f}" for n in names),
+                             ";".join(copied)])
     features = [_feature(p, round_number) for p in patches if p.bounds and p.crs]
     (tmp / "footprints.geojson").write_text(json.dumps(
         {"type": "FeatureCollection", "name": f"round {round_number} ({strategy}, model {model or 'none'})",

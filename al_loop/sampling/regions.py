@@ -78,8 +78,8 @@ def best_window(score_map: np.ndarray, side: int, stride: int = 8) -> Region:
     (the last row and column of windows flush with the patch edge); ties go to the first."""
     height, width = score_map.shape
     if not 0 < side <= min(height, width):
-        raise ValueError(f"window side must be in [1, {min(height, width)}] for a {height} x {width} patch, found "
-                         f"{side}")
+        raise ValueError(f"window side must be in [1, {min(height, width)}] for a {height} x "
+                         f"{width} patch, found {side}")
     integral = np.zeros((height + 1, width + 1), dtype=np.float64)
     integral[1:, 1:] = np.cumsum(np.cumsum(np.nan_to_num(score_map.astype(np.float64)), axis=0), axis=1)
     rows = sorted(set(range(0, height - side + 1, stride)) | {height - side})
