@@ -9,6 +9,7 @@ IoU averaged over batches (here one confusion matrix over the whole set).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -104,16 +105,17 @@ def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tupl
     return x, y
 
 
-def _crop(sample_x: np.ndarray, sample_y: np.ndarray, size: int, rng: np.random.Generator):
+def _crop(sample_x: np.ndarray, sample_y: np.ndarray, size: int,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     h, w = sample_y.shape
     if not size or size >= min(h, w):
         return sample_x, sample_y
     # Prefer crops with labelled pixels: try a few positions, keep the most labelled.
-    best = None
+    best = (-1, 0, 0)
     for _ in range(4):
         r, c = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
         labelled = int((sample_y[r : r + size, c : c + size] != IGNORE).sum())
-        if best is None or labelled > best[0]:
+        if labelled > best[0]:
             best = (labelled, r, c)
     _, r, c = best
     return sample_x[:, r : r + size, c : c + size], sample_y[r : r + size, c : c + size]
@@ -147,6 +149,28 @@ def _jsonable_iou(rows: dict[str, dict[str, float]]) -> dict[str, float | None]:
     return {name: None if np.isnan(v["iou"]) else round(float(v["iou"]), 4) for name, v in rows.items()}
 
 
+@dataclass
+class TrainingState:
+    """What a checkpoint keeps besides the weights: where a run is and the best epoch so far."""
+
+    epoch: int = 0
+    best_score: float = -1.0
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, record: dict[str, Any], score: float, model: UNet) -> None:
+        """Close an epoch: its record, and the weights when it is the best so far."""
+        self.epoch += 1
+        self.history.append(record)
+        if score > self.best_score:
+            self.best_score, self.best_epoch = score, self.epoch
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def should_continue(self, cfg: TrainingConfig) -> bool:
+        return self.epoch < cfg.max_epochs and self.epoch - self.best_epoch < cfg.patience
+
+
 def train(
     train_samples: list[Sample],
     val_samples: list[Sample],
@@ -177,54 +201,57 @@ def train(
         _warm_start(model, parent, train_cfg.shrink, train_cfg.perturb)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.learning_rate)
-    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "best_state": None, "history": []}
+    state = TrainingState()
     if checkpoint is not None and Path(checkpoint).exists():
         saved = safe_load(checkpoint)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
+        state = TrainingState(**saved["state"])
     crop = train_cfg.crop_size
     if crop and crop % model.multiple:
         raise ValueError(f"training.crop_size {crop} must be a multiple of {model.multiple} (2**depth)")
     plan = EpochPlan(len(train_samples), max(1, train_cfg.crops_per_patch) if crop else 1, train_cfg.seed)
-    workers = train_cfg.loader_workers
-    budget = train_cfg.cache_mb * 2**20
-    val_cache = PixelCache(budget)
-    loader = DataLoader(TrainingPatches(train_samples, norm, crop, train_cfg.augment, PixelCache(budget)),
-                        batch_size=train_cfg.batch_size,
-                        sampler=plan, num_workers=workers, persistent_workers=workers > 0,
-                        prefetch_factor=2 if workers else None, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(train_cfg.seed))  # not the global one: dropout's
+    loader = _loader(TrainingPatches(train_samples, norm, crop, train_cfg.augment, PixelCache(_cache_bytes(train_cfg))),
+                     plan, train_cfg, device)
+    val_cache = PixelCache(_cache_bytes(train_cfg))
     with Progress(disable=quiet, transient=True) as progress:
-        task = progress.add_task("training", total=train_cfg.max_epochs, completed=state["epoch"])
-        while state["epoch"] < train_cfg.max_epochs and state["epoch"] - state["best_epoch"] < train_cfg.patience:
+        task = progress.add_task("training", total=train_cfg.max_epochs, completed=state.epoch)
+        while state.should_continue(train_cfg):
             if should_stop():
-                raise TrainingCancelled(f"cancelled after epoch {state['epoch']}")
+                raise TrainingCancelled(f"cancelled after epoch {state.epoch}")
             # Each epoch's randomness depends only on (seed, epoch): a resumed run is the same run.
-            plan.set_epoch(state["epoch"])
-            torch.manual_seed(train_cfg.seed * 100_003 + state["epoch"])
+            plan.set_epoch(state.epoch)
+            torch.manual_seed(train_cfg.seed * 100_003 + state.epoch)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(train_cfg, state["epoch"])
+                group["lr"] = learning_rate(train_cfg, state.epoch)
             train_loss = _epoch(model, optimizer, loader, weights, train_cfg, device)
             scores, _ = evaluate_samples(model, val_samples, norm, class_names, device, cache=val_cache)
             rows = scores.as_dict()
             score = validation_score(rows)
-            state["epoch"] += 1
-            record = {"epoch": state["epoch"], "train_loss": train_loss, "val_score": score,
+            record = {"epoch": state.epoch + 1, "train_loss": train_loss, "val_score": score,
                       "val_iou": _jsonable_iou(rows)}
-            state["history"].append(record)
-            if score > state["best_score"]:
-                state.update(best_score=score, best_epoch=state["epoch"],
-                             best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            state.record(record, score, model)
             if checkpoint is not None:
-                atomic_save(
-                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, checkpoint
-                )
+                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "state": dataclasses.asdict(state)}, checkpoint)
             on_epoch(record)
-            progress.update(task, completed=state["epoch"],
-                            description=f"training: epoch {state['epoch']} loss {train_loss:.3f} val IoU {score:.3f}")
-    model.load_state_dict(state["best_state"])
-    return TrainResult(model.cpu().eval(), state["best_epoch"], state["epoch"], state["best_score"], state["history"])
+            progress.update(task, completed=state.epoch,
+                            description=f"training: epoch {state.epoch} loss {train_loss:.3f} val IoU {score:.3f}")
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    return TrainResult(model.cpu().eval(), state.best_epoch, state.epoch, state.best_score, state.history)
+
+
+def _cache_bytes(cfg: TrainingConfig) -> int:
+    return cfg.cache_mb * 2**20
+
+
+def _loader(patches: TrainingPatches, plan: EpochPlan, cfg: TrainingConfig, device: torch.device) -> DataLoader:
+    workers = cfg.loader_workers
+    return DataLoader(patches, batch_size=cfg.batch_size, sampler=plan, num_workers=workers,
+                      persistent_workers=workers > 0, prefetch_factor=2 if workers else None,
+                      pin_memory=device.type == "cuda",
+                      generator=torch.Generator().manual_seed(cfg.seed))  # not the global one: dropout's
 
 
 def learning_rate(cfg: TrainingConfig, epoch: int) -> float:
@@ -287,8 +314,8 @@ class TrainingPatches(Dataset):
         index, seed = item
         rng = np.random.default_rng(seed)
         sample = self.samples[index]
-        x, y = _crop(normalize(*self.cache.read(sample), self.norm), sample.target, self.crop, rng)
-        x, y = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+        pixels, target = _crop(normalize(*self.cache.read(sample), self.norm), sample.target, self.crop, rng)
+        x, y = torch.from_numpy(np.ascontiguousarray(pixels)), torch.from_numpy(np.ascontiguousarray(target))
         return _augment(x, y, rng) if self.augment else (x, y)
 
 
