@@ -85,8 +85,8 @@ def _move(job: TrainingJob, state: JobState) -> None:
     job.status = state.value
 
 
-def _aware(moment: dt.datetime | None) -> dt.datetime | None:
-    if moment is not None and moment.tzinfo is None:  # SQLite returns naive UTC datetimes
+def _aware(moment: dt.datetime) -> dt.datetime:
+    if moment.tzinfo is None:  # SQLite returns naive UTC datetimes
         return moment.replace(tzinfo=dt.UTC)
     return moment
 
@@ -121,6 +121,13 @@ def staleness(job: TrainingJob, stale_seconds: float) -> str | None:
 
 def active_job(session: Session) -> TrainingJob | None:
     return queries.first_job_in(session, [s.value for s in ACTIVE])
+
+
+def _job(session: Session, job_id: int) -> TrainingJob:
+    job = session.get(TrainingJob, job_id)
+    if job is None:
+        raise JobError(f"no training job {job_id}")
+    return job
 
 
 def _running(session: Session) -> TrainingJob | None:
@@ -166,8 +173,8 @@ def claim(store: Store, worker: str, stale_seconds: float, *, job_id: int | None
         queries.lock_job_queue(session)
         running = _running(session)
         if new is not None:
-            if running is not None or active_job(session) is not None:
-                busy = running or active_job(session)
+            busy = running or active_job(session)
+            if busy is not None:
                 raise JobError(f"training job {busy.id} is {busy.status}"
                                + (f" ({busy.claimed_by})" if busy.claimed_by else "")
                                + f": wait for it, stop it with --cancel {busy.id}, or, if its process died, "
@@ -177,9 +184,7 @@ def claim(store: Store, worker: str, stale_seconds: float, *, job_id: int | None
             session.add(job)
             session.flush()
         elif job_id is not None:
-            job = session.get(TrainingJob, job_id)
-            if job is None:
-                raise JobError(f"no training job {job_id}")
+            job = _job(session, job_id)
             if job.status in (JobState.RUNNING, JobState.CANCELLING):
                 why = staleness(job, stale_seconds)
                 if why is None:
@@ -199,9 +204,10 @@ def claim(store: Store, worker: str, stale_seconds: float, *, job_id: int | None
                 job = running
                 job.error = f"taken over: {why}"
             else:
-                job = queries.first_job_in(session, [JobState.QUEUED.value])
-                if job is None:
+                queued = queries.first_job_in(session, [JobState.QUEUED.value])
+                if queued is None:
                     return None
+                job = queued
         resumed = job.status != JobState.QUEUED
         _move(job, JobState.RUNNING)
         job.claimed_by, job.claimed_at, job.heartbeat_at = worker, utcnow(), utcnow()
@@ -214,7 +220,7 @@ def claim(store: Store, worker: str, stale_seconds: float, *, job_id: int | None
 def record_normalization(store: Store, job_id: int, normalization: dict[str, Any]) -> None:
     """Keep the normalisation a job started with, so a resumed run uses it again."""
     with store.session() as session:
-        job = session.get(TrainingJob, job_id)
+        job = _job(session, job_id)
         job.progress = {**job.progress, "normalization": normalization}
 
 
@@ -222,8 +228,8 @@ def beat(store: Store, job_id: int, worker: str) -> bool:
     """Record that ``worker`` still runs the job; True when it was asked to stop. JobLost when
     another runner has taken it over."""
     with store.session() as session:
-        job = session.get(TrainingJob, job_id)
-        if job.claimed_by != worker or job.status not in (JobState.RUNNING, JobState.CANCELLING):
+        job = _job(session, job_id)
+        if job.claimed_by != worker or job.status not in (JobState.RUNNING.value, JobState.CANCELLING.value):
             raise JobLost(f"training job {job_id} is now {job.status}, held by {job.claimed_by}")
         job.heartbeat_at = utcnow()
         return job.status == JobState.CANCELLING
@@ -249,7 +255,7 @@ def finish(store: Store, job_id: int, worker: str, state: JobState, *, error: st
     """End a run: done (with its model), failed or cancelled. Inside ``session`` when given, so
     that a version and its job's end commit together."""
     def apply(s: Session) -> None:
-        job = s.get(TrainingJob, job_id)
+        job = _job(s, job_id)
         if job.claimed_by != worker:
             raise JobLost(f"training job {job_id} was taken over by {job.claimed_by}: its result is not recorded")
         _move(job, state)
