@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.annotations import Annotation
+from backends.accepted_labels import Annotation
 from db.queries import unpack_mask
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from al_loop import jobs
 from al_loop.config import Workspace
 from al_loop.rounds import close_finished_rounds
-from backends import annotations
+from backends import accepted_labels
 from backends.inbox import Inbox, Item, Retire, describe
 from db.session import Store
 
@@ -58,14 +58,14 @@ def write(session: Session, item: Item) -> Counter:
 
 def write_all(session: Session, items: list[Item]) -> list[Counter]:
     """Apply deliveries in order, what they need from the store read for all at once."""
-    known = annotations.Known.read(session, [item for item in items if not isinstance(item, Retire)])
+    known = accepted_labels.Known.read(session, [item for item in items if not isinstance(item, Retire)])
     outcomes = []
     for item in items:
         if isinstance(item, Retire):
-            outcomes.append(Counter(retired=annotations.retire(session, item.project, list(item.annotation_ids),
+            outcomes.append(Counter(retired=accepted_labels.retire(session, item.project, list(item.annotation_ids),
                                                                known)))
         else:
-            outcomes.append(Counter([annotations.apply(session, item, known)]))
+            outcomes.append(Counter([accepted_labels.apply(session, item, known)]))
     return outcomes
 
 

@@ -22,7 +22,7 @@ from al_loop.gate import describe_change
 from al_loop.retrain import TrainingReport
 from al_loop.rounds import next_round
 from backends import studio
-from backends.annotations import PatchSizes
+from backends.accepted_labels import PatchSizes
 from backends.inbox import Inbox
 from backends.label_writer import LabelWriter
 from backends.predictor import ModelHolder

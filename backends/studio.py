@@ -34,8 +34,8 @@ from al_loop.gate import describe_change, provisional
 from al_loop.io.landsat import path_row
 from al_loop.io.views import patch_view_files
 from al_loop.sampling.explain import why_chosen
-from backends import SECRET_HEADER, annotations
-from backends.annotations import AnnotationError
+from backends import SECRET_HEADER, accepted_labels
+from backends.accepted_labels import AnnotationError
 from backends.label_config import (
     ABOUT_KEY,
     IMAGE_DATA_KEY,
@@ -189,7 +189,7 @@ def record_author_emails(ls, store: Store) -> int:
         return 0
     emails = {str(user.id): user.email for user in ls.users.list() if str(user.id) in ids and user.email}
     with store.session() as session:
-        return annotations.set_author_emails(session, emails)
+        return accepted_labels.set_author_emails(session, emails)
 
 
 def document_path(workspace: Workspace, path: Path) -> str:
@@ -309,7 +309,7 @@ def task_data(workspace: Workspace, patch: Patch, number: int, rp: RoundPatch, s
         **{title_key(key): title + (" (paint here)" if key == PAINTED_VIEW else "") for key, title in titles.items()},
         LABEL_USE_KEY: LABEL_USE[patch.split] + (REGION_HINT if rp.region else ""),
         ABOUT_KEY: " · ".join(about),
-        annotations.PATCH_ID_KEY: patch.id,
+        accepted_labels.PATCH_ID_KEY: patch.id,
         "scene": patch.scene.name,
         "round": number,
         "rank": rp.rank,
@@ -374,7 +374,7 @@ def sync(workspace: Workspace, store: Store) -> SyncReport:
     ls = client(workspace)
     project = project_or_fail(ls, workspace)
     outcomes, problems, seen, n_tasks = Counter(), [], set(), 0
-    sizes = annotations.PatchSizes(store)
+    sizes = accepted_labels.PatchSizes(store)
     for task in ls.tasks.list(project=project.id, fields="all"):
         n_tasks += 1
         task_dict = {"id": task.id, "data": task.data}
@@ -382,15 +382,15 @@ def sync(workspace: Workspace, store: Store) -> SyncReport:
             annotation = annotation if isinstance(annotation, dict) else annotation.dict()
             seen.add(annotation.get("id"))
             try:
-                checked = annotations.read_annotation(sizes, project.id, annotation, task_dict)
+                checked = accepted_labels.read_annotation(sizes, project.id, annotation, task_dict)
                 with store.session() as session:
                     outcomes += write(session, checked)
             except AnnotationError as exc:
                 problems.append(str(exc))
                 log.warning("annotation not stored: %s", exc)
     with store.session() as session:
-        gone = [i for i in annotations.accepted_annotation_ids(session, project.id) if i not in seen]
-        outcomes["retired"] += annotations.retire(session, project.id, gone)
+        gone = [i for i in accepted_labels.accepted_annotation_ids(session, project.id) if i not in seen]
+        outcomes["retired"] += accepted_labels.retire(session, project.id, gone)
         closed, job_id = after_labels(session, workspace)
     record_author_emails(ls, store)
     return SyncReport(project.id, n_tasks, outcomes, problems, closed, job_id)

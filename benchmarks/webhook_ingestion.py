@@ -40,7 +40,7 @@ from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS
 from al_loop.ingest import ingest_synthetic_scene
 from al_loop.workspace import init_workspace, open_store
 from backends import SECRET_HEADER
-from backends.annotations import SOURCE, accepted_annotation_ids
+from backends.accepted_labels import SOURCE, accepted_annotation_ids
 from backends.label_writer import MAX_BATCH
 from backends.results import mask_to_brush_results, results_to_mask
 from backends.studio_process import free_port

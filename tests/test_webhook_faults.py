@@ -20,7 +20,7 @@ from sqlalchemy import select
 from al_loop.ingest import ingest_synthetic_scene
 from al_loop.workspace import init_workspace, open_store
 from backends import SECRET_HEADER
-from backends.annotations import Annotation
+from backends.accepted_labels import Annotation
 from backends.inbox import Inbox
 from backends.label_config import label_config
 from backends.label_writer import LabelWriter
