@@ -339,7 +339,7 @@ def train(
 ) -> None:
     """Train a model version on the accepted labels; promote it if it passes the gate."""
     from al_loop.jobs import request_cancel
-    from al_loop.retrain import run_training
+    from al_loop.training_run import run_training
 
     with _clear_errors(), _store(workspace) as (ws, store):
         if cancel is not None:
@@ -418,7 +418,7 @@ def models(ctx: typer.Context, workspace: WorkspaceOption = None) -> None:
     for column in ("version", "status", "parent", "clean ice", "debris", "glacier", "labels", "channels", "gate, when "
                                                                                                           "trained"):
         table.add_column(column, overflow="fold")
-    names = {v.id: v.name for v in found}
+    names: dict[int | None, str] = {v.id: v.name for v in found}
     for v in found:
         rows = scores.get(v.name)
         iou = (lambda c: "-") if rows is None else (lambda c: _score((rows.get(c) or {}).get("iou")))  # noqa: E731, B023

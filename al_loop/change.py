@@ -137,16 +137,17 @@ def plot(path: Path, rows: list[GlacierDate], title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-    when = [date.fromisoformat(r.acquired) for r in rows]
-    kept = [(w, r) for w, r in zip(when, rows) if not r.flagged]
+    when = np.array([date.fromisoformat(r.acquired) for r in rows], dtype="datetime64[D]")
+    flags = np.array([r.flagged for r in rows], dtype=bool)
+    kept = [r for r in rows if not r.flagged]
     if kept:
-        ax.errorbar([w for w, _ in kept], [r.glacier_km2 for _, r in kept],
-                    yerr=[[r.glacier_km2 - r.low_km2 for _, r in kept], [r.high_km2 - r.glacier_km2 for _, r in kept]],
+        ax.errorbar(when[~flags], [r.glacier_km2 for r in kept],
+                    yerr=[[r.glacier_km2 - r.low_km2 for r in kept], [r.high_km2 - r.glacier_km2 for r in kept]],
                     fmt="o-", color="#1f77b4", capsize=3, label="glacier area (band: unsure pixels, no data)")
-        ax.plot([w for w, _ in kept], [r.debris_km2 for _, r in kept], "s--", color="#D95F02", label="debris-covered")
-    flagged = [(w, r) for w, r in zip(when, rows) if r.flagged]
+        ax.plot(when[~flags], [r.debris_km2 for r in kept], "s--", color="#D95F02", label="debris-covered")
+    flagged = [r for r in rows if r.flagged]
     if flagged:
-        ax.plot([w for w, _ in flagged], [r.glacier_km2 for _, r in flagged], "o", mfc="none", color="grey",
+        ax.plot(when[flags], [r.glacier_km2 for r in flagged], "o", mfc="none", color="grey",
                 label="flagged: too little of the outline has data")
     ax.set_ylabel("km²")
     ax.set_title(title, fontsize=9)

@@ -287,8 +287,11 @@ class Workspace:
         except ValueError:
             return str(path)
 
-    def resolve(self, stored: str) -> Path:
-        """The inverse of :meth:`relative`."""
+    def resolve(self, stored: str | None) -> Path:
+        """The inverse of :meth:`relative`. None is a file the store does not record (a scene
+        ingested as slices keeps its pixels in its patches' files, not in one scene file)."""
+        if stored is None:
+            raise FileNotFoundError("the store records no file here: a scene ingested as slices has none of its own")
         path = Path(stored)
         return path if path.is_absolute() else self.root / path
 
@@ -343,8 +346,9 @@ def _apply(config: Config, values: dict[str, dict[str, Any]], origin: str) -> No
 
 def _environment_values(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
     values: dict[str, dict[str, Any]] = {}
+    defaults = Config()
     for f in dataclasses.fields(Config):
-        for key in (k.name for k in dataclasses.fields(f.default_factory())):
+        for key in (k.name for k in dataclasses.fields(getattr(defaults, f.name))):
             name = f"{ENV_PREFIX}{f.name}_{key}".upper()
             if name in environ:
                 values.setdefault(f.name, {})[key] = environ[name]

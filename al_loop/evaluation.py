@@ -133,9 +133,7 @@ def evaluate_version(workspace: Workspace, store: Store, name: str | None = None
     if split not in ("val", "train"):
         raise ValueError(f"--split must be val or train, found {split!r}")
     with store.session() as session:
-        version = registry.version(session, name) if name else registry.champion(session)
-        if version is None:
-            raise LookupError("no champion model yet: train one with `al-loop train`")
+        version = registry.version_or_champion(session, name)
         items, _ = validation_patches(session, workspace)
         if split == "train":
             items = [p for p in labelled_patches(session).values() if p.patch.split == "train"]

@@ -19,6 +19,7 @@ import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -208,7 +209,8 @@ def export_scene(workspace: Workspace, store: Store, scene_id: int, out: Path, *
     traced: dict[str, list] = {}  # in the scene's CRS, for the picture
     for layer, codes in LAYERS.items():
         mask = apply_mapping_unit(np.isin(mosaic.classes, codes), unit_px)
-        features, traced[layer] = [], []
+        features: list[dict[str, Any]] = []
+        traced[layer] = []
         for part in trace(mask, transform, mosaic.source, mosaic.confidence, owners):
             traced[layer].append(part.geometry)
             area = _area_m2(part.geometry, crs_wkt)
@@ -230,8 +232,10 @@ def export_scene(workspace: Workspace, store: Store, scene_id: int, out: Path, *
         layers[layer] = features
         result.polygons[layer] = len(features)
         result.area_km2[layer] = sum(f["properties"]["area_km2"] for f in features)
-    table = _glacier_table(inventory, owners, mosaic.classes, pixel_area_grid(crs_wkt, transform, mosaic.classes.shape),
-                           ) if inventory else None
+    table = None
+    if inventory is not None and owners is not None:
+        table = _glacier_table(inventory, owners, mosaic.classes,
+                               pixel_area_grid(crs_wkt, transform, mosaic.classes.shape))
     write_gpkg(result.gpkg, layers, "EPSG:4326" if wgs84 else crs_wkt, table)
     _write_mosaic(result.mosaic, mosaic, crs_wkt, transform)
     if glims:

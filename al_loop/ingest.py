@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.transform import Affine
 from rich.progress import Progress, track
 from sqlalchemy.orm import Session
 
@@ -42,6 +41,7 @@ from al_loop.io.rasters import (
     read_window,
 )
 from al_loop.io.slices import find_slices, read_slice_image, read_slice_mask
+from al_loop.patches import scene_transform
 from al_loop.tiling import patch_windows
 from db import queries
 from db.models import Patch, Scene
@@ -131,8 +131,8 @@ def _patch(workspace: Workspace, staging: Staging, scene: Scene, pixels: np.ndar
         folder = staging.path / "quicklooks"
         folder.mkdir(exist_ok=True)
         rgb, false = quicklooks.write_quicklooks(pixels, channels, valid, scene.stretch, folder / quicklook_stem)
-        patch.quicklook_rgb = rgb and workspace.relative(staging.stored(rgb))
-        patch.quicklook_false = false and workspace.relative(staging.stored(false))
+        patch.quicklook_rgb = workspace.relative(staging.stored(rgb)) if rgb else None
+        patch.quicklook_false = workspace.relative(staging.stored(false)) if false else None
     return patch
 
 
@@ -143,7 +143,7 @@ def _add_patches(
     cfg = workspace.config.ingest
     size = cfg.patch_size
     available_idx = [scene.channels.index(c) for c in scene.available_channels]
-    transform = Affine(*scene.transform)
+    transform = scene_transform(scene)
     windows = patch_windows(scene.height, scene.width, size, cfg.patch_overlap)
     n_low = 0
     with rasterio.open(raster) as src:
@@ -299,8 +299,8 @@ def ingest_landsat(
     acquired = named_date or acquired
     if path.is_dir():
         sources = scene.sources(instrument)
-    else:
-        sources = landsat.band_files_from_stack(path, band_mapping, instrument)
+    else:  # a single file comes with its band mapping (checked above)
+        sources = landsat.band_files_from_stack(path, band_mapping or [], instrument)
     calibration = None if instrument.native else sensors.calibration(instrument, acquired, mtl)
     if calibration and calibration.reflectance and acquired is None and "EARTH_SUN_DISTANCE" not in mtl:
         logger.warning("%s: no acquisition date (--date) nor MTL file: the Earth-Sun distance is taken as 1 AU, "
@@ -429,7 +429,7 @@ def ingest_slices(
     existing = _existing(store, fingerprint)
     if existing:
         return existing
-    first = read_slice_image(usable[0].image_path)
+    first = read_slice_image(usable[0].image)
     height, width = first.shape[1:]
     stretch = _slices_stretch(usable, workspace.config.ingest.stretch_percentiles)
     labels = {"created": 0, "masks_without_image": len(entries) - len(usable)}
@@ -451,7 +451,7 @@ def ingest_slices(
         session.add(scene)
         n_low = 0
         for ordinal, entry in enumerate(track(usable, description="slices", disable=quiet, transient=True)):
-            pixels = np.asarray(read_slice_image(entry.image_path), dtype=np.float32)
+            pixels = np.asarray(read_slice_image(entry.image), dtype=np.float32)
             if pixels.shape[1:] != (height, width):
                 raise ValueError(f"{entry.image_path}: slice of {pixels.shape[1:]} pixels, expected {(height, width)} "
                                  "like the others")
@@ -475,6 +475,6 @@ def ingest_slices(
 def _slices_stretch(entries, percentiles, sample: int = 32) -> dict[str, list[float]]:
     """Quicklook stretch from up to ``sample`` slices spread over the folder, subsampled 4x."""
     step = max(1, len(entries) // sample)
-    images = [np.asarray(read_slice_image(e.image_path)[:, ::4, ::4]) for e in entries[::step][:sample]]
+    images = [np.asarray(read_slice_image(e.image)[:, ::4, ::4]) for e in entries[::step][:sample]]
     pixels = np.concatenate(images, axis=2)
     return quicklooks.scene_stretch(pixels, bands.CHANNELS, bands.valid_mask(pixels), percentiles)

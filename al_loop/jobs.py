@@ -356,7 +356,7 @@ class Worker:
     def run_next(self) -> Any:
         """Claim and run one job; None when there was none to claim (or it was cancelled)."""
         from al_loop.model.training import TrainingCancelled
-        from al_loop.retrain import run_training
+        from al_loop.training_run import run_training
 
         claimed = claim(self.store, self.name, self.workspace.config.retraining.stale_seconds)
         if claimed is None:

@@ -26,6 +26,7 @@ from al_loop.classes import UNLABELED
 from al_loop.config import Workspace
 from al_loop.io import labels as label_files
 from al_loop.io.labels import LabelInputError
+from al_loop.patches import scene_transform
 from db import queries
 from db.models import Patch, Scene
 from db.session import Store
@@ -47,11 +48,21 @@ class LabelIngestResult:
         setattr(self, outcome, getattr(self, outcome) + 1)
 
 
+def _georeference(scene: Scene) -> tuple[str, Affine]:
+    """The scene's CRS (WKT) and transform, which labels from a file need to find their pixels."""
+    if scene.crs is None or scene.transform is None:
+        raise LookupError(f"scene {scene.id} ({scene.name}) has no CRS or transform: labels from a file cannot be "
+                          "placed on it; choose georeferenced scenes with --scene")
+    return scene.crs, scene_transform(scene)
+
+
 def _window_transform(scene: Scene, patch: Patch) -> Affine:
-    return Affine(*scene.transform) * Affine.translation(patch.col_off, patch.row_off)
+    return _georeference(scene)[1] * Affine.translation(patch.col_off, patch.row_off)
 
 
 def _overlaps(patch: Patch, bounds: tuple[float, float, float, float]) -> bool:
+    if patch.minx is None or patch.miny is None or patch.maxx is None or patch.maxy is None:
+        return False
     minx, miny, maxx, maxy = bounds
     return patch.minx < maxx and patch.maxx > minx and patch.miny < maxy and patch.maxy > miny
 
@@ -89,9 +100,10 @@ def label_scene_from_raster(
     session: Session, scene: Scene, path: Path, origin: str, result: LabelIngestResult,
     value_mapping: dict[int, str] | None = None, source: str = "inventory", quiet: bool = True,
 ) -> None:
-    bounds = _raster_bounds(path, scene.crs)
+    scene_crs, _ = _georeference(scene)
+    bounds = _raster_bounds(path, scene_crs)
     patches = [p for p in scene.patches if _overlaps(p, bounds)]
-    crs = CRS.from_wkt(scene.crs)
+    crs = CRS.from_wkt(scene_crs)
     for patch in track(patches, description=f"labels on {scene.name}", disable=quiet, transient=True):
         mask = label_files.read_raster_labels_window(
             path, crs, _window_transform(scene, patch), (patch.height, patch.width), value_mapping
@@ -153,11 +165,12 @@ def ingest_labels(
         else:
             by_crs: dict[str, label_files.VectorLabels] = {}
             for scene in scenes:
-                if scene.crs not in by_crs:
-                    by_crs[scene.crs] = label_files.load_vector_labels(
-                        path, CRS.from_wkt(scene.crs), attribute, mapping, default_class
+                scene_crs, _ = _georeference(scene)
+                if scene_crs not in by_crs:
+                    by_crs[scene_crs] = label_files.load_vector_labels(
+                        path, CRS.from_wkt(scene_crs), attribute, mapping, default_class
                     )
-                label_scene_from_vector(session, scene, by_crs[scene.crs], origin, result, quiet=quiet)
+                label_scene_from_vector(session, scene, by_crs[scene_crs], origin, result, quiet=quiet)
             result.file_counts = next(iter(by_crs.values())).counts if by_crs else {}
         if result.patches == 0:
             names = ", ".join(f"{s.id} ({s.name})" for s in scenes)

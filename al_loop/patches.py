@@ -8,12 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.transform import Affine
 
 from al_loop import bands
 from al_loop.config import Workspace
 from al_loop.io.rasters import read_window
 from al_loop.io.slices import read_slice_image
 from db.models import Patch, Scene
+
+
+def scene_transform(scene: Scene) -> Affine:
+    """The scene's pixel grid on the ground (every raster scene has one; slices need footprints)."""
+    if scene.transform is None:
+        raise ValueError(f"scene {scene.id} ({scene.name}) has no transform: its slices came without footprints")
+    return Affine(*scene.transform)
 
 
 @dataclass(frozen=True)

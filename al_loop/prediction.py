@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.transform import Affine
 
 from al_loop import bands
 from al_loop.config import Workspace
@@ -17,6 +16,7 @@ from al_loop.io.rasters import read_window
 from al_loop.model.checkpoints import load_version
 from al_loop.model.inference import pick_device, predict_scene
 from al_loop.model.normalization import normalize
+from al_loop.patches import scene_transform
 from db import registry
 from db.models import Scene
 from db.session import Store
@@ -31,9 +31,7 @@ def predict_scene_file(workspace: Workspace, store: Store, scene_id: int, out: P
         scene = session.get(Scene, scene_id)
         if scene is None or not scene.data_path:
             raise LookupError(f"no raster scene with id {scene_id} in the store")
-        version = registry.version(session, version_name) if version_name else registry.champion(session)
-        if version is None:
-            raise LookupError("no champion model yet: train one with `al-loop train`")
+        version = registry.version_or_champion(session, version_name)
         channel_idx = bands.require_channels(version.channels, scene.available_channels, where=f"scene {scene.id} "
                                                                                                f"({scene.name})")
         channel_idx = [scene.channels.index(scene.available_channels[i]) for i in channel_idx]
@@ -42,7 +40,7 @@ def predict_scene_file(workspace: Workspace, store: Store, scene_id: int, out: P
         source = workspace.resolve(scene.data_path)
         model, _ = load_version(workspace, version)
         norm, classes = version.normalization, list(version.classes)
-        name, crs, transform = scene.name, scene.crs, Affine(*scene.transform)
+        name, crs, transform = scene.name, scene.crs, scene_transform(scene)
         height, width = scene.height, scene.width
     T = workspace.config.model.mc_samples if mc_samples is None else mc_samples
     out = Path(out or workspace.root / "predictions" / f"{name}-{version.name}.tif")

@@ -13,13 +13,16 @@ Ray is an optional dependency (``pip install al-loop[ray]``); nothing else impor
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from al_loop.config import Workspace
 from db.models import ModelVersion, PatchScore
 from db.session import Store
+
+if TYPE_CHECKING:
+    from al_loop.model.network import UNet
 
 
 class RayUnavailable(RuntimeError):
@@ -46,14 +49,17 @@ class PatchScorer:
 
         self.workspace = workspace
         self.store = open_store(self.workspace)
-        self.version, self.model = None, None
+        self.version: ModelVersion | None = None
+        self.model: UNet | None = None
         if version_id is not None:
-            from al_loop.retrain import load_version
+            from al_loop.model.checkpoints import load_version
 
             with self.store.session() as session:
-                self.version = session.get(ModelVersion, version_id)
-                session.expunge(self.version)
-            self.model = load_version(self.workspace, self.version)[0]
+                version = session.get(ModelVersion, version_id)
+                if version is None:
+                    raise LookupError(f"no model version with id {version_id} in the store")
+                session.expunge(version)
+            self.version, self.model = version, load_version(self.workspace, version)[0]
         self.thresholds: dict[int, Any] = {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

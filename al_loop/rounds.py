@@ -70,6 +70,17 @@ def scenes_lacking(session: Session, version: ModelVersion | None) -> list[Scene
     return [s for s in queries.all_scenes(session) if not set(version.channels) <= set(s.available_channels)]
 
 
+def _lacking_notes(session: Session, version: ModelVersion | None) -> list[str]:
+    if version is None:
+        return []
+    notes = []
+    for scene in scenes_lacking(session, version):
+        missing = [c for c in version.channels if c not in scene.available_channels]
+        notes.append(f"scene {scene.id} ({scene.name}) lacks {', '.join(missing)}, which model {version.name} "
+                     "uses: its patches are left out of the pool")
+    return notes
+
+
 def scene_cloud_thresholds(workspace: Workspace, scene: Scene) -> dict[str, float] | None:
     """Cloud thresholds from an overview of the whole scene (DN differ between scenes)."""
     needed = [c for c in ("B1", "B2", "B3", "B5", "B6_VCID_1", "ndsi") if c in scene.available_channels]
@@ -118,24 +129,23 @@ def score_batch(workspace, patches, model, version, thresholds, device) -> list[
     raw = [read_patch(workspace, p) for p in patches]  # every channel the scene has: priors need them
     channels = [p.scene.available_channels for p in patches]
     if model is None:
-        out = []
+        priors: list[dict[str, Any]] = []
         for (pixels, valid), names, patch in zip(raw, channels, patches):
-            components = acquisition.prior_components(
-                pixels, names, valid, thresholds[patch.scene_id], cfg.sampling.top_q
-            )
-            out.append({**components, "_score": float(np.mean(list(components.values())))})
-        return out
+            components = acquisition.prior_components(pixels, names, valid, thresholds[patch.scene_id],
+                                                      cfg.sampling.top_q)
+            priors.append({**components, "_score": float(np.mean(list(components.values())))})
+        return priors
     x = np.stack([
         normalize(pixels[[names.index(c) for c in version.channels]], valid, version.normalization)
         for (pixels, valid), names in zip(raw, channels)
     ])
     mc = mc_predict(model, torch.from_numpy(x), T=cfg.model.mc_samples, device=device,
                     valid=np.stack([v for _, v in raw]), seed=cfg.sampling.seed, precision=cfg.model.precision)
-    out = []
+    out: list[dict[str, Any]] = []
     for i, ((pixels, valid), names, patch) in enumerate(zip(raw, channels, patches)):
-        components = acquisition.score_patch(mc, pixels, names, index=i, valid=valid,
-                                             cloud_thresholds=thresholds[patch.scene_id], q=cfg.sampling.top_q)
-        components = {k: float(v) for k, v in components.items()}
+        scores = acquisition.score_patch(mc, pixels, names, index=i, valid=valid,
+                                         cloud_thresholds=thresholds[patch.scene_id], q=cfg.sampling.top_q)
+        components = {k: float(v) for k, v in scores.items()}
         predicted = np.asarray(mc.mean_probs[i]).argmax(axis=0).astype(np.uint8)
         predicted[~valid] = UNLABELED
         components[EDGE_KEY] = float(cost.edge_pixels(predicted))
@@ -155,10 +165,7 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
     notes = []
     with store.session() as session:
         version = registry.champion(session)
-        for scene in scenes_lacking(session, version):
-            missing = [c for c in version.channels if c not in scene.available_channels]
-            notes.append(f"scene {scene.id} ({scene.name}) lacks {', '.join(missing)}, which model {version.name} "
-                         "uses: its patches are left out of the pool")
+        notes.extend(_lacking_notes(session, version))
     if strategy != "random" and cfg.warmup_labels:
         with store.session() as session:
             labelled = queries.labelled_training_patch_count(session)
@@ -192,8 +199,7 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
         expected = cost_model.predict(share * edges)
         if cfg.cost_aware and strategy != "random":
             scores = cost.per_second(scores, expected)
-        centers = np.array([[(p.minx + p.maxx) / 2, (p.miny + p.maxy) / 2] if p.minx is not None else [np.nan, np.nan]
-                            for p in pool])
+        centers = np.array([_center(p.bounds) for p in pool])
         has_centers = bool(np.isfinite(centers).all())
         chosen = select_batch(
             scores, size, scene_ids=np.array([p.scene_id for p in pool]),
@@ -230,12 +236,19 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
             looks = list(patch_view_files(workspace, patch)[0].values()) if workspace.config.ingest.quicklooks else []
             handout.append(HandoutPatch(rank, patch.id, patch.scene.name, patch.row_off, patch.col_off,
                                         float(scores[index]), parts,
-                                        (patch.minx, patch.miny, patch.maxx, patch.maxy) if has_centers else None,
+                                        patch.bounds if has_centers else None,
                                         patch.scene.crs, looks, patch.split, region,
                                         why_chosen(parts, chosen_parts, used)))
         folder = write_handout(workspace.root / "rounds" / f"round-{number:03d}", number, used,
                                version.name if version else None, handout)
     return RoundResult(number, used, version.name if version else None, handout, folder, scored, notes)
+
+
+def _center(bounds: tuple[float, float, float, float] | None) -> tuple[float, float]:
+    if bounds is None:
+        return np.nan, np.nan
+    minx, miny, maxx, maxy = bounds
+    return (minx + maxx) / 2, (miny + maxy) / 2
 
 
 def _cached_components(session: Session, pool: list[Patch], version: ModelVersion | None) -> list[dict[str, Any]]:

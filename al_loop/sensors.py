@@ -260,15 +260,16 @@ def to_etm(raw: Mapping[str, np.ndarray], sensor: Sensor, cal: Calibration | Non
         if own in raw:
             radiance[channel] = _etm_radiance(sensor, cal, channel, raw[own])
             out[channel] = np.where(raw[own] > 0, _etm_dn(radiance[channel], channel), 0).astype(np.float32)
-    if sensor.thermal in raw and cal.thermal:
-        dn = raw[sensor.thermal]
-        mult, add = cal.radiance[sensor.thermal]
+    thermal = sensor.thermal
+    if thermal is not None and thermal in raw and cal.thermal:
+        dn = raw[thermal]
+        mult, add = cal.radiance[thermal]
         kelvin = _kelvin(mult * dn + add, *cal.thermal)
         etm_radiance = _planck_radiance(kelvin, THERMAL_K1, THERMAL_K2)
         for channel in THERMAL_CHANNELS:
             out[channel] = np.where(dn > 0, _etm_dn(etm_radiance, channel), 0).astype(np.float32)
     if set(PAN_WEIGHTS) <= set(radiance):
-        pan = sum(weight * radiance[c] for c, weight in PAN_WEIGHTS.items())
+        pan = np.asarray(sum(weight * radiance[c] for c, weight in PAN_WEIGHTS.items()))
         filled = np.logical_or.reduce([out[c] == 0 for c in PAN_WEIGHTS])
         out["B8"] = np.where(filled, 0, _etm_dn(pan, "B8")).astype(np.float32)
     if "BQA" in raw:
@@ -278,7 +279,8 @@ def to_etm(raw: Mapping[str, np.ndarray], sensor: Sensor, cal: Calibration | Non
 
 def synthesised_pan(channels: Mapping[str, np.ndarray]) -> np.ndarray:
     """The ETM+ pan DN synthesised from ETM+ B2-B4 DN, as :func:`to_etm` does for TM and OLI."""
-    pan = sum(w * _etm_radiance_from_dn(np.asarray(channels[c], np.float32), c) for c, w in PAN_WEIGHTS.items())
+    pan = np.asarray(sum(w * _etm_radiance_from_dn(np.asarray(channels[c], np.float32), c)
+                         for c, w in PAN_WEIGHTS.items()))
     return _etm_dn(pan, "B8")
 
 

@@ -38,12 +38,12 @@ from al_loop.model.checkpoints import load_version
 from al_loop.model.data import HeldPixels, Sample, class_names, labelled_patches, to_target
 from al_loop.model.inference import pick_device
 from al_loop.model.training import evaluate_samples
-from al_loop.retrain import run_training
 from al_loop.rounds import next_round
 from al_loop.sampling import acquisition
 from al_loop.sampling.regions import Region
 from al_loop.synthetic import Cover, make_scene
 from al_loop.tiling import patch_windows
+from al_loop.training_run import run_training
 from al_loop.validation import Block, block_key, choose_validation_blocks
 from al_loop.workspace import init_workspace, open_store
 from db import queries, registry
@@ -284,7 +284,7 @@ def _test_iou(workspace: Workspace, store: Store, ground: Ground, cfg: Simulatio
               cache: dict[tuple, list[Sample]]) -> dict[str, float]:
     """The champion's IoU on the test region: clean ice, debris and glacier (NaN: n/a)."""
     with store.session() as session:
-        version = registry.champion(session)
+        version = registry.version_or_champion(session)
         model, _ = load_version(workspace, version)
         norm, channels, classes = version.normalization, list(version.channels), list(version.classes)
     key = (tuple(channels), tuple(classes))
@@ -433,7 +433,7 @@ def _run_strategy(work, template, oracle, spec, seed, n_seed, ground, cfg, cache
         regions = {p.patch_id: Region(*p.region) for p in chosen.patches if p.region}
         oracle.label(store, ids, regions)
         with store.session() as session:
-            parent = registry.champion(session).name
+            parent = registry.version_or_champion(session).name
         run_training(ws, store, parent_name=parent, quiet=True, trigger="simulation")
         area = cfg.patch_size ** 2
         curve.labels.append(curve.labels[-1] + sum(regions[i].pixels / area if i in regions else 1 for i in ids))
@@ -516,9 +516,9 @@ def _report(out: Path, curves: list[Curve], reference: dict[int, dict[str, float
         )
     summary_path = out / "summary.csv"
     with open(summary_path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(summary[0]))
-        writer.writeheader()
-        writer.writerows(summary)
+        table = csv.DictWriter(handle, fieldnames=list(summary[0]))
+        table.writeheader()
+        table.writerows(summary)
     png = out / "learning_curves.png"
     _plot(curves, reference, cfg, png)
     return {"csv": csv_path, "summary": summary_path, "png": png, "rows": summary,

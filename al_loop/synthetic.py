@@ -250,8 +250,8 @@ def _noise(rng: np.random.Generator, shape: tuple[int, int], wavelength: float) 
     first_col, col_weights = _bspline_taps(shape[1], wavelength)
     grid = rng.standard_normal((first_row[-1] + 4, first_col[-1] + 4), dtype=np.float32)
     # columns first, on the coarse rows; gathering whole rows last keeps the result C-ordered
-    cols = sum(w[None, :] * grid[:, first_col + k] for k, w in enumerate(col_weights))
-    field = sum(w[:, None] * cols[first_row + k] for k, w in enumerate(row_weights))
+    cols = np.asarray(sum(w[None, :] * grid[:, first_col + k] for k, w in enumerate(col_weights)))
+    field = np.asarray(sum(w[:, None] * cols[first_row + k] for k, w in enumerate(row_weights)))
     return (field - field.mean()) / (field.std() + 1e-6)
 
 

@@ -80,6 +80,8 @@ def pixel_size_metres(
         )
     latitude = np.radians(transform.f + (rows + 0.5) * transform.e)
     ellipsoid = crs.ellipsoid
+    if ellipsoid is None:
+        raise ValueError(f"the geographic CRS {crs.name} names no ellipsoid: pixel sizes in metres are unknown")
     e2 = 1 - (ellipsoid.semi_minor_metre / ellipsoid.semi_major_metre) ** 2
     w = np.sqrt(1 - e2 * np.sin(latitude) ** 2)
     prime_vertical = ellipsoid.semi_major_metre / w

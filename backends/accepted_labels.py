@@ -244,7 +244,7 @@ def apply(session: Session, annotation: Annotation, known: Known | None = None) 
             return "retired"
         return "empty" if annotation.empty else "skipped"
     updated_at = annotation.updated_at.isoformat() if annotation.updated_at else None
-    details = {
+    details: dict[str, Any] = {
         "label_studio_project": annotation.project,
         "label_studio_annotation": annotation.annotation_id,
         "label_studio_task": annotation.task_id,
@@ -258,8 +258,11 @@ def apply(session: Session, annotation: Annotation, known: Known | None = None) 
         details["no_glacier"] = True
     if annotation.email:
         details["email"] = annotation.email
+    patch = known.patches.get(annotation.patch_id)
+    if patch is None or annotation.mask is None:  # read_annotation found the patch; only a skip has no mask
+        raise AnnotationError(f"patch {annotation.patch_id} is not in the store, or the annotation has no mask")
     label, outcome = save_revision(
-        session, known.patches.get(annotation.patch_id), annotation.mask, previous,
+        session, patch, annotation.mask, previous,
         source=SOURCE, origin=annotation.origin, author=annotation.email or annotation.author, details=details,
         packed=annotation.packed_mask,
     )
@@ -289,8 +292,8 @@ def set_author_emails(session: Session, emails: dict[str, str]) -> int:
     ``emails`` (user id -> email); returns how many labels changed."""
     changed = 0
     for label in queries.labels_by_authors(session, SOURCE, list(emails)):
-        label.details = {**label.details, "email": emails[label.author]}
-        label.author = emails[label.author]
+        email = emails[label.author or ""]  # the query found it among the keys
+        label.details, label.author = {**label.details, "email": email}, email
         changed += 1
     return changed
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from al_loop.config import CONFIG_FILE, Workspace, open_workspace, write_config
 from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
-from al_loop.retrain import run_training
 from al_loop.rounds import next_round
 from al_loop.synthetic import make_scene
+from al_loop.training_run import run_training
 from al_loop.workspace import init_workspace, open_store
 from db import queries, registry
 from db.session import Store

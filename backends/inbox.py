@@ -68,7 +68,7 @@ def to_record(item: Item) -> dict[str, Any]:
         "lead_time": item.lead_time, "updated_at": item.updated_at.isoformat() if item.updated_at else None,
         "mask": None,
     }
-    if item.mask is not None:
+    if item.mask is not None and item.packed_mask is not None:
         record["mask"] = base64.b64encode(item.packed_mask).decode()
         record["shape"] = list(item.mask.shape)
     return record
@@ -117,7 +117,7 @@ class Inbox:
         """Deliveries left from before, oldest first; None for a file that cannot be read.
         ``older_than_s``: only files at least this old (younger ones may be in the hands of
         another server process)."""
-        out = []
+        out: list[tuple[Path, Item | None]] = []
         now_ns = time.time_ns()
         for path in sorted(self.folder.glob("*.json")):
             if older_than_s and now_ns - _written_ns(path) < older_than_s * 1e9:

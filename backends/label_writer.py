@@ -193,7 +193,7 @@ class LabelWriter:
 
     def _done(self, w: _Work, outcome: Counter) -> None:
         self.outcomes += outcome
-        if w.path is not None:
+        if w.path is not None and self.inbox is not None:
             self.inbox.done(w.path)
             with self._lock:
                 self._in_flight.discard(w.path)
@@ -202,7 +202,7 @@ class LabelWriter:
     def _failed(self, w: _Work, exc: Exception, permanent: bool) -> None:
         log.error("%s not stored%s", describe(w.item), "" if permanent else " yet (it stays in the inbox)",
                   exc_info=exc)
-        if w.path is not None:
+        if w.path is not None and self.inbox is not None:
             if permanent:
                 self.inbox.set_aside(w.path, f"{type(exc).__name__}: {exc}")
             with self._lock:

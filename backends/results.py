@@ -320,9 +320,10 @@ def _box_layer(index: int, region: dict, height: int, width: int) -> np.ndarray:
     value = region.get("value")
     if not isinstance(value, dict):
         raise _error(index, "missing value")
-    numbers = [value.get(k) for k in ("x", "y", "width", "height")]
-    if not all(type(v) in (int, float) and math.isfinite(v) for v in numbers):
-        raise _error(index, f"a region box needs numeric x, y, width and height in percent, found {numbers}")
+    found = [value.get(k) for k in ("x", "y", "width", "height")]
+    numbers = [float(v) for v in found if isinstance(v, int | float) and not isinstance(v, bool)]
+    if len(numbers) != len(found) or not all(math.isfinite(v) for v in numbers):
+        raise _error(index, f"a region box needs numeric x, y, width and height in percent, found {found}")
     if value.get("rotation", 0) not in (0, 0.0, None):
         raise _error(index, f"a region box must not be rotated, found rotation {value.get('rotation')}")
     x, y, w, h = numbers

@@ -81,7 +81,7 @@ def decode(rle: bytes | list[int], expected: int) -> np.ndarray:
     if n > longest + 7:
         raise ValueError(f"the stream has {n} bits, more than any encoding of {count} values takes ({longest})")
     windows = _windows16(data)
-    at = memoryview(windows)  # indexing gives Python ints without a copy of the whole array
+    at = windows.data  # a memoryview: indexing gives Python ints without a copy of the whole array
     starts, runs = [], []
     pos, done = _HEADER_BITS, 0
     while done < count:

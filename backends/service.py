@@ -19,8 +19,8 @@ import time
 from al_loop import jobs
 from al_loop.config import Workspace
 from al_loop.gate import describe_change
-from al_loop.retrain import TrainingReport
 from al_loop.rounds import next_round
+from al_loop.training_run import TrainingReport
 from backends import studio
 from backends.accepted_labels import PatchSizes
 from backends.inbox import Inbox
@@ -116,7 +116,7 @@ class Backend:
         if self.workspace.config.retraining.auto_next_round:
             chosen = next_round(self.workspace, self.store, quiet=True)
             log.info("round %d: %d patches chosen with %s", chosen.number, len(chosen.patches), chosen.model_version)
-            if ls is not None:
+            if ls is not None and project_id is not None:
                 tasks = studio.import_round(ls, self.workspace, self.store, project_id, chosen.number)
                 studio.push_predictions(ls, self.workspace, self.store, self.holder, project_id, tasks)
 
@@ -252,7 +252,8 @@ def _serve_one(workspace: Workspace, listener, index: int, processes: int, level
         backend.sync()
     backend.start(worker=first and workspace.config.backend.worker)
     try:
-        config = uvicorn.Config(create_app(backend), log_level="warning", timeout_graceful_shutdown=STOP_WAIT_S / 2)
+        config = uvicorn.Config(create_app(backend), log_level="warning",
+                                timeout_graceful_shutdown=int(STOP_WAIT_S) // 2)
         uvicorn.Server(config).run(sockets=[listener])
     except KeyboardInterrupt:
         pass

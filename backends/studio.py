@@ -258,7 +258,8 @@ def import_round(ls, workspace: Workspace, store: Store, project_id: int, number
         existing = queries.patch_tasks(session, [rp.patch_id for rp in todo], prefix)
         strategy = round_patches[0].round.strategy if round_patches else ""
         components = [rp.components for rp in round_patches]
-        data = {rp.patch_id: task_data(workspace, session.get(Patch, rp.patch_id), number, rp, strategy, components)
+        patches = {p.id: p for p in queries.patches_by_id(session, [rp.patch_id for rp in todo], with_scenes=True)}
+        data = {rp.patch_id: task_data(workspace, patches[rp.patch_id], number, rp, strategy, components)
                 for rp in todo}
     reused = {rp.patch_id: existing[rp.patch_id] for rp in todo if rp.patch_id in existing}
     for patch_id, task_id in reused.items():
@@ -274,8 +275,9 @@ def import_round(ls, workspace: Workspace, store: Store, project_id: int, number
         created = {rp.patch_id: task_id for rp, task_id in zip(new, task_ids)}
     tasks = {**reused, **created}
     with store.session() as session:
-        for rp in todo:
-            session.get(RoundPatch, rp.id).external_id = _external_id(project_id, tasks[rp.patch_id])
+        for rp in queries.round_patches(session, number):
+            if rp.patch_id in tasks:
+                rp.external_id = _external_id(project_id, tasks[rp.patch_id])
     return tasks
 
 
@@ -285,11 +287,12 @@ def refresh_open_tasks(ls, workspace: Workspace, store: Store, project_id: int) 
     tasks = open_tasks(store, project_id)
     with store.session() as session:
         rows = queries.open_round_patches(session, list(tasks))
+        patches = {p.id: p for p in queries.patches_by_id(session, [rp.patch_id for rp in rows], with_scenes=True)}
         data = {}
         for rp in rows:
             siblings = [other.components for other in rp.round.patches]
-            data[rp.patch_id] = task_data(workspace, session.get(Patch, rp.patch_id), rp.round.number, rp,
-                                          rp.round.strategy, siblings)
+            data[rp.patch_id] = task_data(workspace, patches[rp.patch_id], rp.round.number, rp, rp.round.strategy,
+                                          siblings)
     for patch_id, values in data.items():
         ls.tasks.update(id=tasks[patch_id], data=values)
     return len(data)
@@ -327,9 +330,9 @@ def _describe_scene(patch: Patch) -> list[str]:
     found = path_row(scene.name)
     if found:
         words.append(f"path {found[0]:03d} row {found[1]:03d}")
-    if scene.crs and None not in (patch.minx, patch.miny, patch.maxx, patch.maxy):
-        xs, ys = transform(CRS.from_wkt(scene.crs), "EPSG:4326", [(patch.minx + patch.maxx) / 2],
-                           [(patch.miny + patch.maxy) / 2])
+    if scene.crs and patch.bounds:
+        minx, miny, maxx, maxy = patch.bounds
+        xs, ys = transform(CRS.from_wkt(scene.crs), "EPSG:4326", [(minx + maxx) / 2], [(miny + maxy) / 2])
         words.append(f"centre {abs(ys[0]):.4f}° {'N' if ys[0] >= 0 else 'S'}, "
                      f"{abs(xs[0]):.4f}° {'E' if xs[0] >= 0 else 'W'}")
     return words
@@ -373,7 +376,8 @@ def sync(workspace: Workspace, store: Store) -> SyncReport:
     not stored."""
     ls = client(workspace)
     project = project_or_fail(ls, workspace)
-    outcomes, problems, seen, n_tasks = Counter(), [], set(), 0
+    outcomes: Counter[str] = Counter()
+    problems, seen, n_tasks = [], set(), 0
     sizes = accepted_labels.PatchSizes(store)
     for task in ls.tasks.list(project=project.id, fields="all"):
         n_tasks += 1

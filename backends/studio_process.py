@@ -248,21 +248,21 @@ class LabelStudioServer:
             if self.persistent_data_dir is None:
                 template = ensure_template(exe)
                 self._temp_dir = Path(tempfile.mkdtemp(prefix="alloop-ls-"))
-                self.data_dir = self._temp_dir / "data"
-                shutil.copytree(template, self.data_dir, symlinks=True)
-                self.log_path = self._temp_dir / "label-studio.log"
+                data_dir = self.data_dir = self._temp_dir / "data"
+                shutil.copytree(template, data_dir, symlinks=True)
+                log_path = self.log_path = self._temp_dir / "label-studio.log"
                 self._settle_credentials(saved=None)
             else:
-                self.data_dir = self.persistent_data_dir
-                if not self.data_dir.exists():  # a first start: begin migrated, like the copies
-                    shutil.copytree(ensure_template(exe), self.data_dir, symlinks=True)
-                self.log_path = self.data_dir / "label-studio.log"
-                self._settle_persistent_credentials()
+                data_dir = self.data_dir = self.persistent_data_dir
+                if not data_dir.exists():  # a first start: begin migrated, like the copies
+                    shutil.copytree(ensure_template(exe), data_dir, symlinks=True)
+                log_path = self.log_path = data_dir / "label-studio.log"
+                self._settle_persistent_credentials(data_dir)
             attempts = 1 if self._asked_port is not None else _PORT_ATTEMPTS
             for attempt in range(1, attempts + 1):
-                self.port = self._asked_port or free_port()
+                port = self.port = self._asked_port or free_port()
                 try:
-                    self._launch(exe)
+                    self._launch(exe, data_dir, log_path, port)
                     break
                 except _PortTaken:
                     if attempt == attempts:
@@ -301,8 +301,8 @@ class LabelStudioServer:
                     "credentials only on the first start of a data dir"
                 )
 
-    def _settle_persistent_credentials(self) -> None:
-        path = self.data_dir / CREDENTIALS_FILE
+    def _settle_persistent_credentials(self, data_dir: Path) -> None:
+        path = data_dir / CREDENTIALS_FILE
         saved = json.loads(path.read_text()) if path.exists() else None
         self._settle_credentials(saved)
         if saved is None:
@@ -312,12 +312,12 @@ class LabelStudioServer:
             with os.fdopen(fd, "w") as f:
                 json.dump(self._credentials, f, indent=2)
 
-    def _launch(self, exe: Path) -> None:
+    def _launch(self, exe: Path, data_dir: Path, log_path: Path, port: int) -> None:
         if self.persistent_data_dir is not None:
-            self._stop_orphan()
-        if port_in_use(self.port):
-            raise _PortTaken(f"port {self.port} is in use by another program (another Label Studio?)")
-        env = _base_env(self.data_dir, self.document_root)
+            self._stop_orphan(data_dir)
+        if port_in_use(port):
+            raise _PortTaken(f"port {port} is in use by another program (another Label Studio?)")
+        env = _base_env(data_dir, self.document_root)
         env.update(
             LABEL_STUDIO_USERNAME=self.username,
             LABEL_STUDIO_PASSWORD=self.password,
@@ -327,31 +327,31 @@ class LabelStudioServer:
         # already in use.") instead of a silent move to the next free port.
         args = [
             str(exe), "start", "--no-browser", "--debug",
-            "--internal-host", HOST, "-p", str(self.port),
+            "--internal-host", HOST, "-p", str(port),
         ]
-        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
+        log_offset = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:
+            process = self._process = subprocess.Popen(
                 args,
                 env=env,
-                cwd=self.data_dir,
+                cwd=data_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: stop() signals all of it
             )
-        self.pid = self._process.pid
+        self.pid = process.pid
         if self.persistent_data_dir is not None:
-            (self.data_dir / PID_FILE).write_text(str(self.pid))
-        self._wait_ready(log_offset)
+            (data_dir / PID_FILE).write_text(str(self.pid))
+        self._wait_ready(process, log_path, log_offset)
 
-    def _wait_ready(self, log_offset: int) -> None:
+    def _wait_ready(self, process: subprocess.Popen, log_path: Path, log_offset: int) -> None:
         deadline = time.monotonic() + self.start_timeout
         health = f"{self.url}/health"
         while True:
-            code = self._process.poll()
+            code = process.poll()
             if code is not None:
-                log = _tail(self.log_path, log_offset)
+                log = _tail(log_path, log_offset)
                 self._terminate()
                 if "That port is already in use" in log:
                     raise _PortTaken(self._failure(f"port {self.port} was taken", log))
@@ -361,13 +361,13 @@ class LabelStudioServer:
                     if response.status == 200:
                         if self._answers_as_ours():
                             return
-                        log = _tail(self.log_path, log_offset)
+                        log = _tail(log_path, log_offset)
                         self._terminate()
                         raise _PortTaken(self._failure(f"another server answers on port {self.port}", log))
             except (urllib.error.URLError, http.client.HTTPException, OSError):
                 pass
             if time.monotonic() >= deadline:
-                log = _tail(self.log_path, log_offset)
+                log = _tail(log_path, log_offset)
                 self._terminate()
                 raise self._failure(f"no 200 from {health} after {self.start_timeout}s", log)
             time.sleep(_POLL_INTERVAL_S)
@@ -388,10 +388,10 @@ class LabelStudioServer:
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
             return False
 
-    def _stop_orphan(self) -> None:
+    def _stop_orphan(self, data_dir: Path) -> None:
         """Stop a Label Studio an earlier run left on this data dir (its process was killed
         before it could stop it), so that it does not keep the port."""
-        path = self.data_dir / PID_FILE
+        path = data_dir / PID_FILE
         try:
             pid = int(path.read_text())
         except (OSError, ValueError):
@@ -427,7 +427,7 @@ class LabelStudioServer:
             login = session.post("/user/login/", data=form, headers={"Referer": f"{self.url}/user/login/"})
             if login.status_code != 302:
                 raise LabelStudioUnavailable(f"cannot log in to {self.url} as {self.username}: {login.status_code}")
-            created = session.post("/api/token/", headers={"X-CSRFToken": session.cookies.get("csrftoken", ""),
+            created = session.post("/api/token/", headers={"X-CSRFToken": session.cookies.get("csrftoken") or "",
                                                            "Referer": f"{self.url}/"})
             if created.status_code != 201:
                 raise LabelStudioUnavailable(f"no personal access token from {self.url}: {created.status_code} "

@@ -33,9 +33,9 @@ from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
 from al_loop.model.inference import predict_proba
 from al_loop.model.normalization import normalize
 from al_loop.patches import read_patch
-from al_loop.retrain import run_training
 from al_loop.rounds import next_round
 from al_loop.synthetic import make_scene
+from al_loop.training_run import run_training
 from al_loop.workspace import init_workspace, open_store
 from backends.label_config import label_config
 from backends.predictor import FORMATS, predict_masks, to_prediction

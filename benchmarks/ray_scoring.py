@@ -23,7 +23,7 @@ from sqlalchemy import delete, select
 
 from al_loop import rounds
 from al_loop.ingest import ingest_synthetic_scene
-from al_loop.retrain import run_training
+from al_loop.training_run import run_training
 from al_loop.workspace import init_workspace, open_store
 from db import registry
 from db.models import PatchScore

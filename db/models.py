@@ -93,6 +93,13 @@ class Patch(Base):
     scene: Mapped[Scene] = relationship(back_populates="patches")
     labels: Mapped[list[Label]] = relationship(back_populates="patch")
 
+    @property
+    def bounds(self) -> tuple[float, float, float, float] | None:
+        """(minx, miny, maxx, maxy) in the scene's CRS; None for a patch not placed on the ground."""
+        if self.minx is None or self.miny is None or self.maxx is None or self.maxy is None:
+            return None
+        return self.minx, self.miny, self.maxx, self.maxy
+
 
 class Label(Base):
     """A label mask for one patch (see :mod:`al_loop.classes` for its encoding).

@@ -31,7 +31,7 @@ JOB_QUEUE_LOCK = 7_240_511  # PostgreSQL advisory lock key of the training job q
 
 def lock_job_queue(session: Session) -> None:
     """Serialise changes to the training job queue until the transaction ends."""
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": JOB_QUEUE_LOCK})
     else:
         # SQLite: take the writer lock now, so that no other process reads the queue between
@@ -194,7 +194,7 @@ def patch_tasks(session: Session, patch_ids: list[int], prefix: str) -> dict[int
     """Patch id -> the external task id (``<prefix><task>``) an earlier round gave it."""
     rows = session.execute(select(RoundPatch.patch_id, RoundPatch.external_id).where(
         RoundPatch.patch_id.in_(patch_ids), RoundPatch.external_id.startswith(prefix)))
-    return {patch_id: int(external[len(prefix):]) for patch_id, external in rows}
+    return {patch_id: int(external[len(prefix):]) for patch_id, external in rows if external is not None}
 
 
 def annotation_authors_without_email(session: Session) -> set[str]:
@@ -254,7 +254,8 @@ def block_splits(session: Session, block: int, key) -> dict[tuple, str]:
     block); a block whose patches disagree (single patches held out) is left out."""
     found: dict[tuple, set[str]] = {}
     for patch in session.scalars(select(Patch).where(Patch.split.is_not(None))):
-        found.setdefault(key(patch, block), set()).add(patch.split)
+        if patch.split is not None:
+            found.setdefault(key(patch, block), set()).add(patch.split)
     return {k: v.pop() for k, v in found.items() if len(v) == 1}
 
 
@@ -263,7 +264,7 @@ def split_counts(session: Session, ids: list[int] | None = None) -> dict[str, in
     query = select(Patch.split, func.count()).where(Patch.split.is_not(None)).group_by(Patch.split)
     if ids is not None:
         query = query.where(Patch.id.in_(ids))
-    return {"train": 0, "val": 0, **dict(session.execute(query).all())}
+    return {"train": 0, "val": 0, **{split: n for split, n in session.execute(query) if split is not None}}
 
 
 def split_classes(session: Session, pixels: dict[int, dict[str, int]]) -> tuple[set[str], set[str]]:
@@ -486,12 +487,16 @@ def open_round_patches(session: Session, patch_ids: list[int]) -> list[RoundPatc
 def unlabelled_open_tasks(session: Session, prefix: str) -> list[tuple[int, str]]:
     """(patch id, external id) of the unlabelled patches in open rounds whose external id starts
     with ``prefix``, in round and rank order."""
-    return list(session.execute(
+    rows = session.execute(
         select(RoundPatch.patch_id, RoundPatch.external_id).join(Round)
         .where(Round.status == "open", RoundPatch.external_id.startswith(prefix))
         .where(RoundPatch.patch_id.not_in(labelled_patch_ids()))
-        .order_by(Round.number, RoundPatch.rank)
-    ).all())
+        .order_by(Round.number, RoundPatch.rank))
+    return [(patch_id, external) for patch_id, external in rows if external is not None]
+
+
+def labels_by_id(session: Session, ids: list[int]) -> list[Label]:
+    return list(session.scalars(select(Label).where(Label.id.in_(ids)).order_by(Label.id)))
 
 
 def newest_label_id(session: Session) -> int:

@@ -16,6 +16,17 @@ def champion(session: Session) -> ModelVersion | None:
     return session.scalar(select(ModelVersion).where(ModelVersion.status == "champion"))
 
 
+def version_or_champion(session: Session, name: str | None = None) -> ModelVersion:
+    """Version ``name``, or the champion when no name is given; an error saying what to do when
+    there is none."""
+    if name:
+        return version(session, name)
+    found = champion(session)
+    if found is None:
+        raise RegistryError("no champion model yet: train one with `al-loop train`")
+    return found
+
+
 def version(session: Session, name: str) -> ModelVersion:
     found = session.scalar(select(ModelVersion).where(ModelVersion.name == name))
     if found is None:

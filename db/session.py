@@ -36,7 +36,7 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def _alembic_config(engine: Engine) -> AlembicConfig:
+def _alembic_config(engine: Engine | None) -> AlembicConfig:
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["engine"] = engine
@@ -44,7 +44,10 @@ def _alembic_config(engine: Engine) -> AlembicConfig:
 
 
 def head_revision() -> str:
-    return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
+    head = ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
+    if head is None:
+        raise SchemaError(f"{MIGRATIONS} holds no migration: this al-loop installation is incomplete")
+    return head
 
 
 def current_revision(engine: Engine) -> str | None:

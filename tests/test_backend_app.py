@@ -18,9 +18,9 @@ from al_loop.effort import effort_points
 from al_loop.model.data import IGNORE, labelled_patches, load_samples
 from al_loop.model.training import loss_fn
 from al_loop.prelabels import clean_prediction
-from al_loop.retrain import run_training
 from al_loop.rounds import next_round
 from al_loop.sampling.regions import Region
+from al_loop.training_run import run_training
 from backends import SECRET_HEADER
 from backends.app import create_app
 from backends.label_config import label_config

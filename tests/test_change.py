@@ -18,8 +18,8 @@ from al_loop.export import rasterize_inventory
 from al_loop.ingest import ingest_hkh_tile
 from al_loop.io.inventory import read_inventory
 from al_loop.label_ingest import ingest_labels
-from al_loop.retrain import run_training
 from al_loop.synthetic import generate, make_scene
+from al_loop.training_run import run_training
 from al_loop.workspace import init_workspace, open_store
 from tests.test_export import _inventory
 from tests.test_rounds import labelled_and_pool

@@ -26,8 +26,8 @@ from al_loop.export import EXPERT, INVENTORY, MODEL, export_scene
 from al_loop.ingest import ingest_hkh_tile
 from al_loop.io.inventory import InventoryError, read_inventory
 from al_loop.outlines import LAYERS, apply_mapping_unit
-from al_loop.retrain import run_training
 from al_loop.synthetic import make_scene
+from al_loop.training_run import run_training
 from db.models import Label, Patch
 from db.queries import save_label
 from tests.test_rounds import labelled_and_pool

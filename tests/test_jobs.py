@@ -12,8 +12,8 @@ from sqlalchemy import select
 from al_loop import jobs
 from al_loop.classes import BACKGROUND, DEBRIS
 from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
-from al_loop.retrain import run_training
 from al_loop.synthetic import make_scene
+from al_loop.training_run import run_training
 from al_loop.workspace import open_store
 from db.models import ModelVersion, Patch, TrainingJob
 from db.queries import save_label

@@ -23,9 +23,9 @@ from sqlalchemy import select
 from al_loop.classes import BACKGROUND, CLEAN_ICE, DEBRIS, UNLABELED
 from al_loop.config import write_config
 from al_loop.io.views import VIEW_SIZE
-from al_loop.retrain import run_training
 from al_loop.rounds import next_round, pool_patches
 from al_loop.sampling.regions import Region
+from al_loop.training_run import run_training
 from backends import SECRET_HEADER, studio
 from backends.label_config import VIEW_DATA_KEYS
 from backends.results import mask_to_brush_results, results_to_mask

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import delete, select
 
 from al_loop import rounds
-from al_loop.retrain import run_training
+from al_loop.training_run import run_training
 from backends.studio_process import free_port
 from db import registry
 from db.models import PatchScore

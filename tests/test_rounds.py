@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import func, select
 
 from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
-from al_loop.retrain import run_training
 from al_loop.rounds import next_round, pool_patches, query_regions
 from al_loop.sampling import cost
 from al_loop.synthetic import make_scene
+from al_loop.training_run import run_training
 from al_loop.workspace import init_workspace, open_store
 from db.models import Label, PatchScore, Round, RoundPatch
 from db.queries import labelled_training_patch_count, unpack_mask

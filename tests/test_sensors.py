@@ -20,8 +20,8 @@ from al_loop.config import open_workspace
 from al_loop.io import landsat
 from al_loop.io.rasters import RasterInputError
 from al_loop.prediction import NODATA_CLASS, predict_scene_file
-from al_loop.retrain import run_training
 from al_loop.synthetic import make_level1_folder
+from al_loop.training_run import run_training
 from al_loop.workspace import open_store
 from db.models import Scene
 from tests.test_rounds import labelled_and_pool

@@ -15,7 +15,7 @@ from al_loop.ingest import ingest_synthetic_scene
 from al_loop.model.checkpoints import CheckpointError, atomic_save, load_model
 from al_loop.model.data import TrainingDataError, split_samples
 from al_loop.model.training import TrainingCancelled, train
-from al_loop.retrain import run_training
+from al_loop.training_run import run_training
 from al_loop.workspace import init_workspace, open_store
 from cli import app
 from db.models import Label, ModelVersion, Scene, TrainingJob
@@ -260,7 +260,7 @@ def test_cli_trains_lists_evaluates_predicts_and_rolls_back(tmp_path):
 
 def test_a_cancelled_job_keeps_its_checkpoint_and_resumes_to_a_model(scene_ws):
     from al_loop.jobs import JobError, request_cancel
-    from al_loop.retrain import models_dir
+    from al_loop.training_run import models_dir
 
     ws, store = scene_ws
     calls = iter([False, True])

@@ -8,8 +8,8 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from al_loop.ingest import ingest_synthetic_scene
-from al_loop.retrain import run_training
 from al_loop.rounds import next_round
+from al_loop.training_run import run_training
 from al_loop.validation import Block, SplitSettingsChanged, assign_splits, choose_validation_blocks
 from al_loop.workspace import open_store
 from cli import app

@@ -56,7 +56,7 @@ def write_handout(folder: Path, round_number: int, strategy: str, model: str | N
                              "whole patch" if p.region is None else " ".join(map(str, p.region)), p.why,
                              f"{p.score:.6f}", *(f"{p.components.get(n, float('nan')):.6f}" for n in names),
                              ";".join(copied)])
-    features = [_feature(p, round_number) for p in patches if p.bounds and p.crs]
+    features = [_feature(p, p.bounds, p.crs, round_number) for p in patches if p.bounds and p.crs]
     (tmp / "footprints.geojson").write_text(json.dumps(
         {"type": "FeatureCollection", "name": f"round {round_number} ({strategy}, model {model or 'none'})",
          "features": features}))
@@ -65,10 +65,11 @@ def write_handout(folder: Path, round_number: int, strategy: str, model: str | N
     return folder
 
 
-def _feature(p: HandoutPatch, round_number: int) -> dict[str, Any]:
-    minx, miny, maxx, maxy = p.bounds
+def _feature(p: HandoutPatch, bounds: tuple[float, float, float, float], crs: str, round_number: int
+             ) -> dict[str, Any]:
+    minx, miny, maxx, maxy = bounds
     ring = [(minx, miny), (maxx, miny), (maxx, maxy), (minx, maxy), (minx, miny)]
-    geometry = transform_geom(CRS.from_wkt(p.crs), "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})
+    geometry = transform_geom(CRS.from_wkt(crs), "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})
     return {"type": "Feature", "geometry": geometry,
             "properties": {"round": round_number, "rank": p.rank, "patch_id": p.patch_id, "scene": p.scene,
                            "label_used_for": SPLIT_WORDS[p.split], "why_chosen": p.why, "score": p.score,

@@ -75,7 +75,8 @@ class VectorLabels:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(minx, miny, maxx, maxy) of all polygons in ``crs``."""
-        return tuple(float(v) for v in shapely.total_bounds(self.geometries))
+        minx, miny, maxx, maxy = (float(v) for v in shapely.total_bounds(self.geometries))
+        return minx, miny, maxx, maxy
 
 
 def load_vector_labels(
@@ -116,9 +117,9 @@ def _codes_by_value(
     if attribute is None:
         if mapping is not None:
             raise LabelInputError(path, "a class mapping was given without an attribute to map")
-        names = {None: default_class}
+        names: dict[str | None, str] = {None: default_class}
     else:
-        names = dict(mapping) if mapping is not None else {name: name for name in LABEL_CODES}
+        names = {value: name for value, name in (mapping or {name: name for name in LABEL_CODES}).items()}
     try:
         return {value: label_code(name) for value, name in names.items()}
     except ValueError as error:
@@ -146,7 +147,7 @@ def _read_features(src, attribute: str | None, codes_by_value: dict[str | None, 
     """Shapely geometries (source CRS) and class codes of the mapped, non-empty features."""
     geometries, codes = [], []
     counts: dict[str, Any] = {"features": 0, "repaired": 0, "empty": 0, "not_polygonal": 0}
-    unmapped: Counter[str] = Counter()
+    unmapped: Counter[str | None] = Counter()
     for feature in src:
         counts["features"] += 1
         value = None if attribute is None else str(feature.properties[attribute])

@@ -65,7 +65,7 @@ def write_quicklooks(
 ) -> tuple[Path | None, Path | None]:
     """Write ``<stem>_rgb.png`` and ``<stem>_false.png``; returns their paths (``None`` for a
     composite the scene lacks a band of)."""
-    written = []
+    written: list[Path | None] = []
     for suffix, composite in (("rgb", NATURAL), ("false", FALSE_COLOUR)):
         image = render(pixels, channels, valid, stretch, composite)
         if image is None:

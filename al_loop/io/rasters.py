@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import rasterio
@@ -79,7 +80,7 @@ def hkh_channels(info: RasterInfo) -> list[str]:
         )
     if len(set(names)) != len(names):
         raise BandNameError(f"{info.path}: band names repeat: {names}")
-    return names
+    return cast(list[str], names)  # each a known channel by now
 
 
 def quick_fingerprint(*paths: Path, extra: str = "") -> str:

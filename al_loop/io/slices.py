@@ -41,6 +41,13 @@ class SliceEntry:
     crs: CRS | None
     transform: Affine | None  # of the slice grid, from the footprint and the array shape
 
+    @property
+    def image(self) -> Path:
+        """The image file, for slices known to have one."""
+        if self.image_path is None:
+            raise ValueError(f"{self.mask_path}: a mask without its image")
+        return self.image_path
+
 
 def find_slices(folder: Path, footprints: Path | None = None) -> list[SliceEntry]:
     """Pair the image and mask files of a slices folder with their footprints, sorted by name.
@@ -88,10 +95,11 @@ def _read_footprints(path: Path) -> tuple[dict[str, tuple[float, ...]], CRS | No
 
 def _entry(name: str, parts: dict[str, Path], footprints: dict, crs: CRS | None) -> SliceEntry:
     image, mask = parts.get("img"), parts.get("mask")
-    box = next((footprints[p.name] for p in (mask, image) if p and p.name in footprints), None)
-    transform = None
-    if box is not None:
-        rows, cols = np.load(mask or image, mmap_mode="r").shape[:2]
+    located = next((p for p in (mask, image) if p and p.name in footprints), None)
+    box = transform = None
+    if located is not None:
+        box = footprints[located.name]
+        rows, cols = np.load(located, mmap_mode="r").shape[:2]
         transform = from_bounds(*box, width=cols, height=rows)
     return SliceEntry(name, image, mask, box, crs if box is not None else None, transform)
 

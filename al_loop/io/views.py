@@ -87,7 +87,7 @@ def composite(pixels: dict[str, np.ndarray], valid: np.ndarray, stretch: dict, n
     """An RGBA composite of three named bands; a grey card naming the bands the patch lacks."""
     missing = [n for n in names if n not in pixels]
     if missing:
-        return card(*valid.shape, f"no {', '.join(missing)} in this scene")
+        return card(valid.shape[0], valid.shape[1], f"no {', '.join(missing)} in this scene")
     channels = []
     for name, flip in zip(names, invert):
         scaled = _scaled(pixels[name], stretch.get(name), valid)
@@ -162,7 +162,7 @@ def patch_views(pixels: dict[str, np.ndarray], valid: np.ndarray, stretch: dict,
         views["terrain"], step = terrain(pixels["elevation"], valid, xres, yres)
         titles["terrain"] = f"Terrain: hillshade, elevation contours every {step:g} m"
     else:
-        views["terrain"] = card(*valid.shape, "no elevation (DEM) for this scene")
+        views["terrain"] = card(valid.shape[0], valid.shape[1], "no elevation (DEM) for this scene")
     return views, titles
 
 

@@ -241,7 +241,7 @@ def split_samples(session: Session, workspace: Workspace, channels: list[str] | 
     if channels is None:
         channels = training_channels(session, list(workspace.config.model.channels),
                                      {p.patch.scene_id for p in chosen.values()})
-    by_split: dict[str, list[LabelledPatch]] = defaultdict(list)
+    by_split: dict[str | None, list[LabelledPatch]] = defaultdict(list)
     for item in chosen.values():
         by_split[item.patch.split].append(item)
     if not by_split["train"] or not by_split["val"]:

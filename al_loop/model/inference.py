@@ -99,7 +99,7 @@ def _eval_on(model: nn.Module, device: torch.device | str | None, precision: str
     device = torch.device(device)
     model.to(device)
     if device.type == "cpu":
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
     was_training = model.training
     model.eval()
     try:
@@ -219,7 +219,7 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def predict_scene(
-    model: nn.Module,
+    model: UNet,
     read_window: ReadWindow,
     height: int,
     width: int,
@@ -263,11 +263,11 @@ def predict_scene(
             batch = windows[start : start + batch_size]
             x = _on(torch.from_numpy(np.stack([_read_padded(read_window, w, tile_h, tile_w) for w in batch])), dev)
             if T > 0:
-                mean, exp_entropy, _ = _mc_sums(model, x, T, seed)
-                exp_entropy = exp_entropy.cpu().numpy()
+                mean_t, entropy_t, _ = _mc_sums(model, x, T, seed)
+                exp_entropy = entropy_t.cpu().numpy()
             else:
-                mean = _softmax(model(x))
-            mean = mean.cpu().numpy()
+                mean_t = _softmax(model(x))
+            mean = mean_t.cpu().numpy()
             if probs is None:
                 probs = np.zeros((mean.shape[1], height, width), np.float32)
             for i, (r, c, h, w) in enumerate(batch):
@@ -276,6 +276,7 @@ def predict_scene(
                 weight[r : r + h, c : c + w] += wt
                 if expected is not None:
                     expected[r : r + h, c : c + w] += wt * exp_entropy[i, :h, :w]
+    assert probs is not None  # there is at least one window
     return _finish(probs, weight, expected, read_valid, block=tile_h)
 
 

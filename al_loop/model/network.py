@@ -118,7 +118,7 @@ class UNet(nn.Module):
             raise ValueError(f"depth must be at least 1, found {depth}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), found {dropout}")
-        self.depth = depth
+        self.depth, self.in_channels = depth, in_channels
         self.dropout_everywhere = dropout_everywhere
         filters = [min(base_filters * 2**i, max_filters) for i in range(depth + 1)]
         block_dropout = dropout if dropout_everywhere else 0.0
@@ -144,9 +144,8 @@ class UNet(nn.Module):
         """A clear error for inputs the network cannot take."""
         if x.ndim != 4:
             raise ValueError(f"expected input of shape (N, C, H, W), found {tuple(x.shape)}")
-        expected_channels = self.down[0].conv1.in_channels
-        if x.shape[1] != expected_channels:
-            raise ValueError(f"expected {expected_channels} input channels, found {x.shape[1]}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, found {x.shape[1]}")
         h, w = x.shape[-2:]
         if h % self.multiple or w % self.multiple:
             raise ValueError(

@@ -90,7 +90,7 @@ PRIOR_WEIGHTS: dict[str, float] = {"glacier": 1.0, "debris": 1.0, "cloud": 0.5}
 # ---------------------------------------------------------------- helpers
 
 
-def _ramp(x: np.ndarray, start: float, end: float) -> np.ndarray:
+def _ramp(x: np.ndarray | np.floating, start: float, end: float) -> np.ndarray:
     """Smooth step: 0 at ``start``, 1 at ``end`` (either order), cubic in between; NaN stays NaN."""
     t = np.clip((np.asarray(x, dtype=np.float32) - start) / (end - start), 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
@@ -575,10 +575,8 @@ def combine(
     sizes = {name: np.shape(components[name]) for name in weights}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"components must all have one score per patch, found shapes {sizes}")
-    total = sum(
-        w * rank_normalize(components[name]) ** exponents.get(name, 1.0) for name, w in weights.items()
-    )
-    return total / sum(weights.values())
+    total = sum(w * rank_normalize(components[name]) ** exponents.get(name, 1.0) for name, w in weights.items())
+    return np.asarray(total / sum(weights.values()))
 
 
 def strategy_components(strategy: str) -> tuple[str, ...]:

@@ -76,6 +76,7 @@ def top_order(keys: np.ndarray, m: int) -> np.ndarray:
     Partitions instead of sorting the whole array: O(P + m log m).
     """
     n = len(keys)
+    candidates: np.ndarray
     if m >= n:
         candidates = np.arange(n)
     else:
@@ -105,8 +106,9 @@ class _Feasibility:
         return len(self.taken)
 
     def allows(self, i: int) -> bool:
-        if self.scene_ids is not None and self.per_scene.get(self.scene_ids[i].item(), 0) >= self.cap:
-            return False
+        if self.cap is not None and self.scene_ids is not None:
+            if self.per_scene.get(self.scene_ids[i].item(), 0) >= self.cap:
+                return False
         if self.centers is not None and self.taken:
             distances = np.hypot(*(self.centers[self.taken] - self.centers[i]).T)
             return bool(distances.min() >= self.radius)

@@ -25,10 +25,11 @@ from al_loop.model.data import (
     split_samples,
 )
 from al_loop.model.inference import pick_device
-from al_loop.model.metrics import validation_score
-from al_loop.model.training import TrainingCancelled, architecture, evaluate_samples, train
+from al_loop.model.metrics import SegmentationScores, validation_score
+from al_loop.model.network import UNet
+from al_loop.model.training import TrainingCancelled, TrainResult, architecture, evaluate_samples, train
 from db import queries, registry
-from db.models import Label, ModelVersion
+from db.models import ModelVersion
 from db.session import Store
 
 
@@ -44,6 +45,31 @@ class TrainingReport:
 
 def models_dir(workspace: Workspace) -> Path:
     return workspace.root / "models"
+
+
+@dataclass
+class _Inputs:
+    """What a run trains from, all checked before a new job is recorded."""
+
+    parent: ModelVersion | None
+    parent_model: UNet | None
+    classes: list[str]
+    data: TrainingData
+    norm: dict[str, Any]
+    arch: dict[str, Any]
+    watermark: int  # the newest label this run could see (retraining counts those after it)
+
+
+@dataclass
+class _Outcome:
+    """A trained candidate, scored and judged."""
+
+    result: TrainResult
+    overall: SegmentationScores
+    scores: dict[str, Any]
+    calibration: dict[str, Any]
+    decision: gate.GateDecision
+    champion_name: str | None
 
 
 def run_training(
@@ -70,44 +96,58 @@ def run_training(
     if claimed is not None:
         parent_name, trigger = claimed.parent, claimed.trigger
     try:
-        # Everything that can be wrong with the inputs is found before a new job is recorded.
-        with store.session() as session:
-            parent = registry.version(session, parent_name) if parent_name else None
-            classes = list(parent.classes) if parent else list(class_names(cfg.model.classes))
-            data = split_samples(session, workspace, list(parent.channels) if parent else None, class_set(classes))
-            channels = data.channels
-            parent_model = load_version(workspace, parent)[0] if parent else None
-            norm = (claimed.normalization if claimed and claimed.normalization else None) or (
-                parent.normalization if parent else normalization(data.train, channels))
-            arch = parent.config["architecture"] if parent else architecture(cfg.model)
-            # Labels up to here are the ones this run could see (retraining counts those after it).
-            watermark = queries.newest_label_id(session)
+        inputs = _inputs(workspace, store, parent_name, claimed)
     except Exception as exc:
         if claimed is not None:
             jobs.finish(store, claimed.id, worker, jobs.JobState.FAILED, error=str(exc))
         raise
+    parent = inputs.parent
     if claimed is None:
         claimed = jobs.claim(store, worker, cfg.retraining.stale_seconds, new={
             "trigger": trigger, "parent": parent.name if parent else None, "parent_id": parent.id if parent else None,
-            "normalization": norm})
+            "normalization": inputs.norm})
+        if claimed is None:
+            raise jobs.JobError("the new training job was not claimed")  # claim() raises when it cannot
     elif not claimed.normalization:
-        jobs.record_normalization(store, claimed.id, norm)
-    job_id = claimed.id
-    checkpoint = models_dir(workspace) / "jobs" / f"job-{job_id}.pt"
-    device = pick_device()
+        jobs.record_normalization(store, claimed.id, inputs.norm)
+    checkpoint = models_dir(workspace) / "jobs" / f"job-{claimed.id}.pt"
+    outcome = _run_job(workspace, store, inputs, claimed.id, worker, checkpoint, should_stop, quiet)
+    report = _register(workspace, store, inputs, outcome, claimed.id, worker, trigger)
+    checkpoint.unlink(missing_ok=True)
+    return report
+
+
+def _inputs(workspace: Workspace, store: Store, parent_name: str | None, claimed: jobs.Claimed | None) -> _Inputs:
+    cfg = workspace.config
+    with store.session() as session:
+        parent = registry.version(session, parent_name) if parent_name else None
+        classes = list(parent.classes) if parent else list(class_names(cfg.model.classes))
+        data = split_samples(session, workspace, list(parent.channels) if parent else None, class_set(classes))
+        norm = (claimed.normalization if claimed and claimed.normalization else None) or (
+            parent.normalization if parent else normalization(data.train, data.channels))
+        return _Inputs(parent, load_version(workspace, parent)[0] if parent else None, classes, data, norm,
+                       parent.config["architecture"] if parent else architecture(cfg.model),
+                       queries.newest_label_id(session))
+
+
+def _run_job(workspace: Workspace, store: Store, inputs: _Inputs, job_id: int, worker: str, checkpoint: Path,
+             should_stop: Callable[[], bool] | None, quiet: bool) -> _Outcome:
+    """Train with the job's heartbeat beating, score and judge the candidate; a cancelled or
+    failed run ends its job so."""
+    cfg, data, device = workspace.config, inputs.data, pick_device()
     interval = min(60.0, cfg.retraining.stale_seconds / 4)
     try:
         with jobs.Heartbeat(store, job_id, worker, interval) as heart:
             stop = (lambda: heart.should_stop() or should_stop()) if should_stop else heart.should_stop
             result = train(
-                data.train, data.val, arch=arch, train_cfg=cfg.training,
-                class_names=classes, norm=norm, parent=parent_model, checkpoint=checkpoint,
+                data.train, data.val, arch=inputs.arch, train_cfg=cfg.training,
+                class_names=inputs.classes, norm=inputs.norm, parent=inputs.parent_model, checkpoint=checkpoint,
                 should_stop=stop, quiet=quiet, device=device,
             )
-            overall, per_scene = evaluate_samples(result.model, data.val, norm, classes, device)
-            calibration = calibrate(result.model, data.val, norm, device)
+            overall, per_scene = evaluate_samples(result.model, data.val, inputs.norm, inputs.classes, device)
+            calibration = calibrate(result.model, data.val, inputs.norm, device)
             scores = scores_record(overall, per_scene)
-            decision, champion_name = _judge(workspace, store, scores["val"], data, channels, classes)
+            decision, champion_name = _judge(workspace, store, scores["val"], data, data.channels, inputs.classes)
             heart.should_stop()  # still ours? (raises JobLost if another runner took it over)
     except jobs.JobLost:
         raise  # the job is someone else's now: record nothing
@@ -118,55 +158,63 @@ def run_training(
     except Exception as exc:
         jobs.finish(store, job_id, worker, jobs.JobState.FAILED, error=str(exc))
         raise
+    return _Outcome(result, overall, scores, calibration, decision, champion_name)
+
+
+def _register(workspace: Workspace, store: Store, inputs: _Inputs, outcome: _Outcome, job_id: int, worker: str,
+              trigger: str) -> TrainingReport:
+    """Write the model file, then record the version, the gate's decision and the job's end in
+    one transaction."""
+    cfg, data, result, parent = workspace.config, inputs.data, outcome.result, inputs.parent
     metrics = {
-        **scores,
-        "val_score": validation_score(overall.as_dict()),
+        **outcome.scores,
+        "val_score": validation_score(outcome.overall.as_dict()),
         "validation_set": data.validation_set,
         "val_patches": len(data.val),
         "train_patches": len(data.train),
         "best_epoch": result.best_epoch,
         "epochs": result.epochs_run,
         "history": result.history,
-        "gate": decision.as_dict(),
-        "champion_before": champion_name,
-        "calibration": calibration,
+        "gate": outcome.decision.as_dict(),
+        "champion_before": outcome.champion_name,
+        "calibration": outcome.calibration,
     }
     label_ids = data.label_ids
     with store.session() as session:
         name = registry.next_name(session)
         path = models_dir(workspace) / f"{name}.pt"
-        save_model(result.model, path, channels=channels, classes=classes, architecture=arch, normalization=norm)
+        save_model(result.model, path, channels=data.channels, classes=inputs.classes, architecture=inputs.arch,
+                   normalization=inputs.norm)
         version = ModelVersion(
             name=name,
             parent_id=parent.id if parent else None,
-            channels=channels,
-            classes=classes,
-            config={"architecture": arch, "training": vars(cfg.training).copy(), "trigger": trigger,
-                    "label_watermark": watermark},
+            channels=data.channels,
+            classes=inputs.classes,
+            config={"architecture": inputs.arch, "training": vars(cfg.training).copy(), "trigger": trigger,
+                    "label_watermark": inputs.watermark},
             seed=cfg.training.seed,
-            normalization=norm,
+            normalization=inputs.norm,
             label_set_hash=label_set_hash(label_ids),
             metrics=metrics,
             checkpoint_path=workspace.relative(path),
-            labels=[session.get(Label, i) for i in label_ids],
+            labels=queries.labels_by_id(session, label_ids),
         )
         session.add(version)
         session.flush()
-        queries.save_evaluation(session, version.id, data.validation_set, len(data.val), scores)
-        if decision.passed:
+        queries.save_evaluation(session, version.id, data.validation_set, len(data.val), outcome.scores)
+        if outcome.decision.passed:
             registry.promote(session, version)
         else:
             version.status = "rejected"
         # In the same transaction: a job taken over meanwhile registers nothing (JobLost).
         jobs.finish(store, job_id, worker, jobs.JobState.DONE, result_model_id=version.id, session=session,
                     progress={"epochs": result.epochs_run, "best_epoch": result.best_epoch})
-        report = TrainingReport(job_id, name, version.status, metrics, decision.summary, list(data.split.notes))
-    checkpoint.unlink(missing_ok=True)
-    return report
+        return TrainingReport(job_id, name, version.status, metrics, outcome.decision.summary,
+                              list(data.split.notes))
 
 
 def _judge(workspace: Workspace, store: Store, candidate: dict[str, Any], data: TrainingData, channels: list[str],
-           classes: list[str]):
+           classes: list[str]) -> tuple[gate.GateDecision, str | None]:
     """The gate's decision on the candidate's rows, against every served version evaluated
     (once, then cached) on the same validation samples; and the champion's name."""
     with store.session() as session:
