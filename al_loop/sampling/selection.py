@@ -188,6 +188,14 @@ def _check(
     pool_factor: int,
     diversity: float,
 ) -> None:
+    """Every argument of :func:`select_batch` checked, each error naming the argument."""
+    _check_scores(scores, k)
+    _check_shapes(len(scores), scene_ids, centers, embeddings)
+    _check_constraints(scene_ids, centers, per_scene_cap, exclusion_radius)
+    _check_method(scores, embeddings, method, power_beta, pool_factor, diversity)
+
+
+def _check_scores(scores: np.ndarray, k: int) -> None:
     if scores.ndim != 1:
         raise ValueError(f"scores must be one value per patch (1-D), found shape {scores.shape}")
     n = len(scores)
@@ -199,14 +207,20 @@ def _check(
         raise ValueError(f"k must be a positive integer, found {k!r}")
     if k > n:
         raise ValueError(f"k={k} is larger than the pool of {n} patches; ask for at most {n}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+
+
+def _check_shapes(n: int, scene_ids: np.ndarray | None, centers: np.ndarray | None,
+                  embeddings: np.ndarray | None) -> None:
     if scene_ids is not None and np.shape(scene_ids) != (n,):
         raise ValueError(f"scene_ids must have shape ({n},), one per score, found {np.shape(scene_ids)}")
     if centers is not None and np.shape(centers) != (n, 2):
         raise ValueError(f"centers must have shape ({n}, 2), one row per score, found {np.shape(centers)}")
     if embeddings is not None and (np.ndim(embeddings) != 2 or len(embeddings) != n):
         raise ValueError(f"embeddings must have shape ({n}, C), one row per score, found {np.shape(embeddings)}")
+
+
+def _check_constraints(scene_ids: np.ndarray | None, centers: np.ndarray | None, per_scene_cap: int | None,
+                       exclusion_radius: float) -> None:
     if per_scene_cap is not None:
         if per_scene_cap < 1:
             raise ValueError(f"per_scene_cap must be at least 1 (or None), found {per_scene_cap}")
@@ -216,6 +230,12 @@ def _check(
         raise ValueError(f"exclusion_radius must be >= 0, found {exclusion_radius}")
     if exclusion_radius > 0 and centers is None:
         raise ValueError("exclusion_radius > 0 needs centers")
+
+
+def _check_method(scores: np.ndarray, embeddings: np.ndarray | None, method: str, power_beta: float,
+                  pool_factor: int, diversity: float) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     if method == "kcenter" and embeddings is None:
         raise ValueError("method 'kcenter' needs embeddings; pass them or use method 'greedy' or 'power'")
     if method == "power":
