@@ -111,10 +111,9 @@ def score_pool(workspace: Workspace, store: Store, version: ModelVersion | None,
     batch = max(1, cfg.sampling.batch_size)
     for start in track(range(0, len(todo), batch), description="scoring the pool", disable=quiet, transient=True):
         rows = []
-        for patch, components in zip(
-            todo[start : start + batch],
-            score_batch(workspace, todo[start : start + batch], model, version, thresholds, device),
-        ):
+        chunk = todo[start : start + batch]
+        for patch, components in zip(chunk, score_batch(workspace, chunk, model, version, thresholds, device),
+                                     strict=True):
             rows.append(PatchScore(patch_id=patch.id, model_version_id=version_id, score=components.pop("_score"),
                                    components=components))
         with store.session() as session:  # one transaction per batch: a crash keeps what was scored
@@ -130,19 +129,19 @@ def score_batch(workspace, patches, model, version, thresholds, device) -> list[
     channels = [p.scene.available_channels for p in patches]
     if model is None:
         priors: list[dict[str, Any]] = []
-        for (pixels, valid), names, patch in zip(raw, channels, patches):
+        for (pixels, valid), names, patch in zip(raw, channels, patches, strict=True):
             components = acquisition.prior_components(pixels, names, valid, thresholds[patch.scene_id],
                                                       cfg.sampling.top_q)
             priors.append({**components, "_score": float(np.mean(list(components.values())))})
         return priors
     x = np.stack([
         normalize(pixels[[names.index(c) for c in version.channels]], valid, version.normalization)
-        for (pixels, valid), names in zip(raw, channels)
+        for (pixels, valid), names in zip(raw, channels, strict=True)
     ])
     mc = mc_predict(model, torch.from_numpy(x), T=cfg.model.mc_samples, device=device,
                     valid=np.stack([v for _, v in raw]), seed=cfg.sampling.seed, precision=cfg.model.precision)
     out: list[dict[str, Any]] = []
-    for i, ((pixels, valid), names, patch) in enumerate(zip(raw, channels, patches)):
+    for i, ((pixels, valid), names, patch) in enumerate(zip(raw, channels, patches, strict=True)):
         scores = acquisition.score_patch(mc, pixels, names, index=i, valid=valid,
                                          cloud_thresholds=thresholds[patch.scene_id], q=cfg.sampling.top_q)
         components = {k: float(v) for k, v in scores.items()}
@@ -154,6 +153,17 @@ def score_batch(workspace, patches, model, version, thresholds, device) -> list[
     return out
 
 
+@dataclass
+class _Choice:
+    """The patches a round hands out (indices into the pool), with what chose them."""
+
+    chosen: list[int]
+    scores: np.ndarray
+    components: dict[str, np.ndarray]  # rank-normalised, as used
+    expected_seconds: np.ndarray  # the cost model's guess of the expert time, per pool patch
+    placed: bool  # every pool patch has a footprint on the ground
+
+
 def next_round(workspace: Workspace, store: Store, *, size: int | None = None, strategy: str | None = None,
                quiet: bool = False) -> RoundResult:
     """Score the pool with the champion (cold start without one), choose ``size`` patches with
@@ -162,86 +172,115 @@ def next_round(workspace: Workspace, store: Store, *, size: int | None = None, s
     size = cfg.round_size if size is None else size
     strategy = strategy or cfg.strategy
     acquisition.strategy_components(strategy)  # an unknown name fails before any work
-    notes = []
+    notes: list[str] = []
     with store.session() as session:
         version = registry.champion(session)
         notes.extend(_lacking_notes(session, version))
-    if strategy != "random" and cfg.warmup_labels:
+    strategy = _effective_strategy(store, cfg.warmup_labels, version, strategy, notes)
+    scored = score_pool(workspace, store, version, quiet) if strategy != "random" or version else 0
+    with store.session() as session:
+        pool = pool_patches(session, version)
+        size = _round_size(size, len(pool), notes)
+        choice = _choose(workspace, session, pool, version, strategy, size, notes)
+        regions: dict[int, Region] = {}
+        if cfg.query == "region" and version is None:
+            notes.append("region queries need a model: this cold-start round asks for whole patches")
+        elif cfg.query == "region":
+            regions = query_regions(workspace, store, [pool[i].id for i in choice.chosen], strategy,
+                                    cfg.region_fraction)
+        used = strategy if version or strategy == "random" else COLD_START
+        number, handout = _record_round(workspace, session, pool, choice, regions, version, strategy, used, size)
+        folder = write_handout(workspace.root / "rounds" / f"round-{number:03d}", number, used,
+                               version.name if version else None, handout)
+    return RoundResult(number, used, version.name if version else None, handout, folder, scored, notes)
+
+
+def _effective_strategy(store: Store, warmup_labels: int, version: ModelVersion | None, strategy: str,
+                        notes: list[str]) -> str:
+    """``random`` while fewer training patches than ``sampling.warmup_labels`` are labelled;
+    noted, as is a cold start (no champion yet)."""
+    if strategy != "random" and warmup_labels:
         with store.session() as session:
             labelled = queries.labelled_training_patch_count(session)
-        if labelled < cfg.warmup_labels:
-            notes.append(f"warm-up: {labelled} of {cfg.warmup_labels} training patches labelled "
+        if labelled < warmup_labels:
+            notes.append(f"warm-up: {labelled} of {warmup_labels} training patches labelled "
                          "(sampling.warmup_labels), "
                          f"so this round chooses at random instead of {strategy!r}")
             strategy = "random"
     if version is None and strategy != "random":
         notes.append(f"no champion model yet: cold start from spectral and terrain priors instead of {strategy!r}")
-    scored = score_pool(workspace, store, version, quiet) if strategy != "random" or version else 0
-    with store.session() as session:
-        pool = pool_patches(session, version)
-        if not pool:
-            raise LookupError("the pool is empty: every usable patch is labelled, handed out in an open round"
-                              + (", or in a scene the model cannot read (see the notes)" if notes else "")
-                              + (f"; notes: {'; '.join(notes)}" if notes else "")
-                              + ". Ingest an unlabelled scene to choose from (e.g. al-loop ingest synthetic "
-                              "--unlabelled, or al-loop ingest scene FILE)")
-        if size < 1:
-            raise ValueError(f"round size (--size, sampling.round_size) must be at least 1, found {size}")
-        if size > len(pool):
-            notes.append(f"the pool holds {len(pool)} patches, fewer than the round size {size}: all "
-                         "of them are handed out")
-            size = len(pool)
-        cached = _cached_components(session, pool, version) if strategy != "random" or version else []
-        scores, components, embeddings = _pool_scores(cached, len(pool), version, strategy, cfg.seed)
-        cost_model = cost.fit(*_timed_edges(session))
-        share = cfg.region_fraction if cfg.query == "region" and version is not None else 1.0
-        edges = np.array([c.get(EDGE_KEY, 0.0) for c in cached] if version else np.zeros(len(pool)), dtype=np.float64)
-        expected = cost_model.predict(share * edges)
-        if cfg.cost_aware and strategy != "random":
-            scores = cost.per_second(scores, expected)
-        centers = np.array([_center(p.bounds) for p in pool])
-        has_centers = bool(np.isfinite(centers).all())
-        chosen = select_batch(
-            scores, size, scene_ids=np.array([p.scene_id for p in pool]),
-            centers=centers if has_centers else None,
-            embeddings=embeddings if strategy != "random" else None,
-            per_scene_cap=cfg.per_scene_cap or None,
-            exclusion_radius=cfg.exclusion_radius if has_centers else 0.0,
-            method=cfg.method or None, seed=cfg.seed,
-        )
-        if len(chosen) < size:
-            notes.append(f"only {len(chosen)} patches satisfy the diversity constraints (asked for {size})")
-        notes.append(f"expected expert time for this round: {expected[chosen].sum() / 60:.0f} min "
-                     f"(cost model: {cost_model.describe()})")
-        regions = {}
-        if cfg.query == "region" and version is None:
-            notes.append("region queries need a model: this cold-start round asks for whole patches")
-        elif cfg.query == "region":
-            regions = query_regions(workspace, store, [pool[i].id for i in chosen], strategy, cfg.region_fraction)
-        number = queries.last_round_number(session) + 1
-        used = strategy if version or strategy == "random" else COLD_START
-        round_ = Round(number=number, strategy=used, model_version_id=version.id if version else None,
-                       config={"size": size, "asked_strategy": strategy, **vars(cfg)})
-        session.add(round_)
-        route_patches(session, [pool[i] for i in chosen], workspace.config.training)
-        handout = []
-        chosen_parts = [{**{k: float(v[index]) for k, v in components.items()},
-                         "expected_seconds": float(expected[index])} for index in chosen]
-        for rank, (index, parts) in enumerate(zip(chosen, chosen_parts), start=1):
-            patch = pool[index]
-            region = regions[patch.id].as_list() if patch.id in regions else None
-            session.add(RoundPatch(round=round_, patch_id=patch.id, rank=rank, score=float(scores[index]),
-                                   components=parts, region=region))
-            # The views an expert judges the patch by (pictures are off in simulations).
-            looks = list(patch_view_files(workspace, patch)[0].values()) if workspace.config.ingest.quicklooks else []
-            handout.append(HandoutPatch(rank, patch.id, patch.scene.name, patch.row_off, patch.col_off,
-                                        float(scores[index]), parts,
-                                        patch.bounds if has_centers else None,
-                                        patch.scene.crs, looks, patch.split, region,
-                                        why_chosen(parts, chosen_parts, used)))
-        folder = write_handout(workspace.root / "rounds" / f"round-{number:03d}", number, used,
-                               version.name if version else None, handout)
-    return RoundResult(number, used, version.name if version else None, handout, folder, scored, notes)
+    return strategy
+
+
+def _round_size(size: int, pool: int, notes: list[str]) -> int:
+    if not pool:
+        raise LookupError("the pool is empty: every usable patch is labelled, handed out in an open round"
+                          + (", or in a scene the model cannot read (see the notes)" if notes else "")
+                          + (f"; notes: {'; '.join(notes)}" if notes else "")
+                          + ". Ingest an unlabelled scene to choose from (e.g. al-loop ingest synthetic "
+                          "--unlabelled, or al-loop ingest scene FILE)")
+    if size < 1:
+        raise ValueError(f"round size (--size, sampling.round_size) must be at least 1, found {size}")
+    if size > pool:
+        notes.append(f"the pool holds {pool} patches, fewer than the round size {size}: all of them are handed out")
+        return pool
+    return size
+
+
+def _choose(workspace: Workspace, session: Session, pool: list[Patch], version: ModelVersion | None, strategy: str,
+            size: int, notes: list[str]) -> _Choice:
+    """Scores (per second of expert time when cost-aware) and a diverse batch of ``size``."""
+    cfg = workspace.config.sampling
+    cached = _cached_components(session, pool, version) if strategy != "random" or version else []
+    scores, components, embeddings = _pool_scores(cached, len(pool), version, strategy, cfg.seed)
+    cost_model = cost.fit(*_timed_edges(session))
+    share = cfg.region_fraction if cfg.query == "region" and version is not None else 1.0
+    edges = np.array([c.get(EDGE_KEY, 0.0) for c in cached] if version else np.zeros(len(pool)), dtype=np.float64)
+    expected = cost_model.predict(share * edges)
+    if cfg.cost_aware and strategy != "random":
+        scores = cost.per_second(scores, expected)
+    centers = np.array([_center(p.bounds) for p in pool])
+    placed = bool(np.isfinite(centers).all())
+    chosen = select_batch(
+        scores, size, scene_ids=np.array([p.scene_id for p in pool]),
+        centers=centers if placed else None,
+        embeddings=embeddings if strategy != "random" else None,
+        per_scene_cap=cfg.per_scene_cap or None,
+        exclusion_radius=cfg.exclusion_radius if placed else 0.0,
+        method=cfg.method or None, seed=cfg.seed,
+    )
+    if len(chosen) < size:
+        notes.append(f"only {len(chosen)} patches satisfy the diversity constraints (asked for {size})")
+    notes.append(f"expected expert time for this round: {expected[chosen].sum() / 60:.0f} min "
+                 f"(cost model: {cost_model.describe()})")
+    return _Choice(list(chosen), scores, components, expected, placed)
+
+
+def _record_round(workspace: Workspace, session: Session, pool: list[Patch], choice: _Choice,
+                  regions: dict[int, Region], version: ModelVersion | None, strategy: str, used: str,
+                  size: int) -> tuple[int, list[HandoutPatch]]:
+    """The round and its patches in the store (their splits routed); its number and handout rows."""
+    cfg = workspace.config.sampling
+    number = queries.last_round_number(session) + 1
+    round_ = Round(number=number, strategy=used, model_version_id=version.id if version else None,
+                   config={"size": size, "asked_strategy": strategy, **vars(cfg)})
+    session.add(round_)
+    route_patches(session, [pool[i] for i in choice.chosen], workspace.config.training)
+    handout = []
+    chosen_parts = [{**{k: float(v[index]) for k, v in choice.components.items()},
+                     "expected_seconds": float(choice.expected_seconds[index])} for index in choice.chosen]
+    for rank, (index, parts) in enumerate(zip(choice.chosen, chosen_parts, strict=True), start=1):
+        patch = pool[index]
+        region = regions[patch.id].as_list() if patch.id in regions else None
+        session.add(RoundPatch(round=round_, patch_id=patch.id, rank=rank, score=float(choice.scores[index]),
+                               components=parts, region=region))
+        # The views an expert judges the patch by (pictures are off in simulations).
+        looks = list(patch_view_files(workspace, patch)[0].values()) if workspace.config.ingest.quicklooks else []
+        handout.append(HandoutPatch(rank, patch.id, patch.scene.name, patch.row_off, patch.col_off,
+                                    float(choice.scores[index]), parts, patch.bounds if choice.placed else None,
+                                    patch.scene.crs, looks, patch.split, region,
+                                    why_chosen(parts, chosen_parts, used)))
+    return number, handout
 
 
 def _center(bounds: tuple[float, float, float, float] | None) -> tuple[float, float]:
