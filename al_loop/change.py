@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from datetime import date
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -104,11 +105,11 @@ def changes(rows: list[GlacierDate]) -> list[Change]:
     out = []
     for glacier, dated in by_glacier.items():
         kept = [r for r in dated if not r.flagged]
-        for a, b in zip(kept, kept[1:]):
+        for a, b in pairwise(kept):
             out.append(Change(glacier, a.acquired, b.acquired, b.glacier_km2 - a.glacier_km2,
                               b.low_km2 - a.high_km2, b.high_km2 - a.low_km2, 1))
     dates = sorted({r.acquired for r in rows})
-    for start, end in zip(dates, dates[1:]):
+    for start, end in pairwise(dates):
         pairs = [(a, b) for dated in by_glacier.values()
                  for a in dated if a.acquired == start and not a.flagged
                  for b in dated if b.acquired == end and not b.flagged]

@@ -60,11 +60,11 @@ def plot_effort(points: list[EffortPoint], path: Path, title: str) -> Path:
     """IoU against expert minutes, one line per row, one marker per version."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     minutes = [p.expert_minutes for p in points]
-    for row, colour in zip(ROWS, ("#66C2FF", "#D95F02", "#1B9E77")):
-        pairs = [(m, p.iou[row]) for m, p in zip(minutes, points) if p.iou[row] is not None]
+    for row, colour in zip(ROWS, ("#66C2FF", "#D95F02", "#1B9E77"), strict=True):
+        pairs = [(m, p.iou[row]) for m, p in zip(minutes, points, strict=True) if p.iou[row] is not None]
         if pairs:
-            ax.plot(*zip(*pairs), marker="o", color=colour, label=row.replace("_", " "))
-    for m, p in zip(minutes, points):
+            ax.plot(*zip(*pairs, strict=True), marker="o", color=colour, label=row.replace("_", " "))
+    for m, p in zip(minutes, points, strict=True):
         if p.iou["glacier"] is not None:
             ax.annotate(p.version, (m, p.iou["glacier"]), textcoords="offset points", xytext=(3, 4), fontsize=7)
     ax.set_xlabel("expert minutes behind the version (Label Studio lead times)")

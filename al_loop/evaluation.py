@@ -197,7 +197,7 @@ def _plot_confusion(scores: SegmentationScores, classes: list[str], path: Path, 
 
 def _plot_examples(workspace: Workspace, model, samples, version: ModelVersion, quicklooks, device, path: Path) -> Path:
     fig, axes = plt.subplots(max(len(samples), 1), 3, figsize=(9, 3 * max(len(samples), 1)), squeeze=False)
-    for row, sample in zip(axes, samples):
+    for row, sample in zip(axes, samples, strict=False):  # one empty row of axes when there are no samples
         pixels, valid = sample.read()
         x = torch.from_numpy(normalize(pixels, valid, version.normalization)[None]).to(device)
         with torch.inference_mode():

@@ -336,7 +336,7 @@ def plot_export(path: Path, raster: Path, channels: list[str], stretch: dict, tr
     overview = read_decimated(raster, [channels.index(n) for n in names if n in channels])
     valid = bands.valid_mask(overview, [n for n in names if n in channels])
     if len(overview) == 3:
-        rgb = np.asarray(composite(dict(zip(names, overview)), valid, stretch, names))
+        rgb = np.asarray(composite(dict(zip(names, overview, strict=True)), valid, stretch, names))
     else:
         rgb = np.zeros(valid.shape + (4,), np.uint8)
     height, width = shape

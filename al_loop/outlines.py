@@ -77,7 +77,7 @@ def trace(mask: np.ndarray, transform: Affine, source: np.ndarray, confidence: n
         inside = (flat > 0) & (inventory.ravel() > 0)
         pairs, counts = np.unique(np.stack([flat[inside], inventory.ravel()[inside]]), axis=1, return_counts=True)
         best = np.zeros(n + 1, np.int64)
-        for (part, glacier), count in zip(pairs.T, counts):
+        for (part, glacier), count in zip(pairs.T, counts, strict=True):
             if count > best[part]:
                 best[part], owner[part] = count, glacier
     for geometry, value in shapes(parts.astype(np.int32), mask=mask, connectivity=4, transform=transform):

@@ -224,7 +224,7 @@ def simplify_outlines(mask: np.ndarray, tolerance_px: float = 2.0,
         polygons = shapely.coverage_simplify(polygons, tolerance_px, simplify_boundary=False)
     polygons = _drop_collinear(polygons)
     by_code: dict[int, list[Polygon]] = {code: [] for code in wanted}
-    for (code, _), polygon in zip(traced, polygons):
+    for (code, _), polygon in zip(traced, polygons, strict=True):
         if code in by_code and not polygon.is_empty:
             by_code[code].append(polygon)
     return [(code, polygon) for code in wanted for polygon in by_code[code]]

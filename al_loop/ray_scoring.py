@@ -98,7 +98,7 @@ def score_pool(workspace: Workspace, store: Store, version: ModelVersion | None,
     version_id = version.id if version else None
     for batch in scored.iter_batches(batch_size=max(1, cfg.batch_size), batch_format="numpy"):
         rows = [PatchScore(patch_id=int(p), model_version_id=version_id, score=float(s), components=json.loads(c))
-                for p, s, c in zip(batch["patch_id"], batch["score"], batch["components"])]
+                for p, s, c in zip(batch["patch_id"], batch["score"], batch["components"], strict=True)]
         with store.session() as session:  # one transaction per batch, as in this process
             session.add_all(rows)
         done += len(rows)

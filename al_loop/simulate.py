@@ -461,7 +461,7 @@ def normalised_aulc(labels: list[float], values: list[float]) -> float:
 
 
 def labels_to_reach(labels: list[float], values: list[float], target: float) -> float | None:
-    return next((n for n, v in zip(labels, values) if v >= target), None)
+    return next((n for n, v in zip(labels, values, strict=True) if v >= target), None)
 
 
 def _mean(values: list[float]) -> float:
@@ -480,7 +480,7 @@ def _report(out: Path, curves: list[Curve], reference: dict[int, dict[str, float
         writer = csv.writer(handle)
         writer.writerow(["strategy", "seed", "labels", *(f"iou_{r}" for r in ROWS), "full_pool_iou_glacier"])
         for curve in curves:
-            for n, iou in zip(curve.labels, curve.iou):
+            for n, iou in zip(curve.labels, curve.iou, strict=True):
                 writer.writerow([curve.strategy, curve.seed, f"{n:g}", *(f"{iou[r]:.4f}" for r in ROWS),
                                  f"{reference[curve.seed]['glacier']:.4f}"])
     summary = []
@@ -531,12 +531,12 @@ def _plot(curves: list[Curve], reference: dict[int, dict[str, float]], cfg: Simu
     for strategy in cfg.strategies:
         mine = [c for c in curves if c.strategy == strategy]
         labels = np.array(mine[0].labels)
-        for ax, row in zip(axes, ROWS):
+        for ax, row in zip(axes, ROWS, strict=True):
             values = np.array([[i[row] for i in c.iou] for c in mine])
             mean, std = values.mean(0), values.std(0)
             ax.plot(labels, mean, marker="o", label=strategy, linestyle="--" if strategy == "random" else "-")
             ax.fill_between(labels, mean - std, mean + std, alpha=0.15)
-    for ax, row in zip(axes, ROWS):
+    for ax, row in zip(axes, ROWS, strict=True):
         ref = [r[row] for r in reference.values() if not np.isnan(r[row])]
         if ref:
             ax.axhline(np.mean(ref), color="black", linewidth=0.8, label="full pool")

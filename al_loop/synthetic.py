@@ -256,7 +256,7 @@ def _noise(rng: np.random.Generator, shape: tuple[int, int], wavelength: float) 
 
 
 def _fractal(rng, shape, wavelengths, weights) -> np.ndarray:
-    return sum(w * _noise(rng, shape, wl) for wl, w in zip(wavelengths, weights))
+    return sum(w * _noise(rng, shape, wl) for wl, w in zip(wavelengths, weights, strict=True))
 
 
 def _gaussian(array: np.ndarray, sigma: float) -> np.ndarray:

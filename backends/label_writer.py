@@ -170,7 +170,7 @@ class LabelWriter:
             for w in work:
                 self._write_one(w)
             return
-        for w, outcome in zip(work, results):
+        for w, outcome in zip(work, results, strict=True):
             self._done(w, outcome)
 
     def _write_one(self, w: _Work, attempts: int = 3) -> None:

@@ -163,7 +163,7 @@ def predict_masks(workspace: Workspace, served: ServedModel, patches: Sequence[P
         x = np.stack([normalize(pixels, valid, served.normalization) for pixels, valid in batch])
         probs = predict_proba(served.model, torch.from_numpy(x), device=device, batch_size=batch_size,
                               precision=workspace.config.model.precision).numpy()
-        for (_, valid), p in zip(batch, probs):
+        for (_, valid), p in zip(batch, probs, strict=True):
             mask = served.codes[p.argmax(0)]
             mask[~valid] = UNLABELED
             masks.append(mask)
@@ -217,11 +217,11 @@ def predict_patch_ids(workspace: Workspace, store: Store, holder: ModelHolder, p
     cfg = workspace.config.backend
     masks, confidences = predict_masks(workspace, served, [found[i] for i in patch_ids], holder.device, cfg.batch_size)
     masks = [clean_prediction(mask, mapping_unit_pixels(found[i], cfg.min_mapping_unit_m2), cfg.smoothing_radius)
-             for i, mask in zip(patch_ids, masks)]
+             for i, mask in zip(patch_ids, masks, strict=True)]
     with store.session() as session:
         regions = queries.newest_round_regions(session, list(patch_ids))
     return [
         to_prediction(mask, served.title, confidence, cfg.prediction_format, config_xml,
                       Region.from_list(regions[i], *mask.shape) if i in regions else None)
-        for i, mask, confidence in zip(patch_ids, masks, confidences)
+        for i, mask, confidence in zip(patch_ids, masks, confidences, strict=True)
     ]

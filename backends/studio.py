@@ -272,7 +272,7 @@ def import_round(ls, workspace: Workspace, store: Store, project_id: int, number
         task_ids = list(response.task_ids)
         if len(task_ids) != len(new):
             raise RuntimeError(f"Label Studio created {len(task_ids)} tasks for {len(new)} patches of round {number}")
-        created = {rp.patch_id: task_id for rp, task_id in zip(new, task_ids)}
+        created = {rp.patch_id: task_id for rp, task_id in zip(new, task_ids, strict=True)}
     tasks = {**reused, **created}
     with store.session() as session:
         for rp in queries.round_patches(session, number):
@@ -354,7 +354,7 @@ def push_predictions(ls, workspace: Workspace, store: Store, holder: ModelHolder
     patch_ids = list(tasks)
     for start in range(0, len(patch_ids), PREDICTION_BATCH):
         batch = patch_ids[start : start + PREDICTION_BATCH]
-        for patch_id, prediction in zip(batch, predict_patch_ids(workspace, store, holder, batch)):
+        for patch_id, prediction in zip(batch, predict_patch_ids(workspace, store, holder, batch), strict=True):
             ls.predictions.create(task=tasks[patch_id], project=project_id, **prediction)
     ls.projects.update(id=project_id, model_version=holder.version_title)
     return len(patch_ids)

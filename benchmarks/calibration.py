@@ -58,7 +58,7 @@ def pool_probabilities(root: Path):
     for k, code in enumerate(served.codes):
         index[code] = k
     probs, truths, valids = [], [], []
-    for p, window in zip(patches, windows):
+    for p, window in zip(patches, windows, strict=True):
         pixels, valid = read_patch(ws, p, served.channels)
         x = torch.from_numpy(normalize(pixels, valid, served.normalization)[None])
         probs.append(predict_proba(served.model, x, device=holder.device)[0].numpy())
@@ -70,7 +70,7 @@ def pool_probabilities(root: Path):
 
 def scores(probs, truths, valids, temperature: float) -> dict[str, float]:
     confidence, correct, patch_scores, patch_accuracy = [], [], [], []
-    for p, truth, valid in zip(probs, truths, valids):
+    for p, truth, valid in zip(probs, truths, valids, strict=True):
         if not valid.any():
             continue
         logp = log_softmax(np.log(np.clip(p[:, valid], 1e-12, None)).T, temperature)

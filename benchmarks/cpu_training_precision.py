@@ -65,10 +65,10 @@ def main() -> None:
         table.add_column(column, justify="right")
     for precision, results in runs.items():
         table.add_row(precision, *(f"{np.mean([r[key] for r in results]):.3f}" for key in ("seconds", *ROWS)))
-    diffs = {row: np.array([b[row] - f[row] for f, b in zip(runs["fp32"], runs["bf16"])]) for row in ROWS}
+    diffs = {row: np.array([b[row] - f[row] for f, b in zip(runs["fp32"], runs["bf16"], strict=True)]) for row in ROWS}
     table.add_row("bf16 - fp32 (paired)", "", *(f"{d.mean():+.3f} ± {d.std():.3f}" for d in diffs.values()))
     console.print(table)
-    ratio = np.mean([f["seconds"] / b["seconds"] for f, b in zip(runs["fp32"], runs["bf16"])])
+    ratio = np.mean([f["seconds"] / b["seconds"] for f, b in zip(runs["fp32"], runs["bf16"], strict=True)])
     print(f"bf16/fp32 training speed ratio: {ratio:.2f}")
 
 

@@ -66,7 +66,7 @@ def main() -> None:
     start = time.perf_counter()
     mc = mc_predict(model, x, T=args.T, device=device, valid=np.stack(valid), **run)
     mc_seconds = time.perf_counter() - start
-    for i, (p, v) in enumerate(zip(patches, valid)):
+    for i, (p, v) in enumerate(zip(patches, valid, strict=True)):
         acquisition.score_patch(mc, p, bands.CHANNELS, index=i, valid=v, cloud_thresholds=thresholds)
     scoring = time.perf_counter() - start
 

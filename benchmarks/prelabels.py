@@ -207,7 +207,7 @@ def new_polygons(mask: np.ndarray, tolerance: float | None = None) -> tuple[int,
 def iou(shown: list[np.ndarray], truths: list[np.ndarray], valid: list[np.ndarray]) -> float:
     """Glacier (clean ice or debris) IoU pooled over the patches' valid pixels."""
     inter = union = 0
-    for s, t, v in zip(shown, truths, valid):
+    for s, t, v in zip(shown, truths, valid, strict=True):
         known = v & (t != UNLABELED)
         a, b = (s != BACKGROUND) & known, (t != BACKGROUND) & known
         inter, union = inter + (a & b).sum(), union + (a | b).sum()
@@ -225,7 +225,7 @@ def evaluate(masks, truths, pixel_size) -> tuple[list[dict], list[dict]]:
             unit = min_pixels_for_area(km2 * 1e6, *pixel_size)
             cleaned = [clean_prediction(m, unit, radius, passes) for m in masks]
         clean_s = (time.perf_counter() - started) / len(masks)
-        for k, (mask, truth) in enumerate(zip(cleaned, truths)):
+        for k, (mask, truth) in enumerate(zip(cleaned, truths, strict=True)):
             valid = masks[k] != UNLABELED
             started = time.perf_counter()
             vertices, painted = _old_polygons(mask) if old else new_polygons(mask)
@@ -236,7 +236,7 @@ def evaluate(masks, truths, pixel_size) -> tuple[list[dict], list[dict]]:
                          "polygons_s": polygons_s, "mask": mask, "valid": valid})
     after = [r for r in rows if r["setting"] == AFTER]
     for tolerance in TOLERANCES:
-        for r, truth in zip(after, truths):
+        for r, truth in zip(after, truths, strict=True):
             vertices, painted = new_polygons(r["mask"], tolerance)
             sweep.append({"tolerance": tolerance, "task": r["task"], "vertices": vertices,
                           "edit_polygons": edit_share(painted, truth, r["valid"])})

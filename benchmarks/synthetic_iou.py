@@ -53,7 +53,7 @@ def score(model, samples, norm, T: int) -> tuple[ConfusionMatrix, float, float]:
     result = mc_predict(model, x, T=T, batch_size=4, valid=np.stack([valid for _, valid in read]))
     mc = time.perf_counter() - start
     matrix = ConfusionMatrix(3)
-    for s, p in zip(samples, result.mean_probs.argmax(1).numpy()):
+    for s, p in zip(samples, result.mean_probs.argmax(1).numpy(), strict=True):
         matrix.update(p, s.target)
     return matrix, deterministic, mc
 

@@ -235,7 +235,7 @@ def labelled_patch_pixels(session: Session) -> dict[int, dict[str, int]]:
     out: dict[int, dict[str, int]] = {}
     for row in session.execute(select(Label.patch_id, *LABEL_CLASS_COUNTS.values()).where(Label.status == "accepted")):
         pixels = out.setdefault(row[0], dict.fromkeys(LABEL_CLASS_COUNTS, 0))
-        for name, n in zip(LABEL_CLASS_COUNTS, row[1:]):
+        for name, n in zip(LABEL_CLASS_COUNTS, row[1:], strict=True):
             pixels[name] += int(n or 0)
     return out
 

@@ -136,12 +136,12 @@ def test_predict_answers_one_result_per_task_in_order_with_version_and_calibrate
     # Pre-labels are the model's masks cleaned: smoothed, nothing below the mapping unit.
     cfg = ws.config.backend
     expected = [clean_prediction(m, mapping_unit_pixels(p, cfg.min_mapping_unit_m2), cfg.smoothing_radius)
-                for m, p in zip(expected, patch_rows)]
+                for m, p in zip(expected, patch_rows, strict=True)]
     assert mapping_unit_pixels(patch_rows[0], cfg.min_mapping_unit_m2) == 12  # 0.01 km² on 30 m pixels
     # The score is the model's calibrated confidence for the patch, not its place in the round.
     assert [r["score"] for r in results] == pytest.approx(confidences, abs=1e-6)
     assert all(0 < c <= 1 for c in confidences)
-    for result, mask in zip(results, expected):
+    for result, mask in zip(results, expected, strict=True):
         kinds = {r["type"] for r in result["result"]}
         assert kinds <= ({"brushlabels"} if fmt == "brush" else {"polygonlabels"})
         decoded = results_to_mask(result["result"], 128, 128, complete=True)

@@ -42,7 +42,7 @@ def read_gpkg(path) -> dict:
         out = {}
         for table, kind, srs_id in con.execute("SELECT table_name, data_type, srs_id FROM gpkg_contents"):
             columns = [c[1] for c in con.execute(f'PRAGMA table_info("{table}")')]
-            rows = [dict(zip(columns, r)) for r in con.execute(f'SELECT * FROM "{table}"')]
+            rows = [dict(zip(columns, r, strict=True)) for r in con.execute(f'SELECT * FROM "{table}"')]
             if kind != "features":
                 out[table] = (None, [(None, r) for r in rows])
                 continue
@@ -162,7 +162,7 @@ def test_an_inventory_names_each_outline_and_gives_a_per_glacier_table_in_wgs84_
     # The GLIMS-style shapefile, read with pyogrio (GDAL's own bindings, not fiona)
     meta, _, geometries, values = pyogrio.raw.read(result.glims)
     assert meta["crs"] == "EPSG:4326" and meta["geometry_type"] == "Polygon"
-    fields = dict(zip(meta["fields"], values))
+    fields = dict(zip(meta["fields"], values, strict=True))
     assert set(fields["line_type"]) == {"glac_bound", "debris_cov"}
     glacier_area = sum(r["area_km2"] for _, r in features)
     assert fields["area"][fields["line_type"] == "glac_bound"].sum() == pytest.approx(glacier_area, rel=1e-6)

@@ -1,6 +1,7 @@
 """The promotion gate: same validation set, n/a classes, no ratchet."""
 
 import math
+from itertools import pairwise
 
 import pytest
 
@@ -9,7 +10,7 @@ from al_loop.gate import decide
 
 def rows(clean, debris, glacier, support=(100, 100, 200)):
     out = {"background": {"iou": 0.9, "support": 1000}}
-    for name, iou, n in zip(("clean_ice", "debris", "glacier"), (clean, debris, glacier), support):
+    for name, iou, n in zip(("clean_ice", "debris", "glacier"), (clean, debris, glacier), support, strict=True):
         out[name] = {"iou": None if n == 0 else iou, "support": n}
     return out
 
@@ -39,7 +40,7 @@ def test_no_drift_over_five_candidates_each_0_019_worse():
     """With the old gate (compare with the last champion) every one of these would be promoted and
     quality would fall by 0.095; against the best any served version reached, the second falls."""
     candidates = [rows(0.60 - 0.019 * k, 0.40 - 0.019 * k, 0.65 - 0.019 * k) for k in range(6)]
-    for before, after in zip(candidates, candidates[1:]):  # the ratchet: each against the last champion
+    for before, after in pairwise(candidates):  # the ratchet: each against the last champion
         assert decide(after, {"last": before}, 0.02, "s").passed
     served = {"v1": candidates[0]}
     promoted = []

@@ -254,7 +254,7 @@ def test_olinda_stack_with_mapping(tmp_path):
     with rasterio.open(tmp_path / "olinda.tif") as src:
         stack = src.read()
     with rasterio.open(OLINDA) as src:
-        raw = dict(zip(OLINDA_MAPPING, src.read().astype(np.float32)))
+        raw = dict(zip(OLINDA_MAPPING, src.read().astype(np.float32), strict=True))
     absent = ["B6_VCID_1", "B6_VCID_2", "B8", "BQA"]
     assert info.missing_channels == absent
     assert not set(absent) & set(info.available_channels)

@@ -43,7 +43,7 @@ def test_same_seed_gives_identical_arrays_and_another_seed_differs():
     first = synthetic.generate(256, 320, 5)
     again = synthetic.generate(256, 320, 5)
     other = synthetic.generate(256, 320, 6)
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=True):
         assert a.tobytes() == b.tobytes()
     assert first[0].tobytes() != other[0].tobytes()
     assert first[1].tobytes() != other[1].tobytes()

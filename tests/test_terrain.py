@@ -60,7 +60,7 @@ def test_pixel_size_of_a_geographic_grid_matches_geodesic_distances():
     rows = np.array([0, 200, 429])
     xres, yres = pixel_size_metres(transform, "EPSG:4326", rows)
     geod = Geod(ellps="WGS84")
-    for row, x, y in zip(rows, xres[:, 0], yres[:, 0]):
+    for row, x, y in zip(rows, xres[:, 0], yres[:, 0], strict=True):
         lat = 36.0 - (row + 0.5) * 3 / 3600
         _, _, width = geod.inv(76.0, lat, 76.0 + 3 / 3600, lat)
         _, _, height = geod.inv(76.0, lat + 1.5 / 3600, 76.0, lat - 1.5 / 3600)

@@ -90,7 +90,7 @@ def test_training_is_reproducible_and_resumes_where_it_stopped(scene_ws, tmp_pat
     ws.config.training.patience = 99
     whole = train(train_samples, val_samples, **kwargs)
     again = train(train_samples, val_samples, **kwargs)
-    for a, b in zip(whole.model.state_dict().values(), again.model.state_dict().values()):
+    for a, b in zip(whole.model.state_dict().values(), again.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     checkpoint = tmp_path / "job.pt"
     calls = iter([False, True])
@@ -99,7 +99,7 @@ def test_training_is_reproducible_and_resumes_where_it_stopped(scene_ws, tmp_pat
     assert checkpoint.is_file()
     resumed = train(train_samples, val_samples, checkpoint=checkpoint, **kwargs)
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
-    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -124,7 +124,7 @@ def test_training_reads_patches_lazily_and_workers_do_not_change_the_run(scene_w
         runs.append(train(data.train, data.val, arch=architecture(ws.config.model), train_cfg=ws.config.training,
                           class_names=("background", "clean_ice", "debris"), norm=norm, quiet=True))
     assert [h["train_loss"] for h in runs[0].history] == [h["train_loss"] for h in runs[1].history]
-    for a, b in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values()):
+    for a, b in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 

@@ -211,7 +211,7 @@ def rasterize_window(labels: VectorLabels, transform, shape: tuple[int, int]) ->
     if not keep.any():
         return np.zeros(shape, dtype=np.uint8)
     return rasterize(
-        zip(clipped[keep], labels.codes[hits][keep].tolist()),
+        zip(clipped[keep], labels.codes[hits][keep].tolist(), strict=True),
         out_shape=shape,
         transform=transform,
         fill=BACKGROUND,

@@ -89,7 +89,7 @@ def composite(pixels: dict[str, np.ndarray], valid: np.ndarray, stretch: dict, n
     if missing:
         return card(valid.shape[0], valid.shape[1], f"no {', '.join(missing)} in this scene")
     channels = []
-    for name, flip in zip(names, invert):
+    for name, flip in zip(names, invert, strict=True):
         scaled = _scaled(pixels[name], stretch.get(name), valid)
         channels.append(255 - scaled if flip else scaled)
     return _rgba(channels, valid)
@@ -179,7 +179,7 @@ def read_context(path: Path, channel_index: dict[str, int], row_off: int, col_of
         data = src.read([channel_index[n] + 1 for n in names], window=Window(left, top, span_w, span_h),
                         out_shape=(3, VIEW_SIZE, VIEW_SIZE), boundless=True, fill_value=0,
                         resampling=Resampling.average).astype(np.float32)
-    pixels = dict(zip(names, data))
+    pixels = dict(zip(names, data, strict=True))
     valid = bands.valid_mask(data, names)
     scale_y, scale_x = VIEW_SIZE / span_h, VIEW_SIZE / span_w
     box = ((col_off - left) * scale_x, (row_off - top) * scale_y,
@@ -221,7 +221,7 @@ def patch_view_files(workspace: Workspace, patch: Patch) -> tuple[dict[str, Path
     wanted = list(dict.fromkeys(wanted))
     pixels, valid = read_patch(workspace, patch, wanted)
     size = grid_pixel_size(scene.transform, scene.crs, patch.row_off, patch.height) if not patch.data_path else None
-    images, titles = patch_views(dict(zip(wanted, pixels)), valid, scene.stretch or {}, size)
+    images, titles = patch_views(dict(zip(wanted, pixels, strict=True)), valid, scene.stretch or {}, size)
     if patch.data_path or not scene.data_path:
         images["context"] = card(VIEW_SIZE, VIEW_SIZE, "no wider context: this scene is stored as separate slices")
     else:

@@ -136,7 +136,7 @@ def evaluate_samples(model: UNet, samples: list[Sample], norm: dict, class_names
             batch = samples[start : start + batch_size]
             x = torch.from_numpy(np.stack([normalize(*read(s), norm) for s in batch])).to(device)
             pred = model(x).argmax(1).cpu().numpy()
-            for sample, p in zip(batch, pred):
+            for sample, p in zip(batch, pred, strict=True):
                 fresh = None if sample.window is None else once.fresh(sample.scene_id, *sample.window, *p.shape)
                 target = sample.target
                 overall.update(p, target, fresh)
