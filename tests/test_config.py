@@ -66,6 +66,8 @@ def test_workspace_from_environment_and_relative_paths(tmp_path):
     assert ws.relative(inside) == "scenes/a.tif"
     assert ws.resolve("scenes/a.tif") == inside
     assert ws.relative(tmp_path.parent / "elsewhere.tif") == str((tmp_path.parent / "elsewhere.tif").resolve())
+    with pytest.raises(FileNotFoundError, match="the store records no file here: a scene ingested as slices"):
+        ws.resolve(None)  # a slices scene's data_path
 
 
 def test_init_sizes_a_new_workspace_for_a_compute_profile(tmp_path):

@@ -144,6 +144,10 @@ def test_resume_goes_through_the_claim_and_refuses_a_live_job(ws_store):
         assert session.get(TrainingJob, job_id).status == "running"
     with pytest.raises(jobs.JobError, match="no training job 99"):
         _claim(store, "me:3:3", job_id=99)
+    for missing in (lambda: jobs.beat(store, 99, live), lambda: jobs.record_normalization(store, 99, {}),
+                    lambda: jobs.finish(store, 99, live, jobs.JobState.FAILED)):
+        with pytest.raises(jobs.JobError, match="no training job 99"):  # not None's AttributeError
+            missing()
 
 
 def test_every_transition_follows_the_state_machine(ws_store):

@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 
 from al_loop.classes import CLEAN_ICE, DEBRIS, UNLABELED
 from al_loop.workspace import init_workspace, open_store
-from db import queries
+from db import queries, registry
 from db.models import Label, ModelVersion, Patch, Scene
 from db.session import SchemaError, current_revision, head_revision
 
@@ -95,6 +95,21 @@ def test_model_versions_keep_the_labels_they_were_trained_on(store):
         child = session.scalars(select(ModelVersion).where(ModelVersion.name == "v2")).one()
         assert [lab.origin for lab in child.labels] == ["file"]
         assert child.parent_id is not None and child.status == "candidate"
+
+
+def test_the_version_asked_for_or_the_champion_and_what_to_do_without_one(store):
+    with store.session() as session:
+        with pytest.raises(registry.RegistryError, match=r"no champion model yet: train one with `al-loop train`"):
+            registry.version_or_champion(session)
+        session.add(ModelVersion(name="v1", channels=["B1"], classes=["background", "glacier"]))
+        session.flush()
+        with pytest.raises(registry.RegistryError, match=r"no champion model yet"):  # a candidate serves nobody
+            registry.version_or_champion(session)
+        assert registry.version_or_champion(session, "v1").name == "v1"
+        with pytest.raises(registry.RegistryError, match=r"no model version 'v9'; versions: v1"):
+            registry.version_or_champion(session, "v9")
+        registry.promote(session, registry.version(session, "v1"))
+        assert registry.version_or_champion(session).name == "v1"
 
 
 def test_status_summary_counts_scenes_patches_and_labels(store):
