@@ -61,10 +61,11 @@ def _window_transform(scene: Scene, patch: Patch) -> Affine:
 
 
 def _overlaps(patch: Patch, bounds: tuple[float, float, float, float]) -> bool:
-    if patch.minx is None or patch.miny is None or patch.maxx is None or patch.maxy is None:
+    if patch.bounds is None:
         return False
     minx, miny, maxx, maxy = bounds
-    return patch.minx < maxx and patch.maxx > minx and patch.miny < maxy and patch.maxy > miny
+    pminx, pminy, pmaxx, pmaxy = patch.bounds
+    return pminx < maxx and pmaxx > minx and pminy < maxy and pmaxy > miny
 
 
 def _outside_extent(transform: Affine, shape: tuple[int, int], bounds) -> np.ndarray:

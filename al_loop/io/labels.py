@@ -119,7 +119,8 @@ def _codes_by_value(
             raise LabelInputError(path, "a class mapping was given without an attribute to map")
         names: dict[str | None, str] = {None: default_class}
     else:
-        names = {value: name for value, name in (mapping or {name: name for name in LABEL_CODES}).items()}
+        chosen = mapping if mapping is not None else {name: name for name in LABEL_CODES}
+        names = {value: name for value, name in chosen.items()}
     try:
         return {value: label_code(name) for value, name in names.items()}
     except ValueError as error:

@@ -9,7 +9,6 @@ IoU averaged over batches (here one confusion matrix over the whole set).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -233,7 +232,7 @@ def train(
             state.record(record, score, model)
             if checkpoint is not None:
                 atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "state": dataclasses.asdict(state)}, checkpoint)
+                             "state": vars(state)}, checkpoint)
             on_epoch(record)
             progress.update(task, completed=state.epoch,
                             description=f"training: epoch {state.epoch} loss {train_loss:.3f} val IoU {score:.3f}")
