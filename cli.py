@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,7 +19,11 @@ from al_loop.jobs import JobLost
 from al_loop.model.training import TrainingCancelled
 from al_loop.workspace import init_workspace, open_store
 from db.queries import status_summary
-from db.session import SchemaError, upgrade
+from db.session import SchemaError, Store, upgrade
+
+if TYPE_CHECKING:
+    from al_loop.config import Workspace
+    from al_loop.ingest import IngestResult
 
 app = typer.Typer(help="Active-learning annotation loop for glacier mapping.", no_args_is_help=True)
 _log_level: str | None = None  # --log-level, which beats the workspace's logging.level
@@ -51,7 +56,7 @@ def main(
 
 
 @contextmanager
-def _clear_errors():
+def _clear_errors() -> Iterator[None]:
     """Input problems end the command with one clear message and exit code 2, no traceback."""
     try:
         yield
@@ -61,7 +66,7 @@ def _clear_errors():
 
 
 @contextmanager
-def _store(workspace: Path | None):
+def _store(workspace: Path | None) -> Iterator[tuple[Workspace, Store]]:
     ws = open_workspace(workspace)
     if _log_level is None:
         logs.configure(ws.config.logging.level)
@@ -377,7 +382,7 @@ def evaluate(
         console.print(f"  {what}: {path}")
 
 
-def _score(value) -> str:
+def _score(value: float | None) -> str:
     """A score for a table: n/a when undefined (a class absent from the labels)."""
     return "n/a" if value is None or value != value else f"{value:.3f}"
 
@@ -836,7 +841,7 @@ def demo(
             state.store.dispose()
 
 
-def _report(result) -> None:
+def _report(result: IngestResult) -> None:
     if result.already_present:
         console.print(
             f"already ingested: scene {result.scene_id} ({result.name}), {result.patches} patches; nothing changed"

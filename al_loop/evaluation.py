@@ -30,6 +30,7 @@ from al_loop.model.data import (
 )
 from al_loop.model.inference import pick_device
 from al_loop.model.metrics import SegmentationScores, jsonable
+from al_loop.model.network import UNet
 from al_loop.model.normalization import normalize
 from al_loop.model.training import evaluate_samples
 from db import queries, registry
@@ -195,7 +196,8 @@ def _plot_confusion(scores: SegmentationScores, classes: list[str], path: Path, 
     return path
 
 
-def _plot_examples(workspace: Workspace, model, samples, version: ModelVersion, quicklooks, device, path: Path) -> Path:
+def _plot_examples(workspace: Workspace, model: UNet, samples: list[Sample], version: ModelVersion,
+                   quicklooks: dict[int, str | None], device: torch.device, path: Path) -> Path:
     fig, axes = plt.subplots(max(len(samples), 1), 3, figsize=(9, 3 * max(len(samples), 1)), squeeze=False)
     for row, sample in zip(axes, samples, strict=False):  # one empty row of axes when there are no samples
         pixels, valid = sample.read()

@@ -30,6 +30,8 @@ from rasterio.crs import CRS
 from rasterio.features import rasterize
 from shapely import transform as transform_coordinates
 from shapely.geometry import mapping
+from shapely.geometry.base import BaseGeometry
+from sqlalchemy.orm import Session
 
 from al_loop import bands
 from al_loop.classes import GLACIER, UNLABELED, class_code, combine_masks
@@ -47,7 +49,7 @@ from al_loop.outlines import LAYERS, apply_mapping_unit, trace
 from al_loop.prelabels import min_pixels_for_area
 from al_loop.terrain import pixel_size_metres
 from db import registry
-from db.models import Scene
+from db.models import ModelVersion, Scene
 from db.queries import unpack_mask
 from db.session import Store
 
@@ -83,7 +85,7 @@ class SceneExport:
     seconds: float = 0.0
 
 
-def model_mosaic(workspace: Workspace, scene: Scene, version, mosaic: Mosaic) -> None:
+def model_mosaic(workspace: Workspace, scene: Scene, version: ModelVersion, mosaic: Mosaic) -> None:
     """Fill ``mosaic`` with the model's classes and calibrated confidences, strip by strip."""
     bands.require_channels(version.channels, scene.available_channels, where=f"scene {scene.id} ({scene.name})")
     model, _ = load_version(workspace, version)
@@ -113,7 +115,7 @@ def model_mosaic(workspace: Workspace, scene: Scene, version, mosaic: Mosaic) ->
             mosaic.confidence[top : top + rows] = np.where(ok, np.exp(logp.max(0)) * 255, 0).astype(np.uint8)
 
 
-def paint_labels(session, scene: Scene, mosaic: Mosaic) -> None:
+def paint_labels(session: Session, scene: Scene, mosaic: Mosaic) -> None:
     """Paint the scene's accepted labels over the mosaic: inventory labels, then expert ones."""
     patch_ids = [p.id for p in scene.patches]
     for item in labelled_patches(session, patch_ids).values():
@@ -135,12 +137,12 @@ def paint_labels(session, scene: Scene, mosaic: Mosaic) -> None:
             mosaic.confidence[rows, cols][says] = 0
 
 
-def reproject_geometry(to: Transformer, geometry):
+def reproject_geometry(to: Transformer, geometry: BaseGeometry) -> BaseGeometry:
     """``geometry`` through a pyproj transformer (always_xy)."""
     return transform_coordinates(geometry, lambda x, y: to.transform(x, y), interleaved=False)
 
 
-def _area_m2(geometry, crs_wkt: str) -> float:
+def _area_m2(geometry: BaseGeometry, crs_wkt: str) -> float:
     """A polygon's area in m²: planar in a projected CRS, on the WGS84 ellipsoid for a geographic one."""
     crs = ProjCRS.from_wkt(crs_wkt)
     if not crs.is_geographic:

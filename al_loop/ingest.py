@@ -18,7 +18,7 @@ import logging
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +40,7 @@ from al_loop.io.rasters import (
     read_decimated,
     read_window,
 )
-from al_loop.io.slices import find_slices, read_slice_image, read_slice_mask
+from al_loop.io.slices import SliceEntry, find_slices, read_slice_image, read_slice_mask
 from al_loop.patches import scene_transform
 from al_loop.tiling import patch_windows
 from db import queries
@@ -164,7 +164,8 @@ def _add_patches(
     return len(windows), n_low
 
 
-def _scene_stretch(raster: Path, channels: list[str], available: list[str], percentiles) -> dict:
+def _scene_stretch(raster: Path, channels: list[str], available: list[str], percentiles: Sequence[float]
+                   ) -> dict[str, list[float]]:
     """Quicklook stretch from an overview of the whole scene, valid pixels only."""
     needed = [c for c in available if c in quicklooks.QUICKLOOK_CHANNELS or c in bands.REFLECTIVE_BANDS]
     overview = read_decimated(raster, [channels.index(c) for c in needed])
@@ -472,7 +473,8 @@ def ingest_slices(
         return IngestResult(scene.id, scene.name, len(usable), n_low, labels=labels)
 
 
-def _slices_stretch(entries, percentiles, sample: int = 32) -> dict[str, list[float]]:
+def _slices_stretch(entries: list[SliceEntry], percentiles: Sequence[float], sample: int = 32
+                    ) -> dict[str, list[float]]:
     """Quicklook stretch from up to ``sample`` slices spread over the folder, subsampled 4x."""
     step = max(1, len(entries) // sample)
     images = [np.asarray(read_slice_image(e.image)[:, ::4, ::4]) for e in entries[::step][:sample]]

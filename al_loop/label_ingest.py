@@ -68,7 +68,8 @@ def _overlaps(patch: Patch, bounds: tuple[float, float, float, float]) -> bool:
     return pminx < maxx and pmaxx > minx and pminy < maxy and pmaxy > miny
 
 
-def _outside_extent(transform: Affine, shape: tuple[int, int], bounds) -> np.ndarray:
+def _outside_extent(transform: Affine, shape: tuple[int, int], bounds: tuple[float, float, float, float]
+                    ) -> np.ndarray:
     """Pixels of a window whose centres lie outside ``bounds``."""
     rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
     xs = transform.a * (cols + 0.5) + transform.b * (rows + 0.5) + transform.c
@@ -126,7 +127,8 @@ def _raster_bounds(path: Path, scene_crs: str) -> tuple[float, float, float, flo
         raise LabelInputError(path, f"not a readable raster ({exc})") from None
 
 
-def _save(session, patch, mask, source, origin, result) -> None:
+def _save(session: Session, patch: Patch, mask: np.ndarray, source: str, origin: str, result: LabelIngestResult
+          ) -> None:
     if (mask == UNLABELED).all():
         return
     _, outcome = queries.save_label(session, patch, mask, source=source, origin=origin)

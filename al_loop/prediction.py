@@ -46,7 +46,7 @@ def predict_scene_file(workspace: Workspace, store: Store, scene_id: int, out: P
     out = Path(out or workspace.root / "predictions" / f"{name}-{version.name}.tif")
     valid_map = np.zeros((height, width), bool)  # filled tile by tile as the model reads them
     with rasterio.open(source) as src:
-        def window(r, c, h, w):
+        def window(r: int, c: int, h: int, w: int) -> np.ndarray:
             valid = bands.valid_mask(read_window(src, r, c, h, w, reflective), reflective_names)
             valid_map[r : r + h, c : c + w] = valid
             return normalize(read_window(src, r, c, h, w, channel_idx), valid, norm)

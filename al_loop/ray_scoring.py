@@ -13,7 +13,8 @@ Ray is an optional dependency (``pip install al-loop[ray]``); nothing else impor
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class RayUnavailable(RuntimeError):
     """``sampling.ray_address`` is set but Ray is not installed."""
 
 
-def _ray():
+def _ray() -> ModuleType:
     try:
         import ray
         import ray.data  # noqa: F401  (Ray Data comes with the extra: ray[data])
@@ -60,7 +61,7 @@ class PatchScorer:
                     raise LookupError(f"no model version with id {version_id} in the store")
                 session.expunge(version)
             self.version, self.model = version, load_version(self.workspace, version)[0]
-        self.thresholds: dict[int, Any] = {}
+        self.thresholds: dict[int, dict[str, float] | None] = {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from al_loop import rounds

@@ -31,6 +31,7 @@ from al_loop.io.rasters import read_decimated
 from al_loop.io.views import patch_view_files
 from al_loop.model.checkpoints import load_version
 from al_loop.model.inference import mc_predict, pick_device
+from al_loop.model.network import UNet
 from al_loop.model.normalization import normalize
 from al_loop.patches import read_patch
 from al_loop.sampling import acquisition, cost
@@ -121,13 +122,14 @@ def score_pool(workspace: Workspace, store: Store, version: ModelVersion | None,
     return len(todo)
 
 
-def score_batch(workspace, patches, model, version, thresholds, device) -> list[dict[str, Any]]:
+def score_batch(workspace: Workspace, patches: list[Patch], model: UNet | None, version: ModelVersion | None,
+                thresholds: dict[int, dict[str, float] | None], device: torch.device) -> list[dict[str, Any]]:
     """Acquisition components of ``patches`` (scenes loaded) under ``version`` (None: cold-start
     priors), each with its ``_score``; the one scorer of this process and of Ray actors."""
     cfg = workspace.config
     raw = [read_patch(workspace, p) for p in patches]  # every channel the scene has: priors need them
     channels = [p.scene.available_channels for p in patches]
-    if model is None:
+    if model is None or version is None:  # both or neither
         priors: list[dict[str, Any]] = []
         for (pixels, valid), names, patch in zip(raw, channels, patches, strict=True):
             components = acquisition.prior_components(pixels, names, valid, thresholds[patch.scene_id],
@@ -303,7 +305,8 @@ def _timed_edges(session: Session) -> tuple[np.ndarray, np.ndarray]:
             np.array([seconds for _, seconds in timed], dtype=np.float64))
 
 
-def _pool_scores(ordered: list[dict[str, Any]], n: int, version: ModelVersion | None, strategy: str, seed: int):
+def _pool_scores(ordered: list[dict[str, Any]], n: int, version: ModelVersion | None, strategy: str, seed: int
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
     """Per-patch scores under ``strategy`` from the cached components of ``version`` (one dict
     per pool patch), the components themselves (rank-normalised, as used) and the bottleneck
     embeddings."""

@@ -21,6 +21,7 @@ import csv
 import multiprocessing
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,13 +384,14 @@ def run_simulation(out: Path, cfg: SimulationConfig, quiet: bool = False,
     return _report(out, curves, {seed: results[seed][1] for seed in cfg.seeds}, cfg)
 
 
-def _seed_in_worker(out: Path, cfg: SimulationConfig, seed: int, scene: Ground | None):
+def _seed_in_worker(out: Path, cfg: SimulationConfig, seed: int, scene: Ground | None
+                    ) -> tuple[list[Curve], dict[str, float]]:
     torch.set_num_threads(1)
     return _run_seed(out, cfg, seed, scene, lambda: None)
 
 
 def _run_seed(out: Path, cfg: SimulationConfig, seed: int, scene: Ground | None,
-              advance) -> tuple[list[Curve], dict[str, float]]:
+              advance: Callable[[], None]) -> tuple[list[Curve], dict[str, float]]:
     """Every strategy's curve on one seed's ground, and the full-pool model's IoU."""
     work = out / f"work-seed{seed}"
     shutil.rmtree(work, ignore_errors=True)
@@ -411,7 +413,8 @@ def _copy(template: Path, target: Path, cfg: SimulationConfig) -> tuple[Workspac
     return ws, open_store(ws)
 
 
-def _run_strategy(work, template, oracle, spec, seed, n_seed, ground, cfg, cache, advance) -> Curve:
+def _run_strategy(work: Path, template: Path, oracle: Oracle, spec: str, seed: int, n_seed: int, ground: Ground,
+                  cfg: SimulationConfig, cache: dict[tuple, list[Sample]], advance: Callable[[], None]) -> Curve:
     """One learning curve; labels are counted in whole-patch equivalents of labelled pixels."""
     began = time.perf_counter()
     variant = Variant.parse(spec)
@@ -444,7 +447,8 @@ def _run_strategy(work, template, oracle, spec, seed, n_seed, ground, cfg, cache
     return curve
 
 
-def _full_pool(work, template, oracle, train_ids, ground, cfg, cache) -> dict[str, float]:
+def _full_pool(work: Path, template: Path, oracle: Oracle, train_ids: list[int], ground: Ground,
+               cfg: SimulationConfig, cache: dict[tuple, list[Sample]]) -> dict[str, float]:
     ws, store = _copy(template, work / "full-pool", cfg)
     oracle.label(store, train_ids)
     run_training(ws, store, quiet=True, trigger="simulation")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,8 +256,10 @@ def _noise(rng: np.random.Generator, shape: tuple[int, int], wavelength: float) 
     return (field - field.mean()) / (field.std() + 1e-6)
 
 
-def _fractal(rng, shape, wavelengths, weights) -> np.ndarray:
-    return sum(w * _noise(rng, shape, wl) for wl, w in zip(wavelengths, weights, strict=True))
+def _fractal(
+    rng: np.random.Generator, shape: tuple[int, int], wavelengths: Sequence[float], weights: Sequence[float]
+) -> np.ndarray:
+    return np.asarray(sum(w * _noise(rng, shape, wl) for wl, w in zip(wavelengths, weights, strict=True)))
 
 
 def _gaussian(array: np.ndarray, sigma: float) -> np.ndarray:
@@ -276,7 +279,9 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
 # --- terrain and glaciers --------------------------------------------------------------------
 
 
-def _landscape(rng, shape, cover: Cover):
+def _landscape(
+    rng: np.random.Generator, shape: tuple[int, int], cover: Cover
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Surface DEM, labels, ``ice_age`` (0 bare ablation ice .. 1 firn) on the scene grid,
     and the snow-line altitude."""
     padded = (shape[0] + 2 * _PAD, shape[1] + 2 * _PAD)
@@ -292,7 +297,9 @@ def _landscape(rng, shape, cover: Cover):
     return dem, labels, ice_age, ela
 
 
-def _mountains(rng, shape, crop):
+def _mountains(
+    rng: np.random.Generator, shape: tuple[int, int], crop: tuple[slice, slice]
+) -> tuple[np.ndarray, np.ndarray]:
     """Regional relief (smooth, for valley routing) and the ridged relief added on top of it.
 
     The regional relief is a set of parallel ranges striking roughly WNW-ESE like the
@@ -328,7 +335,7 @@ class _Valleys:
     tongue_drop: np.ndarray  # m from the snow line down to that valley's glacier terminus
 
 
-def _valley_heads(rng, shape) -> np.ndarray:
+def _valley_heads(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     """Valley heads spread over the terrain, no two closer than the valley spacing."""
     n = 4 * round(shape[0] * shape[1] / _VALLEY_SPACING**2) + 8
     candidates = rng.random((n, 2)) * np.array(shape)
@@ -339,7 +346,7 @@ def _valley_heads(rng, shape) -> np.ndarray:
     return heads
 
 
-def _valley_network(rng, regional) -> _Valleys:
+def _valley_network(rng: np.random.Generator, regional: np.ndarray) -> _Valleys:
     """Valleys walked downhill from their heads, meandering and converging in the troughs.
 
     Floors fall gently from the head (glacier troughs) until they are cut 700 m below the
@@ -352,7 +359,7 @@ def _valley_network(rng, regional) -> _Valleys:
     rows, cols = np.empty((2, _VALLEY_STEPS, k))
     rows[0], cols[0] = heads.T
     angle = rng.uniform(0, 2 * np.pi, k)
-    turn = np.zeros(k)
+    turn: np.ndarray = np.zeros(k)
     for step in range(1, _VALLEY_STEPS):
         r = np.clip(rows[step - 1].astype(int), 0, shape[0] - 1)
         c = np.clip(cols[step - 1].astype(int), 0, shape[1] - 1)
@@ -395,7 +402,7 @@ def _valley_network(rng, regional) -> _Valleys:
     return _Valleys(distance=distance.astype(np.float32), u_shape=u_shape, **spread)
 
 
-def _carve(regional, ridged, valleys: _Valleys) -> np.ndarray:
+def _carve(regional: np.ndarray, ridged: np.ndarray, valleys: _Valleys) -> np.ndarray:
     """Cut the valleys into the mountains: a flat floor (glacier wide when U-shaped), walls
     rising at ~38 deg (U) or ~30 deg (V) on a rounded base and taking on the ridged relief
     away from the floor; the ground is never raised."""
@@ -408,7 +415,9 @@ def _carve(regional, ridged, valleys: _Valleys) -> np.ndarray:
     return np.minimum(regional + ridged, walls)
 
 
-def _glaciers(rng, bed, valleys: _Valleys, crop, cover: Cover) -> tuple[np.ndarray, float]:
+def _glaciers(
+    rng: np.random.Generator, bed: np.ndarray, valleys: _Valleys, crop: tuple[slice, slice], cover: Cover
+) -> tuple[np.ndarray, float]:
     """Label mask and snow-line altitude (ELA).
 
     Clean ice lies on gentle ground above the snow line and along the valleys down to each
@@ -442,13 +451,13 @@ def _glaciers(rng, bed, valleys: _Valleys, crop, cover: Cover) -> tuple[np.ndarr
     return labels, ela
 
 
-def _ice_surface(bed, glacier) -> np.ndarray:
+def _ice_surface(bed: np.ndarray, glacier: np.ndarray) -> np.ndarray:
     """Ice fills and smooths the valley floor: glacier surfaces are gentle."""
     weight = _gaussian(glacier.astype(np.float32), 1.5)
     return bed * (1 - weight) + _gaussian(bed, 4.0) * weight
 
 
-def _seasonal_snow(rng, dem, labels, ela) -> np.ndarray:
+def _seasonal_snow(rng: np.random.Generator, dem: np.ndarray, labels: np.ndarray, ela: float) -> np.ndarray:
     """Fraction of seasonal snow cover (background): patches high up and on shaded slopes."""
     shape = dem.shape
     drift = _fractal(rng, shape, (48, 16, 5), (1.0, 0.5, 0.3))
@@ -463,7 +472,7 @@ def _seasonal_snow(rng, dem, labels, ela) -> np.ndarray:
 # --- light and atmosphere --------------------------------------------------------------------
 
 
-def _illumination(dem) -> np.ndarray:
+def _illumination(dem: np.ndarray) -> np.ndarray:
     """Direct sun on the slope relative to flat ground (0 in self-shadow)."""
     dz_drow, dz_dcol = np.gradient(dem.astype(np.float64), PIXEL_M)
     # surface normal in (east, north, up); rows run south, so north slope = -dz/drow
@@ -480,7 +489,7 @@ def _illumination(dem) -> np.ndarray:
     return (np.maximum(cos_incidence, 0) / np.sin(_SUN_ELEVATION)).astype(np.float32)
 
 
-def _clouds(rng, dem):
+def _clouds(rng: np.random.Generator, dem: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cloud opacity (0 clear .. 1 opaque) and the opacity of the cloud casting a shadow here.
 
     Clouds build over high ground (orographic), so some sit over glaciers. The shadow is the
@@ -503,7 +512,8 @@ def _clouds(rng, dem):
     return here, shadow
 
 
-def _optical(rng, dem, labels, ice_age, snow, shade, cloud, shadow):
+def _optical(rng: np.random.Generator, dem: np.ndarray, labels: np.ndarray, ice_age: np.ndarray, snow: np.ndarray,
+             shade: np.ndarray, cloud: np.ndarray, shadow: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Reflective bands B1-B5, B7, B8 as 8-bit DN, and the snow/ice share of each pixel.
 
     Each pixel is a linear mixture of endmember signals (DN above path radiance): rock,
@@ -547,7 +557,7 @@ def _optical(rng, dem, labels, ice_age, snow, shade, cloud, shadow):
     return optical, np.clip(surface_snow, 0, 1).astype(np.float32)
 
 
-def _quantise(rng, dn) -> np.ndarray:
+def _quantise(rng: np.random.Generator, dn: np.ndarray) -> np.ndarray:
     noisy = dn + _SENSOR_NOISE_DN * rng.standard_normal(dn.shape, dtype=np.float32)
     return np.clip(np.round(noisy), 1, 255).astype(np.float32)
 
@@ -559,11 +569,12 @@ def _thermal_dn(celsius: np.ndarray, band: str) -> np.ndarray:
     return (radiance - lmin) / (lmax - lmin) * 254.0 + 1.0
 
 
-def _thermal(dem, labels, surface_snow, shade, cloud, shadow):
+def _thermal(dem: np.ndarray, labels: np.ndarray, surface_snow: np.ndarray, shade: np.ndarray, cloud: np.ndarray,
+             shadow: np.ndarray) -> dict[str, np.ndarray]:
     """Both thermal gains. Rock warms with sun and cools with height; snow and ice are cold;
     cloud tops are colder than the ground below them. Mixing is done in DN (linear in radiance)."""
 
-    def lapse(reference):
+    def lapse(reference: tuple[float, float]) -> np.ndarray:
         value, elevation = reference
         return value + _LAPSE * (dem - elevation)
 
@@ -583,7 +594,9 @@ def _thermal(dem, labels, surface_snow, shade, cloud, shadow):
     return out
 
 
-def _bqa(optical, surface_snow, cloud, shadow) -> np.ndarray:
+def _bqa(
+    optical: Mapping[str, np.ndarray], surface_snow: np.ndarray, cloud: np.ndarray, shadow: np.ndarray
+) -> np.ndarray:
     """BQA codes as the Level-1 cloud/snow masks would set them, with saturation bits."""
     code = np.full(cloud.shape, _BQA_CLEAR, np.float32)
     snowy = surface_snow > 0.5
@@ -599,7 +612,7 @@ def _bqa(optical, surface_snow, cloud, shadow) -> np.ndarray:
 # --- SLC-off gaps and placement --------------------------------------------------------------
 
 
-def _slc_off_gaps(rng, shape) -> np.ndarray:
+def _slc_off_gaps(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     """True in the Landsat 7 SLC-off gaps and beyond the swath edge.
 
     Gaps run along the scan direction (tilted ~9-13 deg from the UTM grid), one every second
@@ -622,7 +635,7 @@ def _slc_off_gaps(rng, shape) -> np.ndarray:
     return (np.mod(along, _GAP_PERIOD_PX) < gap) | (np.abs(across) > _HALF_SWATH_PX)
 
 
-def _scene_transform(seed: int):
+def _scene_transform(seed: int) -> Affine:
     """North-up 30 m grid of the seed's slot: columns east of the first one, then west of it."""
     slot = seed % (_SLOT_COLS * _SLOT_ROWS)
     column = (slot % _SLOT_COLS + 2) % _SLOT_COLS - 2  # 0, 1, 2, -2, -1
@@ -639,7 +652,7 @@ def _partial(path: Path) -> Path:
     return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
-def _write_geotiff(path: Path, array: np.ndarray, transform, names, seed: int) -> None:
+def _write_geotiff(path: Path, array: np.ndarray, transform: Affine, names: Sequence[str], seed: int) -> None:
     tmp = _partial(path)
     tmp.unlink(missing_ok=True)
     profile = dict(
@@ -667,7 +680,7 @@ def _write_geotiff(path: Path, array: np.ndarray, transform, names, seed: int) -
         tmp.unlink(missing_ok=True)
 
 
-def _write_label_vector(path: Path, labels: np.ndarray, transform, crs: str) -> None:
+def _write_label_vector(path: Path, labels: np.ndarray, transform: Affine, crs: str) -> None:
     """Clean-ice and debris polygons (pixel-exact, from the label raster), in ``crs``."""
     tmp = _partial(path)
     tmp.unlink(missing_ok=True)
@@ -686,7 +699,7 @@ def _write_label_vector(path: Path, labels: np.ndarray, transform, crs: str) -> 
         tmp.unlink(missing_ok=True)
 
 
-def _write_bands(folder: Path, scene_id: str, etm: dict[str, np.ndarray], transform, seed: int) -> None:
+def _write_bands(folder: Path, scene_id: str, etm: dict[str, np.ndarray], transform: Affine, seed: int) -> None:
     """ETM+ channels as the scene id's sensor would have recorded them: its band files (8 or
     16-bit, its own band numbers) and, for TM and OLI, an MTL file with the DN scaling."""
     sensor_name, acquired = parse_scene_id(scene_id)

@@ -28,7 +28,8 @@ def slope_degrees(
     return slope.astype(np.float32)
 
 
-def _horn_gradient(dem: np.ndarray, xres, yres) -> tuple[np.ndarray, np.ndarray]:
+def _horn_gradient(dem: np.ndarray, xres: float | np.ndarray, yres: float | np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Horn's 3x3 gradient (east, south) of a north-up DEM, edges extrapolated (odd reflection)."""
     z = np.pad(np.asarray(dem, dtype=np.float64), 1, mode="reflect", reflect_type="odd")
     top, middle, bottom = z[:-2], z[1:-1], z[2:]

@@ -15,6 +15,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from al_loop.config import CONFIG_FILE, Workspace, open_workspace, write_config
 from al_loop.ingest import ingest_hkh_tile, ingest_synthetic_scene
@@ -129,6 +130,6 @@ def run_live(state: DemoState, port: int | None, log: Callable[[str], None], wai
             signal.signal(sig, handler)
 
 
-def _interrupt(signum, _frame) -> None:
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
     """SIGTERM and SIGHUP stop the demo as Ctrl-C does, so its Label Studio stops too."""
     raise KeyboardInterrupt(signal.Signals(signum).name)

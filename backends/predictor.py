@@ -53,7 +53,7 @@ from backends.results import (
     validate_with_sdk,
 )
 from db import queries, registry
-from db.models import Patch
+from db.models import ModelVersion, Patch
 from db.session import Store
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class ModelHolder:
                             "and retrain", served.name, served.provisional)
             return True
 
-    def _load(self, champion) -> ServedModel:
+    def _load(self, champion: ModelVersion) -> ServedModel:
         unknown = [c for c in champion.classes if class_code(c) not in LABEL_NAMES]
         if unknown:
             raise PredictionError(f"model {champion.name} predicts {unknown}, which the labeling "

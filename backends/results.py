@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rasterio.features import rasterize
@@ -53,6 +53,9 @@ from backends.label_config import (
     REGION_NAME,
     VERDICT_NAME,
 )
+
+if TYPE_CHECKING:
+    from label_studio_sdk.label_interface import LabelInterface
 
 BRUSH_TYPE = "brushlabels"
 POLYGON_TYPE = "polygonlabels"
@@ -337,7 +340,7 @@ def _box_layer(index: int, region: dict, height: int, width: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _label_interface(config_xml: str):
+def _label_interface(config_xml: str) -> LabelInterface:
     """Parsing a config is most of a check's cost: each project's is parsed once."""
     from label_studio_sdk.label_interface import LabelInterface
 

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from al_loop import jobs
 from al_loop.config import Workspace
@@ -27,6 +28,10 @@ from backends.inbox import Inbox
 from backends.label_writer import LabelWriter
 from backends.predictor import ModelHolder
 from db.session import Store
+
+if TYPE_CHECKING:
+    import multiprocessing.process
+    import socket
 
 log = logging.getLogger(__name__)
 EMAILS_EVERY_S = 60.0
@@ -146,7 +151,7 @@ class ThreadedServer:
     def __enter__(self) -> ThreadedServer:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 
@@ -195,7 +200,7 @@ def serve_processes(workspace: Workspace, host: str, port: int, processes: int) 
     level = logging.getLevelName(logging.getLogger("al_loop").getEffectiveLevel()).lower()
     context = multiprocessing.get_context("spawn")
 
-    def start(index: int):
+    def start(index: int) -> tuple[multiprocessing.process.BaseProcess, float]:
         process = context.Process(target=_serve_one, args=(workspace, listener, index, processes, level),
                                   name=f"al-loop-serve-{index}")
         process.start()
@@ -213,7 +218,7 @@ def serve_processes(workspace: Workspace, host: str, port: int, processes: int) 
             for index, (process, started) in list(running.items()):
                 if process.is_alive():
                     continue
-                if process.exitcode > 0 and time.monotonic() - started < RESTART_AFTER_S:  # failed to start
+                if (process.exitcode or 0) > 0 and time.monotonic() - started < RESTART_AFTER_S:  # failed to start
                     raise RuntimeError(f"server process {index} exited with code {process.exitcode} "
                                        "as it started: see its log above")
                 log.error("server process %d exited with code %s: starting it again", index, process.exitcode)
@@ -222,7 +227,7 @@ def serve_processes(workspace: Workspace, host: str, port: int, processes: int) 
         log.info("stopping the server processes")
     finally:
         for process, _ in running.values():
-            if process.is_alive():
+            if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGINT)  # uvicorn's graceful stop; the writer commits what it holds
         deadline = time.monotonic() + STOP_WAIT_S
         for index, (process, _) in running.items():
@@ -234,7 +239,7 @@ def serve_processes(workspace: Workspace, host: str, port: int, processes: int) 
         listener.close()
 
 
-def _serve_one(workspace: Workspace, listener, index: int, processes: int, level: str) -> None:
+def _serve_one(workspace: Workspace, listener: socket.socket, index: int, processes: int, level: str) -> None:
     """One of :func:`serve_processes`' processes."""
     import torch
     import uvicorn

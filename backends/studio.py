@@ -24,6 +24,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeAlias
 from urllib.parse import quote
 
 from rasterio.crs import CRS
@@ -53,6 +54,12 @@ from db.session import Store
 
 log = logging.getLogger(__name__)
 
+# label_studio_sdk's client and its project objects. The SDK's type hints disagree with what Label Studio 1.23
+# takes and answers (ids typed optional, tasks.update typed for string ids, import_tasks for typed requests, no
+# task_ids on the import answer), so they are taken as untyped here; the end-to-end tests check the calls.
+LabelStudioClient: TypeAlias = Any
+Project: TypeAlias = Any
+
 STORAGE_TITLE = "al-loop quicklooks"
 LABEL_USE = {
     "val": "Validation patch: your label tests the model (it never trains on it)",
@@ -70,7 +77,7 @@ def backend_url(workspace: Workspace) -> str:
     return (cfg.url or f"http://{cfg.host}:{cfg.port}").rstrip("/")
 
 
-def client(workspace: Workspace):
+def client(workspace: Workspace) -> LabelStudioClient:
     """An SDK client for the configured Label Studio (legacy token or personal access token)."""
     from label_studio_sdk.client import LabelStudio
 
@@ -82,11 +89,11 @@ def client(workspace: Workspace):
     return LabelStudio(base_url=cfg.url.rstrip("/"), api_key=cfg.api_key)
 
 
-def find_project(ls, title: str):
+def find_project(ls: LabelStudioClient, title: str) -> Project | None:
     return next((p for p in ls.projects.list() if p.title == title), None)
 
 
-def project_or_fail(ls, workspace: Workspace):
+def project_or_fail(ls: LabelStudioClient, workspace: Workspace) -> Project:
     title = workspace.config.label_studio.project_title
     project = find_project(ls, title)
     if project is None:
@@ -115,7 +122,7 @@ def connect(workspace: Workspace, store: Store, holder: ModelHolder | None = Non
     config_xml = label_config(polygons=cfg.label_studio.polygons)
     project = find_project(ls, cfg.label_studio.project_title)
     created = project is None
-    if created:
+    if project is None:
         project = ls.projects.create(title=cfg.label_studio.project_title, label_config=config_xml)
     ls.projects.update(id=project.id, label_config=config_xml, sampling="Sequential sampling",
                        show_collab_predictions=True, description=project_description(store))
@@ -167,20 +174,20 @@ def project_description(store: Store) -> str:
     return "\n".join(lines)
 
 
-def describe_models(ls, workspace: Workspace, store: Store) -> None:
+def describe_models(ls: LabelStudioClient, workspace: Workspace, store: Store) -> None:
     """Bring the project's description up to date after a training."""
     project = project_or_fail(ls, workspace)
     ls.projects.update(id=project.id, description=project_description(store))
 
 
-def _versions(value) -> set[str]:
+def _versions(value: list[str] | str | None) -> set[str]:
     """The model versions of a task's predictions, as Label Studio lists them."""
     if isinstance(value, list):
         return {str(v) for v in value}
     return {v.strip() for v in str(value or "").split(",") if v.strip()}
 
 
-def record_author_emails(ls, store: Store) -> int:
+def record_author_emails(ls: LabelStudioClient, store: Store) -> int:
     """Store the email beside the Label Studio user id of annotation labels that lack one
     (webhooks carry the id only); returns how many labels changed."""
     with store.session() as session:
@@ -202,7 +209,7 @@ def document_path(workspace: Workspace, path: Path) -> str:
                          "(label_studio.document_root must match LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)") from None
 
 
-def _ensure_storage(ls, workspace: Workspace, project_id: int) -> None:
+def _ensure_storage(ls: LabelStudioClient, workspace: Workspace, project_id: int) -> None:
     workspace.scenes_dir.mkdir(parents=True, exist_ok=True)  # Label Studio refuses a folder that is not there
     folder = str(workspace.scenes_dir.resolve())  # quicklooks and views lie under scenes/
     document_path(workspace, workspace.scenes_dir)  # fails early when outside the root
@@ -210,7 +217,7 @@ def _ensure_storage(ls, workspace: Workspace, project_id: int) -> None:
         ls.import_storage.local.create(project=project_id, path=folder, title=STORAGE_TITLE, use_blob_urls=False)
 
 
-def _ensure_ml_backend(ls, workspace: Workspace, project_id: int) -> None:
+def _ensure_ml_backend(ls: LabelStudioClient, workspace: Workspace, project_id: int) -> None:
     cfg = workspace.config.backend
     auth = dict(auth_method="BASIC_AUTH", basic_auth_user=cfg.username, basic_auth_pass=cfg.password)
     url = backend_url(workspace)
@@ -221,7 +228,7 @@ def _ensure_ml_backend(ls, workspace: Workspace, project_id: int) -> None:
         ls.ml.update(id=existing.id, project=project_id, url=url, **auth)
 
 
-def _ensure_webhook(ls, workspace: Workspace, project_id: int) -> None:
+def _ensure_webhook(ls: LabelStudioClient, workspace: Workspace, project_id: int) -> None:
     """The webhook Label Studio posts annotation events to, carrying the auth headers (the
     one Label Studio creates for an ML backend has none)."""
     cfg = workspace.config.backend
@@ -237,7 +244,7 @@ def _ensure_webhook(ls, workspace: Workspace, project_id: int) -> None:
         ls.webhooks.create(project=project_id, **settings)
 
 
-def _ensure_rank_view(ls, project_id: int) -> None:
+def _ensure_rank_view(ls: LabelStudioClient, project_id: int) -> None:
     if not any((v.data or {}).get("title") == VIEW_TITLE for v in ls.views.list(project=project_id)):
         ls.views.create(project=project_id, data={"title": VIEW_TITLE,
                                                   "ordering": ["tasks:data.round", "tasks:data.rank"]})
@@ -247,7 +254,8 @@ def _external_id(project_id: int, task_id: int) -> str:
     return f"{project_id}:{task_id}"
 
 
-def import_round(ls, workspace: Workspace, store: Store, project_id: int, number: int) -> dict[int, int]:
+def import_round(ls: LabelStudioClient, workspace: Workspace, store: Store, project_id: int, number: int
+                 ) -> dict[int, int]:
     """Import a round's patches not yet in the project as tasks; patch id -> task id. A patch
     that already has a task (it went back to the pool when its annotation was deleted) keeps it:
     the task's data is brought up to date instead of a second task being made."""
@@ -281,7 +289,7 @@ def import_round(ls, workspace: Workspace, store: Store, project_id: int, number
     return tasks
 
 
-def refresh_open_tasks(ls, workspace: Workspace, store: Store, project_id: int) -> int:
+def refresh_open_tasks(ls: LabelStudioClient, workspace: Workspace, store: Store, project_id: int) -> int:
     """Bring the data of the project's open, unlabelled tasks up to date (a project made by an
     older al-loop gets the views and the description its new labeling config shows)."""
     tasks = open_tasks(store, project_id)
@@ -299,7 +307,7 @@ def refresh_open_tasks(ls, workspace: Workspace, store: Store, project_id: int) 
 
 
 def task_data(workspace: Workspace, patch: Patch, number: int, rp: RoundPatch, strategy: str,
-              round_components: list[dict]) -> dict:
+              round_components: list[dict[str, Any]]) -> dict[str, Any]:
     """A round patch's task data: its views (written if need be) and what is known about it."""
     views, titles = patch_view_files(workspace, patch)
     url = {key: "/data/local-files/?d=" + quote(document_path(workspace, path)) for key, path in views.items()}
@@ -345,7 +353,7 @@ def open_tasks(store: Store, project_id: int) -> dict[int, int]:
     return {patch_id: int(external.split(":")[1]) for patch_id, external in rows}
 
 
-def push_predictions(ls, workspace: Workspace, store: Store, holder: ModelHolder, project_id: int,
+def push_predictions(ls: LabelStudioClient, workspace: Workspace, store: Store, holder: ModelHolder, project_id: int,
                      tasks: dict[int, int]) -> int:
     """Predict ``tasks`` (patch id -> task id) with the served model and store the predictions
     in Label Studio; the project then serves that model version. Returns how many."""

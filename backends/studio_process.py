@@ -236,7 +236,7 @@ class LabelStudioServer:
             self.start()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def start(self) -> LabelStudioServer:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, func, select, text, update
+from sqlalchemy import ColumnElement, Select, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -249,7 +249,7 @@ def patches_without_split(session: Session, ids: list[int]) -> list[Patch]:
     return list(session.scalars(select(Patch).where(Patch.id.in_(ids), Patch.split.is_(None)).order_by(Patch.id)))
 
 
-def block_splits(session: Session, block: int, key) -> dict[tuple, str]:
+def block_splits(session: Session, block: int, key: Callable[[Patch, int], tuple]) -> dict[tuple, str]:
     """The split of every block some patch of which has one (``key(patch, block)`` names the
     block); a block whose patches disagree (single patches held out) is left out."""
     found: dict[tuple, set[str]] = {}
@@ -561,7 +561,7 @@ def all_scenes(session: Session) -> list[Scene]:
     return list(session.scalars(select(Scene).order_by(Scene.id)))
 
 
-def _scored_by(version_id: int | None):
+def _scored_by(version_id: int | None) -> ColumnElement[bool]:
     """Scores of one model version (``None``: the cold-start priors)."""
     if version_id is None:
         return PatchScore.model_version_id.is_(None)

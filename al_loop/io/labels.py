@@ -12,7 +12,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fiona
 import numpy as np
@@ -38,6 +38,10 @@ from al_loop.classes import (
     UNLABELED,
     label_code,
 )
+
+if TYPE_CHECKING:
+    from affine import Affine
+    from rasterio.io import DatasetReader
 
 # Later classes are painted over earlier ones. Debris polygons are usually drawn inside glacier
 # (and sometimes clean-ice) outlines, so debris must win its overlaps; a glacier-only outline is
@@ -127,7 +131,7 @@ def _codes_by_value(
         raise LabelInputError(path, f"bad class mapping: {error}") from None
 
 
-def _open_vector(path: Path):
+def _open_vector(path: Path) -> fiona.Collection:
     if not path.exists():
         raise LabelInputError(path, "file does not exist")
     try:
@@ -136,7 +140,7 @@ def _open_vector(path: Path):
         raise LabelInputError(path, f"not a readable vector file ({error})") from None
 
 
-def _check_attribute(path: Path, src, attribute: str | None) -> None:
+def _check_attribute(path: Path, src: fiona.Collection, attribute: str | None) -> None:
     columns = list(src.schema["properties"])
     if attribute is not None and attribute not in columns:
         raise LabelInputError(
@@ -144,7 +148,9 @@ def _check_attribute(path: Path, src, attribute: str | None) -> None:
         )
 
 
-def _read_features(src, attribute: str | None, codes_by_value: dict[str | None, int]):
+def _read_features(
+    src: fiona.Collection, attribute: str | None, codes_by_value: dict[str | None, int]
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Shapely geometries (source CRS) and class codes of the mapped, non-empty features."""
     geometries, codes = [], []
     counts: dict[str, Any] = {"features": 0, "repaired": 0, "empty": 0, "not_polygonal": 0}
@@ -174,7 +180,7 @@ def _reproject(geometries: np.ndarray, source: ProjCRS, target: ProjCRS) -> np.n
     )
 
 
-def _clean(geometries: np.ndarray, codes: np.ndarray, counts: dict[str, Any]):
+def _clean(geometries: np.ndarray, codes: np.ndarray, counts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Repair invalid geometries, keep polygonal parts, drop what ends up empty."""
     invalid = ~shapely.is_valid(geometries)
     counts["repaired"] = int(invalid.sum())
@@ -186,14 +192,14 @@ def _clean(geometries: np.ndarray, codes: np.ndarray, counts: dict[str, Any]):
     return polygonal[keep], codes[keep]
 
 
-def _polygonal_part(geometry):
+def _polygonal_part(geometry: shapely.Geometry) -> shapely.Geometry:
     if geometry.geom_type in _POLYGONAL:
         return geometry
     parts = [p for p in shapely.get_parts(geometry) if p.geom_type in _POLYGONAL]
     return shapely.union_all(parts) if parts else shapely.Polygon()
 
 
-def rasterize_window(labels: VectorLabels, transform, shape: tuple[int, int]) -> np.ndarray:
+def rasterize_window(labels: VectorLabels, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
     """The uint8 class mask of one window (its Affine ``transform`` and ``(rows, cols)``).
 
     Background (0) where no polygon lies; overlaps follow :data:`PAINT_ORDER`.
@@ -228,7 +234,7 @@ def labels_overlap(labels: VectorLabels, bounds: tuple[float, float, float, floa
 def read_raster_labels_window(
     path: Path,
     dst_crs: Any,
-    dst_transform,
+    dst_transform: Affine,
     shape: tuple[int, int],
     value_mapping: dict[int, str] | None = None,
 ) -> np.ndarray:
@@ -274,14 +280,16 @@ def _raster_codes(path: Path, value_mapping: dict[int, str] | None) -> dict[floa
         raise LabelInputError(path, f"bad value mapping: {error}") from None
 
 
-def _open_raster(path: Path):
+def _open_raster(path: Path) -> DatasetReader:
     try:
         return rasterio.open(path)
     except RasterioIOError as error:
         raise LabelInputError(path, f"not a readable raster ({error})") from None
 
 
-def _source_window(path: Path, src, dst_crs: CRS, dst_transform, shape) -> Window:
+def _source_window(
+    path: Path, src: DatasetReader, dst_crs: CRS, dst_transform: Affine, shape: tuple[int, int]
+) -> Window:
     """The source pixels covering the destination window, padded by one pixel."""
     bounds = transform_bounds(dst_crs, src.crs, *array_bounds(shape[0], shape[1], dst_transform))
     window = from_bounds(*bounds, transform=src.transform)

@@ -187,7 +187,8 @@ def read_context(path: Path, channel_index: dict[str, int], row_off: int, col_of
     return outline(composite(pixels, valid, stretch, names), box)
 
 
-def grid_pixel_size(transform: Sequence[float] | None, crs: str | None, row_off: int, height: int):
+def grid_pixel_size(transform: Sequence[float] | None, crs: str | None, row_off: int, height: int
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
     """Pixel width and height in metres over a patch's rows (None without a georeferenced grid)."""
     if not transform or not crs:
         return None

@@ -10,10 +10,13 @@ before and after. ``T`` > 1 softens an over-confident model; it never changes th
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from al_loop.model.data import IGNORE, UNKNOWN_GLACIER, Sample
+from al_loop.model.network import UNet
 from al_loop.model.normalization import normalize
 
 MAX_PIXELS = 200_000  # validation pixels sampled for the fit (plenty for one parameter)
@@ -72,7 +75,7 @@ def patch_confidence(probs: np.ndarray, valid: np.ndarray, temperature: float) -
     return float(np.exp(log_softmax(logp, temperature).max(axis=1)).mean())
 
 
-def validation_logits(model, samples: list[Sample], norm: dict, device: torch.device, seed: int = 0,
+def validation_logits(model: UNet, samples: list[Sample], norm: dict, device: torch.device, seed: int = 0,
                       max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
     """Logits (N, C) and targets (N,) of up to ``max_pixels`` labelled pixels of ``samples``
     (glacier of unknown type left out: it has no single right class)."""
@@ -97,7 +100,7 @@ def validation_logits(model, samples: list[Sample], norm: dict, device: torch.de
     return np.concatenate(logits), np.concatenate(targets)
 
 
-def calibrate(model, samples: list[Sample], norm: dict, device: torch.device) -> dict:
+def calibrate(model: UNet, samples: list[Sample], norm: dict, device: torch.device) -> dict[str, Any]:
     """Fit the temperature on validation ``samples``; the record kept with the version."""
     logits, targets = validation_logits(model, samples, norm, device)
     if len(targets) == 0:

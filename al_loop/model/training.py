@@ -318,7 +318,8 @@ class TrainingPatches(Dataset):
         return _augment(x, y, rng) if self.augment else (x, y)
 
 
-def _epoch(model, optimizer, loader: DataLoader, weights, cfg: TrainingConfig, device: torch.device) -> float:
+def _epoch(model: UNet, optimizer: torch.optim.Optimizer, loader: DataLoader, weights: torch.Tensor,
+           cfg: TrainingConfig, device: torch.device) -> float:
     model.train()
     losses = []
     for x, y in loader:

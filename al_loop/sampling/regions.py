@@ -33,7 +33,7 @@ class Region:
         return [self.row0, self.col0, self.row1, self.col1]
 
     @classmethod
-    def from_list(cls, values, height: int, width: int) -> Region:
+    def from_list(cls, values: object, height: int, width: int) -> Region:
         """A stored window, checked against the patch shape (ValueError naming what is wrong)."""
         if not isinstance(values, (list, tuple)) or len(values) != 4 or not all(type(v) is int for v in values):
             raise ValueError(f"a region is four integers [row0, col0, row1, col1], found {values!r}")
