@@ -111,8 +111,12 @@ def run_training(
     elif not claimed.normalization:
         jobs.record_normalization(store, claimed.id, inputs.norm)
     checkpoint = models_dir(workspace) / "jobs" / f"job-{claimed.id}.pt"
-    outcome = _run_job(workspace, store, inputs, claimed.id, worker, checkpoint, should_stop, quiet)
-    report = _register(workspace, store, inputs, outcome, claimed.id, worker, trigger)
+    interval = min(60.0, cfg.retraining.stale_seconds / 4)
+    # The job beats until its result is recorded: registering (the model file, the evaluation) takes
+    # time too, and a silent job may be taken over.
+    with jobs.Heartbeat(store, claimed.id, worker, interval) as heart:
+        outcome = _run_job(workspace, store, inputs, claimed.id, worker, checkpoint, heart, should_stop, quiet)
+        report = _register(workspace, store, inputs, outcome, claimed.id, worker, trigger)
     checkpoint.unlink(missing_ok=True)
     return report
 
@@ -131,24 +135,22 @@ def _inputs(workspace: Workspace, store: Store, parent_name: str | None, claimed
 
 
 def _run_job(workspace: Workspace, store: Store, inputs: _Inputs, job_id: int, worker: str, checkpoint: Path,
-             should_stop: Callable[[], bool] | None, quiet: bool) -> _Outcome:
-    """Train with the job's heartbeat beating, score and judge the candidate; a cancelled or
-    failed run ends its job so."""
+             heart: jobs.Heartbeat, should_stop: Callable[[], bool] | None, quiet: bool) -> _Outcome:
+    """Train (stopping when ``heart`` or ``should_stop`` says so), score and judge the candidate;
+    a cancelled or failed run ends its job so."""
     cfg, data, device = workspace.config, inputs.data, pick_device()
-    interval = min(60.0, cfg.retraining.stale_seconds / 4)
+    stop = (lambda: heart.should_stop() or should_stop()) if should_stop else heart.should_stop
     try:
-        with jobs.Heartbeat(store, job_id, worker, interval) as heart:
-            stop = (lambda: heart.should_stop() or should_stop()) if should_stop else heart.should_stop
-            result = train(
-                data.train, data.val, arch=inputs.arch, train_cfg=cfg.training,
-                class_names=inputs.classes, norm=inputs.norm, parent=inputs.parent_model, checkpoint=checkpoint,
-                should_stop=stop, quiet=quiet, device=device,
-            )
-            overall, per_scene = evaluate_samples(result.model, data.val, inputs.norm, inputs.classes, device)
-            calibration = calibrate(result.model, data.val, inputs.norm, device)
-            scores = scores_record(overall, per_scene)
-            decision, champion_name = _judge(workspace, store, scores["val"], data, data.channels, inputs.classes)
-            heart.should_stop()  # still ours? (raises JobLost if another runner took it over)
+        result = train(
+            data.train, data.val, arch=inputs.arch, train_cfg=cfg.training,
+            class_names=inputs.classes, norm=inputs.norm, parent=inputs.parent_model, checkpoint=checkpoint,
+            should_stop=stop, quiet=quiet, device=device,
+        )
+        overall, per_scene = evaluate_samples(result.model, data.val, inputs.norm, inputs.classes, device)
+        calibration = calibrate(result.model, data.val, inputs.norm, device)
+        scores = scores_record(overall, per_scene)
+        decision, champion_name = _judge(workspace, store, scores["val"], data, data.channels, inputs.classes)
+        heart.should_stop()  # still ours? (raises JobLost if another runner took it over)
     except jobs.JobLost:
         raise  # the job is someone else's now: record nothing
     except (TrainingCancelled, KeyboardInterrupt) as exc:

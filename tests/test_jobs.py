@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -197,26 +198,30 @@ def test_a_live_cli_training_beats_its_heartbeat_and_is_never_taken_over(workspa
     limit shorter than the training, the heartbeat keeps the job the CLI's, and it registers
     exactly one version."""
     ws = _small(workspace)
-    ws.config.training.max_epochs = 6
-    ws.config.retraining.stale_seconds = 1.0  # heartbeats every 0.25 s
+    ws.config.training.max_epochs = 8
+    stale = ws.config.retraining.stale_seconds = 2.0  # heartbeats every 0.5 s
     store = open_store(ws)
     try:
         ingest_synthetic_scene(ws, store, size=512, seed=0, quiet=True)
-        done = threading.Event()
-        reports = []
+        reports, failures = [], []
 
         def cli_train():
-            reports.append(run_training(ws, store, quiet=True))
-            done.set()
+            try:
+                reports.append(run_training(ws, store, quiet=True))
+            except BaseException as exc:  # the loop below must end whatever happens to the training
+                failures.append(exc)
 
+        began = time.monotonic()
         trainer = threading.Thread(target=cli_train)
         trainer.start()
         worker = jobs.Worker(ws, store)
         taken = []
-        while not done.wait(0.3):
-            taken.append(jobs.claim(store, worker.name + ":other", 1.0))
-        trainer.join()
-        assert reports and not any(taken)
+        while trainer.is_alive():
+            taken.append(jobs.claim(store, worker.name + ":other", stale))
+            trainer.join(0.3)
+        trained_s = time.monotonic() - began
+        assert not failures and not any(taken), (failures, taken)
+        assert reports and trained_s > stale, trained_s  # the training outlived the stale limit
         with store.session() as session:
             assert [(j.status, j.result_model_id is not None) for j in session.scalars(select(TrainingJob))] == [
                 ("done", True)
