@@ -14,7 +14,7 @@ from rich.table import Table
 
 from al_loop import logs
 from al_loop.config import WORKSPACE_ENV, open_workspace
-from al_loop.gate import describe_change, provisional
+from al_loop.gate import describe_change, provisional, too_small_to_judge
 from al_loop.jobs import JobLost
 from al_loop.model.training import TrainingCancelled
 from al_loop.workspace import init_workspace, open_store
@@ -319,6 +319,10 @@ def status(workspace: WorkspaceOption = None) -> None:
                       f"{newest['gate']}", highlight=False)
         console.print(f"  last training: {describe_change(newest['name'], newest['metrics'])}", highlight=False)
     weak = provisional(summary["champion_metrics"]) if summary["champion"] else None
+    fraction = ws.config.training.validation_fraction
+    small = too_small_to_judge(summary["champion_metrics"], fraction) if summary["champion"] else None
+    if small:
+        console.print(f"  [yellow]validation too small to judge: {small}[/yellow]", highlight=False)
     if weak:
         console.print(f"  [yellow]champion {summary['champion']} is provisional ({weak}): its pre-labels are a "
                       "rough guess; label more patches and retrain[/yellow]")
@@ -343,6 +347,7 @@ def train(
     quiet: QuietOption = False,
 ) -> None:
     """Train a model version on the accepted labels; promote it if it passes the gate."""
+    from al_loop.gate import describe_baseline
     from al_loop.jobs import request_cancel
     from al_loop.training_run import run_training
 
@@ -357,12 +362,18 @@ def train(
         report = run_training(ws, store, parent_name=from_, resume=resume, quiet=quiet)
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")
-    console.print(
-        f"model {report.version} ({report.status}) from job {report.job_id}: "
-        f"{report.metrics['train_patches']} training / {report.metrics['val_patches']} validation patches, "
-        f"best epoch {report.metrics['best_epoch']} of {report.metrics['epochs']}"
-    )
+    m = report.metrics
+    kept = (f"best epoch {m['best_epoch']} of {m['epochs']}" if m.get("epoch_chosen_by_validation", True) else
+            f"the last of {m['epochs']} epochs kept (no validation patch holds glacier to choose an epoch by)")
+    console.print(f"model {report.version} ({report.status}) from job {report.job_id}: {m['train_patches']} training / "
+                  f"{m['val_patches']} validation patches, {kept}")
+    balance = report.metrics["class_balance"]
+    console.print(f"class weights ({balance['source']}): " + ", ".join(
+        f"{name} {weight:g} ({balance['shares'][name]:.1%} of labelled pixels)"
+        for name, weight in balance["weights"].items()), highlight=False)
     _metrics_table(report.metrics["val"], f"validation metrics of {report.version}")
+    if report.metrics.get("baseline"):
+        console.print(describe_baseline(report.metrics["baseline"]), highlight=False)
     console.print(f"promotion gate: {report.gate}", highlight=False)
 
 
@@ -388,13 +399,16 @@ def _score(value: float | None) -> str:
 
 
 def _metrics_table(metrics: dict, title: str) -> None:
+    from al_loop.model.metrics import INTERVAL_NOTE, iou_text
+
     table = Table(title=title, caption="n/a: no pixels of that class in the labels; glacier: clean ice and debris "
-                                       "together (also scores 'glacier, type unknown' labels)")
-    for column in ("class", "IoU", "precision", "recall", "F1", "pixels"):
+                                       f"together (also scores 'glacier, type unknown' labels); {INTERVAL_NOTE}")
+    for column in ("class", "IoU [interval]", "precision", "recall", "F1", "pixels"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for name, values in metrics.items():
         table.add_row(
-            name, *(_score(values[k]) for k in ("iou", "precision", "recall", "f1")), f"{int(values['support']):,}"
+            name, iou_text(values), *(_score(values[k]) for k in ("precision", "recall", "f1")),
+            f"{int(values['support']):,}"
         )
     console.print(table)
 
@@ -405,6 +419,7 @@ def models(ctx: typer.Context, workspace: WorkspaceOption = None) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from al_loop.evaluation import current_validation_set, version_scores
+    from al_loop.model.metrics import INTERVAL_NOTE, iou_text
     from db.queries import gate_summary
     from db.registry import versions
 
@@ -419,14 +434,14 @@ def models(ctx: typer.Context, workspace: WorkspaceOption = None) -> None:
     table = Table(title=f"model versions, IoU on the current validation set (set {vset.id[:8]}: {len(vset.patches)} "
                         f"patches, by label source {sources})",
                   caption="n/a: no pixels of that class in validation; -: the version cannot run on it "
-                          "(a validation scene lacks one of its channels)")
+                          f"(a validation scene lacks one of its channels); {INTERVAL_NOTE}")
     for column in ("version", "status", "parent", "clean ice", "debris", "glacier", "labels", "channels", "gate, when "
                                                                                                           "trained"):
         table.add_column(column, overflow="fold")
     names: dict[int | None, str] = {v.id: v.name for v in found}
     for v in found:
-        rows = scores.get(v.name)
-        iou = (lambda c: "-") if rows is None else (lambda c: _score((rows.get(c) or {}).get("iou")))  # noqa: E731, B023
+        record = scores.get(v.name)
+        iou = (lambda c: "-") if record is None else (lambda c: iou_text(record["val"].get(c)))  # noqa: E731, B023
         table.add_row(v.name, v.status, names.get(v.parent_id, "-"), iou("clean_ice"), iou("debris"), iou("glacier"),
                       str(labels[v.id]), str(len(v.channels)), gate_summary(v.metrics))
     console.print(table)
@@ -623,6 +638,7 @@ def effort(
 ) -> None:
     """What the experts' time bought: each version's validation IoU against the Label Studio lead time of its labels."""
     from al_loop.effort import effort_points, plot_effort
+    from al_loop.model.metrics import INTERVAL_NOTE, iou_text
 
     with _clear_errors(), _store(workspace) as (ws, store):
         with console.status("scoring versions on the current validation set"):
@@ -632,12 +648,12 @@ def effort(
         path = plot_effort(points, plot or ws.root / "reports" / "effort.png", f"expert time and IoU, {scored_on}")
     table = Table(title=f"expert time and IoU on the current {scored_on}",
                   caption="expert minutes: summed Label Studio lead times of the labels a version trained on; "
-                          "labels without one (inventories, imported masks) are counted apart")
+                          f"labels without one (inventories, imported masks) are counted apart; {INTERVAL_NOTE}")
     for column in ("version", "status", "labels", "with lead time", "expert minutes", "clean ice", "debris", "glacier"):
         table.add_column(column, justify="left" if column in ("version", "status") else "right")
     for p in points:
         table.add_row(p.version, p.status, str(p.labels), str(p.timed_labels), f"{p.expert_minutes:.1f}",
-                      *(_score(p.iou[r]) for r in ("clean_ice", "debris", "glacier")))
+                      *(iou_text(p.rows.get(r)) for r in ("clean_ice", "debris", "glacier")))
     console.print(table)
     console.print(f"plot: {path}")
 

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,12 @@ class ConfigError(ValueError):
     """The configuration file or an override is wrong."""
 
 
-def setting(default: Any, doc: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A configuration key with its default, the one-line documentation written to the file
-    and, for a word, the values it may take (checked when the configuration is loaded)."""
-    metadata = {"doc": doc, "choices": choices}
+def setting(default: Any, doc: str, choices: tuple[str, ...] | None = None,
+            parse: Callable[[Any, str], Any] | None = None) -> Any:
+    """A configuration key with its default, the one-line documentation written to the file,
+    for a word the values it may take, and for a key of several forms its own ``parse(value,
+    where)`` (each checked when the configuration is loaded)."""
+    metadata = {"doc": doc, "choices": choices, "parse": parse}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -87,11 +90,28 @@ class ModelConfig:
                              ("auto", "fp32", "bf16"))
 
 
+def _class_weights(value: Any, where: str) -> str | list[float]:
+    """``auto``, or one positive number per class (a TOML list, or comma-separated in the environment)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        if isinstance(items, bool) or not isinstance(items, list | tuple) or any(isinstance(v, bool) for v in items):
+            raise ValueError(value)
+        weights = [float(v) for v in items]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected auto or a list of numbers, one per class, found {value!r}") from None
+    if not weights or any(not w > 0 for w in weights):
+        raise ConfigError(f"{where}: class weights must be positive numbers, found {value!r}")
+    return weights
+
+
 @dataclass
 class TrainingConfig:
-    class_weights: list[float] = setting(
-        [0.2, 0.6, 0.9], "loss weight per class, in class order (the paper: background 0.2, clean 0.6, debris 0.9)"
-    )
+    class_weights: str | list[float] = setting(
+        "auto", "loss weight per class: auto (from the training labels' class shares, recomputed at every training, "
+        "at most 10 to 1; see al_loop/model/balance.py) or one number per class in class order (the paper's: "
+        "[0.2, 0.6, 0.9] for background, clean ice, debris)", parse=_class_weights)
     dice_weight: float = setting(1.0, "weight of the class-weighted soft Dice term")
     cross_entropy_weight: float = setting(1.0, "weight of the class-weighted cross-entropy term")
     precision: str = setting("auto", "training arithmetic: auto is mixed precision on CUDA and fp32 on the CPU; "
@@ -101,9 +121,12 @@ class TrainingConfig:
     lr_schedule: str = setting("cosine", "constant, or cosine: annealed to 1/100 of learning_rate over max_epochs",
                                ("constant", "cosine"))
     batch_size: int = setting(4, "patches per gradient step")
-    crop_size: int = setting(0, "random training crop side in pixels (0: whole patches)")
-    crops_per_patch: int = setting(1, "random crops taken from each patch per epoch (with crop_size)")
-    max_epochs: int = setting(60, "upper bound on epochs")
+    crop_size: int = setting(128, "random training crop side in pixels (0: whole patches): crops of a quarter "
+                                  "patch give four times the gradient steps for the same pixels")
+    crops_per_patch: int = setting(4, "random crops taken from each patch per epoch (with crop_size)")
+    min_steps: int = setting(8, "gradient steps an epoch takes at least: with few labelled patches each is taken "
+                                 "several times an epoch, each time with its own crop and augmentation")
+    max_epochs: int = setting(60, "upper bound on epochs (the cosine schedule's length)")
     patience: int = setting(15, "stop after this many epochs without a better validation score")
     validation_fraction: float = setting(
         0.2, "share of the labelled patches held out for validation, as whole spatial blocks"
@@ -117,6 +140,17 @@ class TrainingConfig:
         ("share", "train"),
     )
     augment: bool = setting(True, "random flips and 90-degree rotations")
+    band_jitter: float = setting(0.0, "gain and offset jitter of the raw bands: all scaled by one 1 + N(0, this) "
+                                      "(illumination), each by its own 1 + N(0, this) and shifted by N(0, this) of "
+                                      "its spread; indices recomputed (0: off)")
+    gap_augment: float = setting(0.0, "share of training items given SLC-off-like gap stripes (no data, no loss)")
+    weight_average: bool = setting(False, "keep and judge the exponential moving average of the weights (decay 0.99 "
+                                         "a step): on few labels the last step's weights swing from epoch to epoch")
+    semi_supervised: bool = setting(False, "learn from unlabelled pool patches too: a mean teacher's confident "
+                                           "pseudo-labels (never a validation patch; about twice the time per step)")
+    semi_weight: float = setting(1.0, "semi-supervised: weight of the unlabelled term once ramped in")
+    semi_threshold: float = setting(0.9, "semi-supervised: the teacher's least probability for a pseudo-label")
+    semi_pool: int = setting(4, "semi-supervised: unlabelled patches drawn, per labelled training patch, for a run")
     loader_workers: int = setting(1, "processes that read and augment training patches while the model computes "
                                   "(0: read in the training process)")
     cache_mb: int = setting(256, "patch pixels kept in memory between epochs, per process (the training worker's, "
@@ -337,7 +371,8 @@ def _apply(config: Config, values: dict[str, dict[str, Any]], origin: str) -> No
                     f"{origin}: unknown key {section_name}.{key}; known keys: {', '.join(fields)}"
                 )
             where = f"{origin}: {section_name}.{key}"
-            value = _coerce(value, getattr(section, key), where)
+            parse = fields[key].metadata.get("parse")
+            value = parse(value, where) if parse else _coerce(value, getattr(section, key), where)
             choices = fields[key].metadata.get("choices")
             if choices and value not in choices:
                 raise ConfigError(f"{where}: expected one of {', '.join(choices)}, found {value!r}")
@@ -376,11 +411,24 @@ def check(config: Config, origin: str) -> Config:
                             f"{c.model.depth})")
     if not 0 <= c.ingest.patch_overlap < max(c.ingest.patch_size, 1):
         problems.append(f"ingest.patch_overlap must be in [0, ingest.patch_size), found {c.ingest.patch_overlap}")
+    problems += _share_problems(c)
+    if problems:
+        raise ConfigError(f"{origin}: " + "; ".join(problems))
+    return config
+
+
+def _share_problems(c: Config) -> list[str]:
+    """Shares, rates and counts out of their ranges, named by key."""
+    problems: list[str] = []
     if not 0 < c.sampling.region_fraction <= 1:
         problems.append(f"sampling.region_fraction must be in (0, 1], found {c.sampling.region_fraction}")
     for key in ("loader_workers", "cache_mb"):
         if getattr(c.training, key) < 0:
             problems.append(f"training.{key} must be at least 0, found {getattr(c.training, key)}")
+    if c.training.band_jitter < 0:
+        problems.append(f"training.band_jitter must be at least 0, found {c.training.band_jitter}")
+    if not 0 <= c.training.gap_augment <= 1:
+        problems.append(f"training.gap_augment must be between 0 and 1, found {c.training.gap_augment}")
     if c.sampling.warmup_labels < 0:
         problems.append(f"sampling.warmup_labels must be at least 0, found {c.sampling.warmup_labels}")
     for key in ("min_mapping_unit_m2", "smoothing_radius"):
@@ -388,9 +436,7 @@ def check(config: Config, origin: str) -> Config:
             problems.append(f"backend.{key} must be at least 0, found {getattr(c.backend, key)}")
     if not 0 <= c.model.dropout < 1:
         problems.append(f"model.dropout must be in [0, 1), found {c.model.dropout}")
-    if problems:
-        raise ConfigError(f"{origin}: " + "; ".join(problems))
-    return config
+    return problems
 
 
 def load_config(

@@ -70,17 +70,18 @@ def current_validation_set(workspace: Workspace, store: Store) -> ValidationSet:
 def version_scores(workspace: Workspace, store: Store, versions: list[ModelVersion], vset: ValidationSet,
                    loaded: dict[tuple, list[Sample]] | None = None,
                    progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any] | None]:
-    """Each version's rows on ``vset`` (evaluated once, then read from the store); None for a
-    version that cannot run on it (a validation scene lacks one of its channels, or its model
-    file is damaged). ``loaded`` holds samples of ``vset`` already read, by (channels, classes)."""
+    """Each version's record on ``vset`` (:func:`scores_record`: rows with intervals, per-patch
+    counts; evaluated once, then read from the store); None for a version that cannot run on it
+    (a validation scene lacks one of its channels, or its model file is damaged). ``loaded`` holds
+    samples of ``vset`` already read, by (channels, classes)."""
     out: dict[str, dict[str, Any] | None] = {}
     todo = []
     with store.session() as session:
         for version in versions:
             cached = queries.evaluation(session, version.id, vset.id)
-            if cached is not None:
-                out[version.name] = cached.metrics["val"]
-            else:
+            if cached is not None and "val_units" in cached.metrics:
+                out[version.name] = cached.metrics
+            else:  # not evaluated yet, or recorded before per-patch counts were kept
                 todo.append(version)
     if not todo or not vset.patches:
         return {**out, **{v.name: None for v in todo}}
@@ -104,13 +105,17 @@ def version_scores(workspace: Workspace, store: Store, versions: list[ModelVersi
         metrics = scores_record(overall, per_scene)
         with store.session() as session:
             queries.save_evaluation(session, version.id, vset.id, len(vset.patches), metrics)
-        out[version.name] = metrics["val"]
+        out[version.name] = metrics
     return out
 
 
 def scores_record(overall: SegmentationScores, per_scene: dict[int, SegmentationScores]) -> dict[str, Any]:
+    """Scores as stored: the rows (IoU with its interval over validation patches), per scene, and
+    each validation patch's counts per row (what the gate pairs versions on)."""
+    ids, counts = overall.unit_counts()
     return {"val": jsonable(overall.as_dict()),
-            "val_per_scene": {str(scene): jsonable(s.as_dict()) for scene, s in per_scene.items()}}
+            "val_per_scene": {str(scene): jsonable(s.as_dict()) for scene, s in per_scene.items()},
+            "val_units": {"ids": ids, "counts": {row: c.tolist() for row, c in counts.items()}}}
 
 
 def _runs_on(version: ModelVersion, vset: ValidationSet) -> bool:

@@ -747,17 +747,17 @@ class Level1Folder:
 def make_level1_folder(out_dir: Path, height: int = 655, width: int = 800, seed: int = 3,
                        band_names: tuple[str, ...] = ("B1", "B2", "B3", "B4"),
                        scene_id: str = "LE71400412000304SGS00", outline_fraction: float = 0.6,
-                       with_dem: bool = False) -> Level1Folder:
+                       with_dem: bool = False, cover: Cover = Cover()) -> Level1Folder:
     """A small scene as a glaciologist may have it: a Landsat Level-1 folder with some bands
     only (Landsat 7, pre-collection names by default; a Landsat 5 or 8/9 ``scene_id`` gives that
     sensor's bands, ``band_names`` being the ETM+ channels they stand for), no DEM (``with_dem``
     adds ``dem.tif``), glacier outlines of a public inventory over part of it (a shapefile,
     "glacier" without type) and a clean-ice/debris map of one glacier (a GeoTIFF whose 0 means
-    "not mapped", not background)."""
+    "not mapped", not background). ``cover`` sets the glacier and debris shares."""
     out_dir = Path(out_dir)
     folder = out_dir / scene_id
     folder.mkdir(parents=True, exist_ok=True)
-    pixels, labels, surface = generate(height, width, seed)
+    pixels, labels, surface = generate(height, width, seed, cover)
     transform = _scene_transform(seed)
     dem = out_dir / "dem.tif" if with_dem else None
     if dem is not None:

@@ -10,22 +10,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from al_loop import gate, jobs
 from al_loop.config import Workspace
 from al_loop.evaluation import ValidationSet, scores_record, version_scores
+from al_loop.model import balance
+from al_loop.model.baseline import threshold_scores, tune_threshold
 from al_loop.model.calibration import calibrate
 from al_loop.model.checkpoints import load_version, save_model
 from al_loop.model.data import (
+    Sample,
     TrainingData,
     class_names,
+    class_pixel_counts,
     class_set,
     label_set_hash,
     labelled_patches,
     normalization,
     split_samples,
+    unlabelled_samples,
 )
 from al_loop.model.inference import pick_device
-from al_loop.model.metrics import SegmentationScores, validation_score
+from al_loop.model.metrics import SegmentationScores, jsonable, paired_iou_difference, validation_score
 from al_loop.model.network import UNet
 from al_loop.model.training import TrainingCancelled, TrainResult, architecture, evaluate_samples, train
 from db import queries, registry
@@ -58,6 +65,7 @@ class _Inputs:
     norm: dict[str, Any]
     arch: dict[str, Any]
     watermark: int  # the newest label this run could see (retraining counts those after it)
+    unlabelled: list[Sample]  # pool patches for semi-supervised training (none unless asked for)
 
 
 @dataclass
@@ -129,9 +137,12 @@ def _inputs(workspace: Workspace, store: Store, parent_name: str | None, claimed
         data = split_samples(session, workspace, list(parent.channels) if parent else None, class_set(classes))
         norm = (claimed.normalization if claimed and claimed.normalization else None) or (
             parent.normalization if parent else normalization(data.train, data.channels))
+        unlabelled = unlabelled_samples(session, workspace, data.channels, data.val,
+                                        cfg.training.semi_pool * len(data.train),
+                                        cfg.training.seed) if cfg.training.semi_supervised else []
         return _Inputs(parent, load_version(workspace, parent)[0] if parent else None, classes, data, norm,
                        parent.config["architecture"] if parent else architecture(cfg.model),
-                       queries.newest_label_id(session))
+                       queries.newest_label_id(session), unlabelled)
 
 
 def _run_job(workspace: Workspace, store: Store, inputs: _Inputs, job_id: int, worker: str, checkpoint: Path,
@@ -144,12 +155,12 @@ def _run_job(workspace: Workspace, store: Store, inputs: _Inputs, job_id: int, w
         result = train(
             data.train, data.val, arch=inputs.arch, train_cfg=cfg.training,
             class_names=inputs.classes, norm=inputs.norm, parent=inputs.parent_model, checkpoint=checkpoint,
-            should_stop=stop, quiet=quiet, device=device,
+            should_stop=stop, quiet=quiet, device=device, unlabelled=inputs.unlabelled,
         )
         overall, per_scene = evaluate_samples(result.model, data.val, inputs.norm, inputs.classes, device)
         calibration = calibrate(result.model, data.val, inputs.norm, device)
         scores = scores_record(overall, per_scene)
-        decision, champion_name = _judge(workspace, store, scores["val"], data, data.channels, inputs.classes)
+        decision, champion_name = _judge(workspace, store, scores, data, data.channels, inputs.classes)
         heart.should_stop()  # still ours? (raises JobLost if another runner took it over)
     except jobs.JobLost:
         raise  # the job is someone else's now: record nothing
@@ -174,12 +185,16 @@ def _register(workspace: Workspace, store: Store, inputs: _Inputs, outcome: _Out
         "validation_set": data.validation_set,
         "val_patches": len(data.val),
         "train_patches": len(data.train),
+        "unlabelled_patches": len(inputs.unlabelled),
         "best_epoch": result.best_epoch,
         "epochs": result.epochs_run,
+        "epoch_chosen_by_validation": result.chosen_by_validation,
         "history": result.history,
         "gate": outcome.decision.as_dict(),
         "champion_before": outcome.champion_name,
         "calibration": outcome.calibration,
+        "class_balance": class_balance(cfg.training.class_weights, data, inputs.classes, result.class_weights),
+        "baseline": threshold_baseline(data, outcome.scores),
     }
     label_ids = data.label_ids
     with store.session() as session:
@@ -213,6 +228,38 @@ def _register(workspace: Workspace, store: Store, inputs: _Inputs, outcome: _Out
                     progress={"epochs": result.epochs_run, "best_epoch": result.best_epoch})
         return TrainingReport(job_id, name, version.status, metrics, outcome.decision.summary,
                               list(data.split.notes))
+
+
+def threshold_baseline(data: TrainingData, scores: dict[str, Any]) -> dict[str, Any] | None:
+    """The best single-channel threshold tuned on the training patches, scored on the validation
+    patches, and the model's glacier IoU minus its, paired over those patches; None where the
+    training labels hold no glacier or nothing else, or validation no glacier."""
+    try:
+        rule = tune_threshold(data.train, data.channels)
+    except ValueError:
+        return None
+    theirs = threshold_scores(data.val, data.channels, rule)
+    row = jsonable(theirs.as_dict())["glacier"]
+    if not row["support"]:
+        return None
+    ids, counts = theirs.unit_counts()
+    mine = dict(zip(scores["val_units"]["ids"], scores["val_units"]["counts"]["glacier"], strict=True))
+    d, low, high = paired_iou_difference(np.array([mine[i] for i in ids]).reshape(-1, 3), counts["glacier"])
+    return {"rule": str(rule), "train_iou": round(rule.train_iou, 4), "val": {"glacier": row},
+            "difference": round(d, 4), "low": None if np.isnan(low) else round(low, 4),
+            "high": None if np.isnan(high) else round(high, 4), "paired_patches": len(ids)}
+
+
+def class_balance(setting: str | list[float], data: TrainingData, classes: list[str],
+                  weights: list[float]) -> dict[str, Any]:
+    """The training labels' class shares (untyped glacier given to the glacier classes) and the
+    loss weights used, for the record and the training summary."""
+    counts, unknown = class_pixel_counts(data.train, len(classes))
+    shares = balance.class_shares(counts, unknown)
+    return {"weights": dict(zip(classes, weights, strict=True)),
+            "source": "auto" if setting == "auto" else "configured",
+            "shares": {name: round(float(share), 4) for name, share in zip(classes, shares, strict=True)},
+            "untyped_glacier_pixels": unknown}
 
 
 def _judge(workspace: Workspace, store: Store, candidate: dict[str, Any], data: TrainingData, channels: list[str],

@@ -31,9 +31,10 @@ from rasterio.crs import CRS
 from rasterio.warp import transform
 
 from al_loop.config import Workspace
-from al_loop.gate import describe_change, provisional
+from al_loop.gate import describe_baseline, describe_change, provisional
 from al_loop.io.landsat import path_row
 from al_loop.io.views import patch_view_files
+from al_loop.model.metrics import INTERVAL_LEVEL, iou_text
 from al_loop.sampling.explain import why_chosen
 from backends import SECRET_HEADER, accepted_labels
 from backends.accepted_labels import AnnotationError
@@ -156,11 +157,14 @@ def project_description(store: Store) -> str:
         figures = champion.metrics.get("val", {}) if champion else {}
         patches = champion.metrics.get("val_patches") if champion else None
     if champion is not None:
-        iou = ", ".join(f"{name.replace('_', ' ')} {values['iou']:.2f}" for name, values in figures.items()
+        iou = ", ".join(f"{name.replace('_', ' ')} {iou_text(values)}" for name, values in figures.items()
                         if name != "background" and values.get("iou") is not None)
         lines.append(
-            f"Model served: {champion.name} (IoU on {patches} validation patches when trained: {iou or 'n/a'})."
+            f"Model served: {champion.name} (IoU on {patches} validation patches when trained, with its "
+            f"{INTERVAL_LEVEL:.0%} bootstrap interval over them: {iou or 'n/a'})."
         )
+        if (champion.metrics or {}).get("baseline"):
+            lines.append(describe_baseline(champion.metrics["baseline"]).capitalize() + ".")
         weak = provisional(champion.metrics or {})
         if weak:
             lines.append(f"Provisional model ({weak}): its pre-labels are a rough guess.")

@@ -286,8 +286,12 @@ def evaluation(session: Session, version_id: int, validation_set: str) -> ModelE
 
 def save_evaluation(session: Session, version_id: int, validation_set: str, patches: int,
                     metrics: dict[str, Any]) -> None:
-    """Record a version's scores on a validation set (once: a second writer's row is kept)."""
-    if evaluation(session, version_id, validation_set) is not None:
+    """Record a version's scores on a validation set (once: a second writer's row is kept, except
+    that a row recorded before per-patch counts were kept takes the new figures)."""
+    found = evaluation(session, version_id, validation_set)
+    if found is not None:
+        if "val_units" not in found.metrics and "val_units" in metrics:
+            found.metrics = metrics
         return
     try:
         with session.begin_nested():

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from al_loop.model.metrics import ConfusionMatrix
+from al_loop.model.metrics import ConfusionMatrix, SegmentationScores, paired_iou_difference
 
 PRED = np.array([[0, 1, 1], [2, 2, 0]], dtype=np.uint8)
 TARGET = np.array([[0, 1, 2], [2, 255, 1]], dtype=np.uint8)
@@ -75,3 +75,37 @@ def test_as_dict_and_errors():
         cm.update(PRED, TARGET[:1])
     with pytest.raises(ValueError, match="cannot merge"):
         cm.merge(ConfusionMatrix(2))
+
+
+def _units(n, seed, hit=0.8):
+    """Scores over ``n`` patches of 20 x 20 px whose glacier a model finds at rate ``hit``."""
+    rng = np.random.default_rng(seed)
+    scores = SegmentationScores(("background", "clean_ice", "debris"), 254)
+    for unit in range(n):
+        target = np.zeros((20, 20), np.int64)
+        target[5:15, 5:15] = rng.integers(1, 3)
+        pred = np.where(rng.random((20, 20)) < hit, target, 0)
+        scores.update(pred, target, unit=unit)
+    return scores
+
+
+def test_iou_intervals_hold_the_estimate_narrow_with_more_patches_and_need_two():
+    few, many = _units(4, 0).as_dict()["glacier"], _units(64, 0).as_dict()["glacier"]
+    for row in (few, many):
+        assert row["iou_low"] <= row["iou"] <= row["iou_high"]
+    assert many["iou_high"] - many["iou_low"] < few["iou_high"] - few["iou_low"]
+    one = _units(1, 0).as_dict()["glacier"]
+    assert not np.isnan(one["iou"]) and np.isnan(one["iou_low"]) and np.isnan(one["iou_high"])
+    merged = _units(4, 0).merge(_units(4, 1))  # the same patch ids: their counts add up
+    assert len(merged.units) == 4 and merged.glacier.matrix.sum() == 2 * _units(4, 0).glacier.matrix.sum()
+
+
+def test_a_paired_difference_cancels_what_two_models_share():
+    ids, good = _units(30, 0, hit=0.9).unit_counts()
+    _, bad = _units(30, 0, hit=0.7).unit_counts()
+    d, low, high = paired_iou_difference(good["glacier"], bad["glacier"])
+    assert 0 < low <= d <= high
+    assert paired_iou_difference(good["glacier"], good["glacier"]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="same units"):
+        paired_iou_difference(good["glacier"], bad["glacier"][:3])
+    assert ids == list(range(30))

@@ -261,6 +261,29 @@ def split_samples(session: Session, workspace: Workspace, channels: list[str] | 
     return TrainingData(train, val, channels, report)
 
 
+def unlabelled_samples(session: Session, workspace: Workspace, channels: list[str], val: list[Sample], limit: int,
+                       seed: int) -> list[Sample]:
+    """Up to ``limit`` pool patches, drawn at random (seeded), for semi-supervised training: no
+    accepted label, in no open round (those may validate), not mostly nodata, not routed to
+    validation, of a scene with every channel the model reads, and not overlapping a validation
+    patch. Their targets say nothing (every pixel IGNORE)."""
+    held = {(s.scene_id, s.window, s.shape) for s in val if s.window is not None}
+    candidates = [p for p in queries.pool_patches(session, []) if p.split != "val"
+                  and all(c in p.scene.available_channels for c in channels)
+                  and not any(scene == p.scene_id and _overlap((p.row_off, p.col_off, p.height, p.width), (*w, *shape))
+                              for scene, w, shape in held)]
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(candidates), size=min(limit, len(candidates)), replace=False).tolist())
+    return [Sample(p.id, p.scene_id, (), patch_source(workspace, p, channels),
+                   np.full((p.height, p.width), IGNORE, np.uint8), None if p.data_path else (p.row_off, p.col_off))
+            for p in (candidates[i] for i in chosen)]
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two windows (row, col, height, width) share a pixel."""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
 def _exclude_validation_pixels(train: list[Sample], val: list[Sample]) -> None:
     """Training never sees a validation pixel, also where patches overlap (``patch_overlap``)."""
     covered = CountOnce()
@@ -272,6 +295,15 @@ def _exclude_validation_pixels(train: list[Sample], val: list[Sample]) -> None:
             target = s.target
             target[covered.seen(s.scene_id, *s.window, *target.shape)] = IGNORE
             s.target = target
+
+
+def class_pixel_counts(samples: list[Sample], n_classes: int) -> tuple[list[int], int]:
+    """Labelled valid pixels of each model class in the samples' targets, and those of "glacier
+    of unknown type"."""
+    counts = np.zeros(256, dtype=np.int64)
+    for sample in samples:
+        counts += np.bincount(sample.target.ravel(), minlength=256)
+    return counts[:n_classes].tolist(), int(counts[UNKNOWN_GLACIER])
 
 
 def normalization(samples: list[Sample], channels: list[str]) -> dict[str, list[float]]:

@@ -22,8 +22,9 @@ from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from al_loop.config import ModelConfig, TrainingConfig
+from al_loop.model import augment, balance, semi
 from al_loop.model.checkpoints import atomic_save, safe_load
-from al_loop.model.data import IGNORE, UNKNOWN_GLACIER, PixelCache, Sample
+from al_loop.model.data import IGNORE, UNKNOWN_GLACIER, PixelCache, Sample, class_pixel_counts
 from al_loop.model.inference import pick_device, training_autocast
 from al_loop.model.metrics import CountOnce, SegmentationScores, validation_score
 from al_loop.model.network import UNet
@@ -41,6 +42,8 @@ class TrainResult:
     epochs_run: int
     val_score: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    class_weights: list[float] = field(default_factory=list)  # the loss's, as used
+    chosen_by_validation: bool = True  # else the last epoch was kept (validation too small to choose)
 
 
 def architecture(cfg: ModelConfig) -> dict[str, Any]:
@@ -96,14 +99,6 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
     return dice_weight * dice + ce_weight * ce
 
 
-def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    k = int(rng.integers(4))
-    x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
-    if rng.random() < 0.5:
-        x, y = x.flip(-1), y.flip(-1)
-    return x, y
-
-
 def _crop(sample_x: np.ndarray, sample_y: np.ndarray, size: int,
           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     h, w = sample_y.shape
@@ -138,9 +133,9 @@ def evaluate_samples(model: UNet, samples: list[Sample], norm: dict, class_names
             for sample, p in zip(batch, pred, strict=True):
                 fresh = None if sample.window is None else once.fresh(sample.scene_id, *sample.window, *p.shape)
                 target = sample.target
-                overall.update(p, target, fresh)
+                overall.update(p, target, fresh, unit=sample.patch_id)
                 per_scene.setdefault(sample.scene_id, SegmentationScores(class_names, UNKNOWN_GLACIER)).update(
-                    p, target, fresh)
+                    p, target, fresh, unit=sample.patch_id)
     return overall, per_scene
 
 
@@ -150,24 +145,41 @@ def _jsonable_iou(rows: dict[str, dict[str, float]]) -> dict[str, float | None]:
 
 @dataclass
 class TrainingState:
-    """What a checkpoint keeps besides the weights: where a run is and the best epoch so far."""
+    """What a checkpoint keeps besides the weights: where a run is and the epoch kept so far.
+
+    With ``choose`` the kept epoch is the one validation scores best, and a run stops after
+    ``patience`` epochs without a better one. Without it (validation holds no glacier to choose
+    by: :func:`validation_can_choose`) every epoch of the schedule runs and the last is kept.
+    Choosing even on two or three validation patches beat keeping the last epoch on the built-in
+    scene (test glacier IoU 0.708 against 0.679, debris 0.469 against 0.370)."""
 
     epoch: int = 0
     best_score: float = -1.0
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    choose: bool = True
 
     def record(self, record: dict[str, Any], score: float, model: UNet) -> None:
-        """Close an epoch: its record, and the weights when it is the best so far."""
+        """Close an epoch: its record, and the weights when it is the one to keep so far."""
         self.epoch += 1
         self.history.append(record)
-        if score > self.best_score:
+        if score > self.best_score or not self.choose:
             self.best_score, self.best_epoch = score, self.epoch
             self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     def should_continue(self, cfg: TrainingConfig) -> bool:
-        return self.epoch < cfg.max_epochs and self.epoch - self.best_epoch < cfg.patience
+        return self.epoch < cfg.max_epochs and (not self.choose or self.epoch - self.best_epoch < cfg.patience)
+
+
+MIN_CHOOSING_PATCHES = 1
+
+
+def validation_can_choose(val_samples: list[Sample]) -> bool:
+    """Whether validation can choose an epoch: at least ``MIN_CHOOSING_PATCHES`` patches with
+    labelled glacier pixels (any glacier class, typed or not)."""
+    holding = sum(bool(((t > 0) & (t != IGNORE)).any()) for t in (s.target for s in val_samples))
+    return holding >= MIN_CHOOSING_PATCHES
 
 
 def train(
@@ -184,34 +196,43 @@ def train(
     on_epoch: Callable[[dict[str, Any]], None] = lambda record: None,
     quiet: bool = False,
     device: torch.device | None = None,
+    unlabelled: list[Sample] | None = None,
 ) -> TrainResult:
     """Train (or fine-tune ``parent``, warm-started with optional shrink-and-perturb) and return
     the model of the best validation epoch. With ``checkpoint``, state is saved after every
-    epoch and a run finding a checkpoint there resumes from it."""
+    epoch and a run finding a checkpoint there resumes from it. With ``training.weight_average``
+    the average of the weights is what is validated and kept (:class:`semi.WeightAverage`); with
+    ``unlabelled`` patches (``training.semi_supervised``) a mean teacher, that average, labels
+    them for the model too (:mod:`semi`)."""
     device = device or pick_device()
     n_classes = len(class_names)
-    weights = torch.tensor(train_cfg.class_weights[:n_classes], dtype=torch.float32, device=device)
-    if len(weights) != n_classes:
-        raise ValueError(f"training.class_weights has {len(train_cfg.class_weights)} values, the model has "
-                         f"{n_classes} classes")
+    class_weights = loss_weights(train_cfg.class_weights, train_samples, n_classes)
+    weights = torch.tensor(class_weights, dtype=torch.float32, device=device)
     torch.manual_seed(train_cfg.seed)
     model = UNet(len(norm["mean"]), n_classes, **arch)
     if parent is not None:
         _warm_start(model, parent, train_cfg.shrink, train_cfg.perturb)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.learning_rate)
-    state = TrainingState()
+    state = TrainingState(choose=validation_can_choose(val_samples))
+    crop = train_cfg.crop_size
+    if crop and crop % model.multiple:
+        raise ValueError(f"training.crop_size {crop} must be a multiple of {model.multiple} (2**depth)")
+    plan = EpochPlan(len(train_samples), epoch_repeats(len(train_samples), train_cfg), train_cfg.seed)
+    loader = _loader(TrainingPatches(train_samples, norm, crop, train_cfg, PixelCache(_cache_bytes(train_cfg))),
+                     plan, train_cfg, device)
+    average = semi.WeightAverage(model) if train_cfg.weight_average or unlabelled else None
+    teacher = None
+    if average is not None and unlabelled:
+        teacher = _mean_teacher(average.model, unlabelled, norm, crop, train_cfg, device)
     if checkpoint is not None and Path(checkpoint).exists():
         saved = safe_load(checkpoint)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = TrainingState(**saved["state"])
-    crop = train_cfg.crop_size
-    if crop and crop % model.multiple:
-        raise ValueError(f"training.crop_size {crop} must be a multiple of {model.multiple} (2**depth)")
-    plan = EpochPlan(len(train_samples), max(1, train_cfg.crops_per_patch) if crop else 1, train_cfg.seed)
-    loader = _loader(TrainingPatches(train_samples, norm, crop, train_cfg.augment, PixelCache(_cache_bytes(train_cfg))),
-                     plan, train_cfg, device)
+        if average is not None and "average" in saved:
+            average.model.load_state_dict(saved["average"])
+    judged = average.model if average is not None else model  # what validation scores and what is kept
     val_cache = PixelCache(_cache_bytes(train_cfg))
     with Progress(disable=quiet, transient=True) as progress:
         task = progress.add_task("training", total=train_cfg.max_epochs, completed=state.epoch)
@@ -223,22 +244,57 @@ def train(
             torch.manual_seed(train_cfg.seed * 100_003 + state.epoch)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(train_cfg, state.epoch)
-            train_loss = _epoch(model, optimizer, loader, weights, train_cfg, device)
-            scores, _ = evaluate_samples(model, val_samples, norm, class_names, device, cache=val_cache)
+            if teacher is not None:
+                teacher.start_epoch(state.epoch)
+            train_loss = _epoch(model, optimizer, loader, weights, train_cfg, device, average, teacher)
+            scores, _ = evaluate_samples(judged, val_samples, norm, class_names, device, cache=val_cache)
             rows = scores.as_dict()
             score = validation_score(rows)
             record = {"epoch": state.epoch + 1, "train_loss": train_loss, "val_score": score,
                       "val_iou": _jsonable_iou(rows)}
-            state.record(record, score, model)
+            if teacher is not None:
+                record["pseudo_labelled"] = round(float(np.mean(teacher.kept)), 4) if teacher.kept else 0.0
+            state.record(record, score, judged)
             if checkpoint is not None:
-                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "state": vars(state)}, checkpoint)
+                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": vars(state),
+                             **({"average": average.model.state_dict()} if average is not None else {})},
+                            checkpoint)
             on_epoch(record)
             progress.update(task, completed=state.epoch,
                             description=f"training: epoch {state.epoch} loss {train_loss:.3f} val IoU {score:.3f}")
     if state.best_state is not None:
-        model.load_state_dict(state.best_state)
-    return TrainResult(model.cpu().eval(), state.best_epoch, state.epoch, state.best_score, state.history)
+        judged.load_state_dict(state.best_state)
+    return TrainResult(judged.cpu().eval(), state.best_epoch, state.epoch, state.best_score, state.history,
+                       class_weights, state.choose)
+
+
+def loss_weights(setting: str | list[float], samples: list[Sample], n_classes: int) -> list[float]:
+    """The loss's class weights: ``training.class_weights`` as given (its first ``n_classes``
+    values), or with ``auto`` from the training samples' labelled-pixel shares (:mod:`balance`)."""
+    if setting == "auto":
+        counts, unknown = class_pixel_counts(samples, n_classes)
+        return balance.auto_weights(balance.class_shares(counts, unknown))
+    if len(setting) < n_classes:
+        raise ValueError(f"training.class_weights has {len(setting)} values, the model has {n_classes} classes")
+    return [float(w) for w in setting[:n_classes]]
+
+
+def epoch_repeats(patches: int, cfg: TrainingConfig) -> int:
+    """How often an epoch takes each training patch: ``crops_per_patch`` times with crops, once
+    without, and more where that would give fewer than ``min_steps`` gradient steps (a few
+    labelled patches would otherwise give a few steps an epoch, and a run would end before it
+    learnt anything); each time with its own crop and augmentation."""
+    repeats = max(1, cfg.crops_per_patch) if cfg.crop_size else 1
+    return max(repeats, math.ceil(cfg.min_steps * cfg.batch_size / max(patches, 1)))
+
+
+def _mean_teacher(teacher: UNet, unlabelled: list[Sample], norm: dict[str, list[float]], crop: int,
+                  cfg: TrainingConfig, device: torch.device) -> semi.MeanTeacher:
+    """The mean teacher over a loader of unlabelled patches (each epoch in its own seeded order)."""
+    patches = TrainingPatches(unlabelled, norm, crop, cfg, PixelCache(_cache_bytes(cfg)), unlabelled=True)
+    plan = EpochPlan(len(unlabelled), 1, cfg.seed + 1)
+    return semi.MeanTeacher(teacher, _loader(patches, plan, cfg, device), cfg.semi_weight, cfg.semi_threshold,
+                            cfg.seed)
 
 
 def _cache_bytes(cfg: TrainingConfig) -> int:
@@ -299,12 +355,15 @@ class EpochPlan(Sampler):
 
 class TrainingPatches(Dataset):
     """Training items read when asked (torchgeo's way): a patch's pixels from their file (or
-    ``cache``, which each loader worker holds its own copy of), normalised, cropped and augmented,
-    with its target. Memory holds the cache and a few batches, never more of the labelled set."""
+    ``cache``, which each loader worker holds its own copy of), augmented (:mod:`augment`),
+    normalised and cropped, with its target. Memory holds the cache and a few batches, never more
+    of the labelled set."""
 
-    def __init__(self, samples: list[Sample], norm: dict[str, list[float]], crop: int, augment: bool,
-                 cache: PixelCache) -> None:
-        self.samples, self.norm, self.crop, self.augment, self.cache = samples, norm, crop, augment, cache
+    def __init__(self, samples: list[Sample], norm: dict[str, list[float]], crop: int, cfg: TrainingConfig,
+                 cache: PixelCache, unlabelled: bool = False) -> None:
+        self.samples, self.norm, self.crop, self.cfg, self.cache = samples, norm, crop, cfg, cache
+        self.unlabelled = unlabelled  # targets then say only which pixels are valid (0) or not (IGNORE)
+        self.channels = [str(name) for name in norm["channels"]]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -313,13 +372,22 @@ class TrainingPatches(Dataset):
         index, seed = item
         rng = np.random.default_rng(seed)
         sample = self.samples[index]
-        pixels, target = _crop(normalize(*self.cache.read(sample), self.norm), sample.target, self.crop, rng)
+        pixels, valid = self.cache.read(sample)
+        target = np.where(valid, 0, IGNORE).astype(np.uint8) if self.unlabelled else sample.target
+        if self.cfg.band_jitter > 0:
+            pixels = augment.jitter_bands(pixels, self.channels, self.norm["std"], self.cfg.band_jitter, rng)
+        if rng.random() < self.cfg.gap_augment:
+            gaps = augment.gap_stripes(valid.shape, rng)
+            valid = valid & ~gaps
+            target[gaps] = IGNORE
+        pixels, target = _crop(normalize(pixels, valid, self.norm), target, self.crop, rng)
         x, y = torch.from_numpy(np.ascontiguousarray(pixels)), torch.from_numpy(np.ascontiguousarray(target))
-        return _augment(x, y, rng) if self.augment else (x, y)
+        return augment.flip_rotate(x, y, rng) if self.cfg.augment else (x, y)
 
 
 def _epoch(model: UNet, optimizer: torch.optim.Optimizer, loader: DataLoader, weights: torch.Tensor,
-           cfg: TrainingConfig, device: torch.device) -> float:
+           cfg: TrainingConfig, device: torch.device, average: semi.WeightAverage | None = None,
+           teacher: semi.MeanTeacher | None = None) -> float:
     model.train()
     losses = []
     for x, y in loader:
@@ -329,8 +397,13 @@ def _epoch(model: UNet, optimizer: torch.optim.Optimizer, loader: DataLoader, we
         optimizer.zero_grad(set_to_none=True)
         with training_autocast(device, cfg.precision):
             logits = model(x)
+            extra = teacher.loss(model, weights, device) if teacher is not None else None
         loss = loss_fn(logits.float(), y, weights, cfg.dice_weight, cfg.cross_entropy_weight)
+        if extra is not None:
+            loss = loss + extra
         loss.backward()
         optimizer.step()
+        if average is not None:
+            average.update(model)
         losses.append(loss.item())
     return float(np.mean(losses)) if losses else float("nan")
