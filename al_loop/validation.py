@@ -4,11 +4,7 @@ Rules (documented in the README):
 
 * A patch belongs to a *block*: ``training.validation_block`` x ``validation_block`` pixels of its
   scene (slices: of their footprints, at 30 m). A block is validation or training as a whole, so
-  neighbouring patches never sit on both sides. Where the labels are too few for blocks of that
-  size (fewer than ``MIN_BLOCKS`` of them hold labelled patches, as on a small scene), the first
-  draw halves the block until they are not, down to one patch: a validation set of one or two big
-  blocks holds one corner of the ground and rarely a fair share of every class. The block used is
-  recorded with the split and said in the training report.
+  neighbouring patches never sit on both sides.
 * The first draw, when labelled patches exist and none validates yet, holds out about
   ``validation_fraction`` of the labelled patches as whole blocks, stratified: of many seeded
   draws (``validation_seed``) the one whose validation holds closest to that fraction of every
@@ -44,7 +40,6 @@ from db.models import Patch
 
 SPLIT_SETTING = "validation_split"
 PIXEL_M = 30.0  # slices have no common grid: their blocks are measured on the footprint
-MIN_BLOCKS = 8
 
 
 class SplitSettingsChanged(ValueError):
@@ -89,7 +84,6 @@ def _hash(seed: int, key: tuple) -> bytes:
 
 DRAWS = 400
 TOLERANCE = 0.1
-GLACIER_CLASSES = ("clean_ice", "debris", "glacier")
 
 
 def choose_validation_blocks(blocks: dict[tuple, Block], fraction: float, seed: int) -> set[tuple]:
@@ -97,9 +91,8 @@ def choose_validation_blocks(blocks: dict[tuple, Block], fraction: float, seed: 
 
     A stratified spatial split: ``DRAWS`` seeded random orders of the blocks are each taken
     until they hold ``fraction`` of the patches and scored by how far validation is from holding
-    ``fraction`` of every class's labelled pixels (and of the patches; glacier of every kind,
-    typed or not, counts as one more class); a class that two or more blocks show must be in
-    validation, and training must keep every class it has. The first
+    ``fraction`` of every class's labelled pixels (and of the patches); a class that two or more
+    blocks show must be in validation, and training must keep every class it has. The first
     draw (in seeded order) within ``TOLERANCE`` of the best score wins, so that another seed gives
     another, equally good split. Rare classes (debris) are thus scored in validation whenever the
     labels allow it, and not by a handful of pixels.
@@ -109,9 +102,6 @@ def choose_validation_blocks(blocks: dict[tuple, Block], fraction: float, seed: 
         return set()
     names = sorted({name for b in blocks.values() for name in b.classes})
     pixels = np.array([[blocks[k].pixels.get(n, 0) for n in names] for k in keys], dtype=np.float64)
-    glacier = [i for i, n in enumerate(names) if n in GLACIER_CLASSES]
-    if len(glacier) > 1:  # the glacier row, which the gate judges, draws on every kind of glacier label
-        pixels = np.column_stack([pixels, pixels[:, glacier].sum(axis=1)])
     sizes = np.array([len(blocks[k].patches) for k in keys])
     totals = pixels.sum(axis=0)
     shared = (pixels > 0).sum(axis=0) >= 2  # classes validation can hold without taking them from training
@@ -165,9 +155,8 @@ def check_settings(session: Session, cfg: TrainingConfig) -> None:
     if cfg.validation_block < 1:
         raise ValueError(f"training.validation_block must be a positive number of pixels, found {cfg.validation_block}")
     stored = queries.get_setting(session, SPLIT_SETTING)
-    if stored is not None and {k: stored.get(k) for k in current} == current:
+    if stored == current:
         return
-    kept = {}
     if stored is not None:
         versions = queries.model_version_names(session)
         drawn = {k: v for k, v in current.items() if k != "fraction"}  # the fraction only routes new labels
@@ -182,27 +171,7 @@ def check_settings(session: Session, cfg: TrainingConfig) -> None:
                 "validate on patches those versions trained on)")
         if not versions:
             queries.clear_splits(session)
-        else:  # only the fraction changed: the split and the block it was drawn with stay
-            kept = {k: v for k, v in stored.items() if k == DRAWN_BLOCK}
-    queries.set_setting(session, SPLIT_SETTING, {**current, **kept})
-
-
-DRAWN_BLOCK = "drawn_block"
-
-
-def block_in_use(session: Session, cfg: TrainingConfig) -> int:
-    """The block size the split was drawn with (``validation_block`` until a first draw)."""
-    stored = queries.get_setting(session, SPLIT_SETTING) or {}
-    return int(stored.get(DRAWN_BLOCK) or cfg.validation_block)
-
-
-def fitted_block(patches: list[Patch], block: int) -> int:
-    """``block``, halved while the patches fall into fewer than ``MIN_BLOCKS`` blocks, down to
-    the patch size."""
-    smallest = min(max(p.height, p.width) for p in patches)
-    while block > smallest and len({block_key(p, block) for p in patches}) < MIN_BLOCKS:
-        block = max(block // 2, smallest)
-    return block
+    queries.set_setting(session, SPLIT_SETTING, current)
 
 
 def _blocks(patches: Iterable[Patch], block: int, pixels: dict[int, dict[str, int]]) -> dict[tuple, Block]:
@@ -221,20 +190,19 @@ def assign_splits(session: Session, cfg: TrainingConfig) -> SplitReport:
         return report
     if queries.split_counts(session, list(pixels))["val"] == 0:
         # The first draw (again, while nothing validates: no model can depend on it yet).
-        _first_draw(session, queries.patches_by_id(session, list(pixels)), pixels, cfg, report)
+        _first_draw(queries.patches_by_id(session, list(pixels)), pixels, cfg, report)
         return report
     todo = queries.patches_without_split(session, list(pixels))
-    block = block_in_use(session, cfg)
-    known = queries.block_splits(session, block, block_key)
+    known = queries.block_splits(session, cfg.validation_block, block_key)
     new: list[Patch] = []
     for patch in todo:
-        split = known.get(block_key(patch, block))
+        split = known.get(block_key(patch, cfg.validation_block))
         if split is None:
             new.append(patch)
         else:
             patch.split = split
             report.assigned[split] += 1
-    blocks = _blocks(new, block, pixels)
+    blocks = _blocks(new, cfg.validation_block, pixels)
     counts = queries.split_counts(session)
     val_classes, train_classes = queries.split_classes(session, pixels)
     val_n, split_n = counts["val"], counts["val"] + counts["train"]
@@ -250,24 +218,16 @@ def assign_splits(session: Session, cfg: TrainingConfig) -> SplitReport:
     return report
 
 
-def _first_draw(session: Session, patches: list[Patch], pixels: dict[int, dict[str, int]], cfg: TrainingConfig,
+def _first_draw(patches: list[Patch], pixels: dict[int, dict[str, int]], cfg: TrainingConfig,
                 report: SplitReport) -> None:
-    block = fitted_block(patches, cfg.validation_block)
-    queries.set_setting(session, SPLIT_SETTING, {**settings_of(cfg), DRAWN_BLOCK: block})
-    if block != cfg.validation_block:
-        report.notes.append(
-            f"the labelled patches lie in {len({block_key(p, cfg.validation_block) for p in patches})} "
-            f"{cfg.validation_block}-px validation blocks, too few to hold out a fair share of every class: "
-            f"validation blocks of {block} px instead ({len({block_key(p, block) for p in patches})} blocks; "
-            f"at least {MIN_BLOCKS} where the labels allow)")
-    blocks = _blocks(patches, block, pixels)
+    blocks = _blocks(patches, cfg.validation_block, pixels)
     held_out = choose_validation_blocks(blocks, cfg.validation_fraction, cfg.validation_seed)
     if not held_out and len(patches) > 1:
         # All labels lie in one block: hold out single patches instead, and say so.
         blocks = {(key, p.id): Block([p], dict(pixels.get(p.id, {}))) for key, b in blocks.items() for p in b.patches}
         held_out = choose_validation_blocks(blocks, cfg.validation_fraction, cfg.validation_seed)
         report.notes.append(
-            f"all labelled patches lie in one {block}-px validation block: single patches are "
+            f"all labelled patches lie in one {cfg.validation_block}-px validation block: single patches are "
             "held out, so validation patches neighbour training patches and their figures are optimistic "
             "(label patches further apart, or lower training.validation_block)")
     for key, b in blocks.items():
@@ -283,13 +243,12 @@ def route_patches(session: Session, patches: list[Patch], cfg: TrainingConfig) -
     val_n, split_n = counts["val"], counts["val"] + counts["train"]
     if val_n == 0:
         return
-    size = block_in_use(session, cfg)
-    known = queries.block_splits(session, size, block_key)
+    known = queries.block_splits(session, cfg.validation_block, block_key)
     new: dict[tuple, Block] = defaultdict(Block)
     for patch in patches:
         if patch.split:
             continue
-        key = block_key(patch, size)
+        key = block_key(patch, cfg.validation_block)
         if key in known:
             patch.split = known[key]
         else:

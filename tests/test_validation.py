@@ -10,13 +10,7 @@ from typer.testing import CliRunner
 from al_loop.ingest import ingest_synthetic_scene
 from al_loop.rounds import next_round
 from al_loop.training_run import run_training
-from al_loop.validation import (
-    Block,
-    SplitSettingsChanged,
-    assign_splits,
-    block_in_use,
-    choose_validation_blocks,
-)
+from al_loop.validation import Block, SplitSettingsChanged, assign_splits, choose_validation_blocks
 from al_loop.workspace import open_store
 from cli import app
 from db.models import Label, Patch
@@ -74,13 +68,12 @@ def test_handed_out_patches_are_routed_and_the_handout_says_which_validate(pool_
             p.id: p.split
             for p in session.scalars(select(Patch).where(Patch.id.in_([c.patch_id for c in chosen.patches])))
         }
-        block = block_in_use(session, ws.config.training)
     assert set(splits.values()) == {"val", "train"}
     manifest = {int(r["patch_id"]): r["label_used_for"] for r in csv.DictReader(open(chosen.handout / "manifest.csv"))}
     assert manifest == {k: {"val": "validation", "train": "training"}[v] for k, v in splits.items()}
     by_block = {}
-    for patch in chosen.patches:  # neighbours in one block (as drawn) never sit on both sides
-        by_block.setdefault((patch.row_off // block, patch.col_off // block), set()).add(splits[patch.patch_id])
+    for patch in chosen.patches:  # neighbours in one 256-px block never sit on both sides
+        by_block.setdefault((patch.row_off // 256, patch.col_off // 256), set()).add(splits[patch.patch_id])
     assert all(len(v) == 1 for v in by_block.values())
 
 
@@ -117,29 +110,16 @@ def test_a_changed_seed_redraws_before_any_model_and_is_refused_after(pool_ws):
         assert {p.id: p.split for p in session.scalars(select(Patch).where(Patch.split.is_not(None)))} == second
 
 
-def test_labels_in_too_few_blocks_are_held_out_in_smaller_blocks_and_say_so(tmp_path):
-    from al_loop.validation import DRAWN_BLOCK, SPLIT_SETTING, block_in_use
+def test_labels_in_one_block_hold_out_single_patches_and_say_so(tmp_path):
     from al_loop.workspace import init_workspace
-    from db import queries
     from tests.test_training import _small
 
     ws = _small(init_workspace(tmp_path / "ws"))
-    ws.config.training.validation_block = 4096  # the whole 512-px scene is one block
+    ws.config.training.validation_block = 4096  # the whole scene is one block
     store = open_store(ws)
     ingest_synthetic_scene(ws, store, size=512, seed=0, quiet=True)
     report = run_training(ws, store, quiet=True)
-    assert report.status == "champion"
-    assert "lie in 1 4096-px validation blocks" in report.notes[0]
-    assert "validation blocks of 128 px instead (16 blocks; at least 8" in report.notes[0]  # 128: the patch size
-    with store.session() as session:
-        assert queries.get_setting(session, SPLIT_SETTING)[DRAWN_BLOCK] == 128
-        assert block_in_use(session, ws.config.training) == 128
-        splits = [p.split for p in session.scalars(select(Patch))]
-    assert 2 <= splits.count("val") <= 5 and splits.count("train") >= 11
-    ws.config.training.validation_fraction = 0.3  # only routes later labels: the drawn block stays
-    with store.session() as session:
-        assign_splits(session, ws.config.training)
-        assert block_in_use(session, ws.config.training) == 128
+    assert report.status == "champion" and "single patches are held out" in report.notes[0]
     store.dispose()
 
 
