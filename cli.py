@@ -403,7 +403,7 @@ def _metrics_table(metrics: dict, title: str) -> None:
 
     table = Table(title=title, caption="n/a: no pixels of that class in the labels; glacier: clean ice and debris "
                                        f"together (also scores 'glacier, type unknown' labels); {INTERVAL_NOTE}")
-    for column in ("class", "IoU [interval]", "precision", "recall", "F1", "pixels"):
+    for column in ("class", "IoU (interval)", "precision", "recall", "F1", "pixels"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for name, values in metrics.items():
         table.add_row(

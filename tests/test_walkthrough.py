@@ -80,9 +80,11 @@ def test_defaults_work_on_a_small_b1_to_b4_scene_with_partial_labels(tmp_path):
     trained = _run(env, "train", "-q")
     assert "model v1 (champion)" in trained
     assert _iou(trained, "glacier") > 0.3  # four bands, six labelled patches
-    # The threshold comparison is made and said; the model does not reliably beat it here (see the README).
+    # A tuned single-band threshold on the same validation pixels: the first model beats it by 0.05 here
+    # (measured +0.084 [+0.061, +0.084]; on 4 of 6 such scenes, see the README).
     baseline = _first_model(tmp_path / "ws")["baseline"]
     assert baseline["rule"] in trained and f"{baseline['difference']:+.3f}" in trained
+    assert baseline["difference"] >= 0.05, baseline
     assert "clean_ice, debris: n/a" in trained  # the typed map lies in training blocks only: honest n/a
     status = _run(env, "status")
     assert "validation │ inventory" in status
@@ -103,11 +105,14 @@ def test_defaults_work_on_a_small_b1_to_b4_scene_with_partial_labels(tmp_path):
         client.auth = (ws.config.backend.username, ws.config.backend.password)
         from sqlalchemy import select
 
-        from db.models import RoundPatch
+        from db.models import Label, RoundPatch
 
         with store.session() as session:
             patch_id = session.scalars(select(RoundPatch.patch_id).order_by(RoundPatch.rank)).first()
-        predicted = client.post("/predict", json={"tasks": [{"id": 1, "data": {"patch_id": patch_id}}]})
+            icy = session.scalars(select(Label.patch_id).order_by(
+                (Label.n_clean_ice + Label.n_debris + Label.n_glacier).desc())).first()
+        # a patch the labels show glacier on (the round's first may hold none the model sees)
+        predicted = client.post("/predict", json={"tasks": [{"id": 1, "data": {"patch_id": icy}}]})
         assert predicted.status_code == 200 and predicted.json()["results"][0]["result"]
         mask = np.zeros((256, 256), np.uint8)
         mask[:100, :100] = 1

@@ -288,6 +288,6 @@ def iou_text(row: dict[str, Any] | None) -> str:
     return f"{iou:.3f} [{low:.3f}, {high:.3f}]"
 
 
-INTERVAL_NOTE = (f"[low, high]: {INTERVAL_LEVEL:.0%} bootstrap interval over the validation patches (patches drawn "
+INTERVAL_NOTE = (f"in brackets: the {INTERVAL_LEVEL:.0%} bootstrap interval over the validation patches (patches drawn "
                  "with replacement, IoU of their summed pixels)")
 
